@@ -1,0 +1,82 @@
+"""In-memory batch of decoded rows per table, with their Kafka sources and offsets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from producers.tables import TABLES
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from; enough to dead-letter it with its original bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that cannot be loaded, and why."""
+
+    source: Source
+    table: str | None
+    error_class: str
+    message: str
+
+
+@dataclass(slots=True)
+class TableRows:
+    """Rows of one table (column order of its TableSpec) and where each came from."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+
+
+class Batch:
+    """What the worker holds between flushes."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, TableRows] = {t: TableRows() for t in TABLES}
+        self.dead: list[DeadLetter] = []
+        self.next_offsets: dict[TopicPartition, int] = {}
+        self.rows = 0
+        self.bytes = 0
+        self.started = 0.0
+
+    def __len__(self) -> int:
+        return self.rows + len(self.dead)
+
+    def track(self, topic: str, partition: int, offset: int, size: int) -> None:
+        """Count a consumed message: the partition's next offset moves past it."""
+        if not self.next_offsets and not self.rows:
+            self.started = time.monotonic()
+        self.next_offsets[(topic, partition)] = offset + 1
+        self.bytes += size
+
+    def add(self, table: str, row: tuple[Any, ...], source: Source) -> None:
+        rows = self.tables[table]
+        rows.rows.append(row)
+        rows.sources.append(source)
+        self.rows += 1
+
+    def add_dead(self, dead: DeadLetter) -> None:
+        self.dead.append(dead)
+
+    def due(self, max_rows: int, max_bytes: int, linger_s: float) -> bool:
+        """True when a bound is reached and the batch should be flushed."""
+        if not self.next_offsets:
+            return False
+        return (
+            self.rows >= max_rows
+            or self.bytes >= max_bytes
+            or time.monotonic() - self.started >= linger_s
+        )

@@ -1,0 +1,49 @@
+"""``society-ingest consume``: the worker daemon."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from consumers.cli._options import (
+    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Group, Prefix, print_json, setup_logging, typer,
+)
+from consumers.settings import DEFAULT_GROUP, WorkerSettings
+from consumers.worker import Worker
+from producers.tables import TABLES
+
+
+def consume(
+    database_url: DatabaseUrl,
+    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    topic_prefix: Prefix = "society",
+    group: Group = DEFAULT_GROUP,
+    tables: Annotated[
+        list[str] | None, typer.Option("--tables", "-t", help=f"Tables to consume (repeat); default all: {', '.join(TABLES)}.")
+    ] = None,
+    max_batch_rows: Annotated[int, typer.Option(min=1, help="Flush after this many rows.")] = 20_000,
+    linger_ms: Annotated[int, typer.Option(min=0, help="Flush at the latest this long after a batch starts.")] = 500,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after this many seconds without messages (for scripts).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a worker: load the table topics into PostgreSQL until SIGTERM/SIGINT."""
+    setup_logging(verbose)
+    chosen = tuple(tables or TABLES)
+    unknown = set(chosen) - set(TABLES)
+    if unknown:
+        raise typer.BadParameter(f"unknown table(s): {', '.join(sorted(unknown))}", param_hint="--tables")
+    settings = WorkerSettings(
+        bootstrap_servers=bootstrap_servers,
+        database_url=database_url,
+        topic_prefix=topic_prefix,
+        group_id=group,
+        tables=chosen,
+        max_batch_rows=max_batch_rows,
+        linger_ms=linger_ms,
+    )
+    worker = Worker(settings)
+    worker.install_signal_handlers()
+    stats = worker.run(idle_exit_s=idle_exit)
+    print_json(dataclasses.asdict(stats))

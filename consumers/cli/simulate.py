@@ -1,0 +1,68 @@
+"""``society-ingest simulate``: a synthetic society through the real handler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated
+
+from consumers.cli._options import (
+    DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, console, fail, print_json, print_table, typer,
+)
+from consumers.simulate import run_society
+from consumers.status import row_counts
+from producers.handler import KafkaDatabaseHandler
+
+#: How often --wait-loaded polls PostgreSQL.
+POLL_INTERVAL_S = 0.5
+
+
+def simulate(
+    agents: Annotated[int, typer.Option(min=1, help="Number of agents.")] = 100,
+    steps: Annotated[int, typer.Option(min=1, help="Number of steps.")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    topic_prefix: Prefix = "society",
+    wait_loaded: Annotated[
+        float | None,
+        typer.Option(help="Then wait up to this many seconds until PostgreSQL holds every recorded row."),
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", "-d", envvar="DATABASE_URL", help="Needed by --wait-loaded.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Simulate a society and report what it recorded per table."""
+    if wait_loaded is not None and not database_url:
+        fail("--wait-loaded needs --database-url or DATABASE_URL")
+    handler = KafkaDatabaseHandler(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    report = asyncio.run(run_society(handler, agents, steps, seed))
+    handler.producer.close()
+    loaded = None
+    waited = None
+    if wait_loaded is not None:
+        start = time.monotonic()
+        deadline = start + wait_loaded
+        run = uuid.UUID(report.run_id)
+        while True:
+            loaded = row_counts(database_url, run)
+            if loaded == report.recorded or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_INTERVAL_S)
+        waited = time.monotonic() - start
+    rows = [[t, n] + ([loaded[t]] if loaded else []) for t, n in report.recorded.items()]
+    if as_json:
+        print_json({"run_id": report.run_id, "recorded": report.recorded, "loaded": loaded,
+                    "simulate_seconds": report.seconds, "wait_seconds": waited})
+    else:
+        total = sum(report.recorded.values())
+        print_table(
+            f"run {report.run_id}", ["table", "recorded"] + (["loaded"] if loaded else []), rows
+        )
+        console.print(
+            f"recorded {total} records in {report.seconds:.1f}s ({total / report.seconds:,.0f}/s)"
+            + (f"; all loaded {waited:.1f}s after the run ended" if loaded == report.recorded else "")
+        )
+    if loaded is not None and loaded != report.recorded:
+        fail(f"PostgreSQL holds {loaded}, expected {report.recorded} after {wait_loaded}s")

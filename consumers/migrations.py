@@ -1,0 +1,96 @@
+"""Ordered SQL migrations from ``ddl/``, applied once each, with checksums.
+
+Concurrent runs are serialized by a PostgreSQL advisory lock; each migration
+runs in its own transaction together with its bookkeeping row, so a failed
+migration leaves nothing half-applied. An applied file whose checksum changed
+stops everything: fix it with a new migration instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from consumers._deps import psycopg
+from consumers.errors import MigrationChecksumError, MigrationError
+
+#: Arbitrary constant naming this project's advisory lock.
+MIGRATION_LOCK_ID = 0x50C1E7
+_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    checksum   TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def default_ddl_dir() -> Path:
+    """The migrations: inside the installed wheel, else the source tree."""
+    packaged = resources.files("consumers").joinpath("_ddl")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "ddl"
+
+
+def load_migrations(ddl_dir: Path | None = None) -> list[Migration]:
+    """Read ``NNNN_name.sql`` files in version order."""
+    found = []
+    for path in sorted((ddl_dir or default_ddl_dir()).glob("*.sql")):
+        m = _FILE_RE.match(path.name)
+        if not m:
+            raise MigrationError(f"migration file {path.name!r} is not named NNNN_name.sql")
+        found.append(Migration(int(m.group(1)), m.group(2), path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a version number")
+    return found
+
+
+def migrate(database_url: str, ddl_dir: Path | None = None) -> list[Migration]:
+    """Apply pending migrations in order; return those applied now (empty when up to date)."""
+    migrations = load_migrations(ddl_dir)
+    applied_now = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            conn.execute(_BOOKKEEPING)
+            applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            for m in migrations:
+                if m.version in applied:
+                    if applied[m.version] != m.checksum:
+                        raise MigrationChecksumError(
+                            f"migration {m.version:04d}_{m.name}.sql was edited after it was applied "
+                            f"(checksum {applied[m.version][:12]} in the database, {m.checksum[:12]} on disk); "
+                            f"add a new migration instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(m.sql)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (m.version, m.name, m.checksum),
+                    )
+                applied_now.append(m)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+    return applied_now

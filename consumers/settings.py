@@ -1,0 +1,76 @@
+"""Worker configuration: an explicit, frozen model (only the CLI reads the environment)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from producers.settings import KafkaSecurity
+from producers.tables import DEFAULT_TOPIC_PREFIX, TABLES
+
+DEFAULT_GROUP = "society-ingest"
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class WorkerSettings(BaseModel):
+    """Where the worker reads, where it writes, and how it batches."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field(min_length=1)
+    database_url: SecretStr
+    topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9._-]+$")
+    group_id: str = DEFAULT_GROUP
+    tables: tuple[str, ...] = TABLES
+    worker_id: str = Field(default_factory=default_worker_id)
+    # A batch is flushed when any bound is reached. Rows and bytes bound memory
+    # and transaction size; linger bounds how stale PostgreSQL may be.
+    max_batch_rows: int = Field(default=20_000, ge=1)
+    max_batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    linger_ms: int = Field(default=500, ge=0)
+    # Messages taken per consume() call: large enough to amortize the call.
+    poll_batch: int = Field(default=5_000, ge=1)
+    # Transient-failure retry: capped exponential backoff with full jitter.
+    retry_initial_s: float = Field(default=0.2, gt=0)
+    retry_max_s: float = Field(default=10.0, gt=0)
+    security: KafkaSecurity = KafkaSecurity()
+    consumer_extra: dict[str, Any] = Field(default_factory=dict)
+
+    def consumer_config(self) -> dict[str, Any]:
+        """librdkafka settings of the table consumer."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": self.group_id,
+            "client.id": f"society-ingest-worker-{self.worker_id}",
+            # Offsets live in PostgreSQL with the rows; Kafka only gets a mirror.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "session.timeout.ms": 30_000,
+            "max.poll.interval.ms": 600_000,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+        }
+        conf.update(self.security.librdkafka())
+        conf.update(self.consumer_extra)
+        return conf
+
+    def producer_config(self) -> dict[str, Any]:
+        """librdkafka settings of the dead-letter producer."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": f"society-ingest-dlq-{self.worker_id}",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": 60_000,
+        }
+        conf.update(self.security.librdkafka())
+        return conf

@@ -1,0 +1,304 @@
+"""PostgreSQL sink: one transaction per batch, parents first, offsets with the rows.
+
+Commit order of ``PostgresSink.write`` (the contract that makes loading
+exactly-once):
+
+1. create stub parents (runs, agents) that children reference;
+2. load runs and agents with a guarded upsert, then the child tables with
+   binary COPY into a temp staging table + ``INSERT … ON CONFLICT DO NOTHING``;
+   a chunk that raises a data error is bisected down to the bad rows, which
+   become dead letters while the rest loads;
+3. store each partition's next offset, compare-and-set against the offset
+   this worker read at assignment (another worker's commit fences us out);
+4. publish dead letters and wait for the broker to acknowledge them;
+5. COMMIT. Only then may the caller mirror the offsets to Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumers._deps import psycopg
+from consumers.batch import Batch, DeadLetter, Source, TableRows, TopicPartition
+from consumers.errors import FencedError, TransientError
+from consumers.table_specs import RUN_COLUMN, SPECS, TableSpec
+from producers import tables
+
+log = logging.getLogger(__name__)
+
+errors = psycopg.errors
+
+#: SQLSTATE classes caused by the data of a row: isolate the row, dead-letter it.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.DataError,  # class 22: invalid text, out of range, NUL byte...
+    psycopg.IntegrityError,  # class 23: NOT NULL, CHECK, FK, unique
+    errors.ProgramLimitExceeded,  # class 54: e.g. a value too large for a b-tree index
+)
+#: Failures that go away by themselves: retry the whole batch, never dead-letter.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,  # connection lost, admin shutdown, cannot connect
+    errors.TransactionRollback,  # class 40: serialization failure, deadlock
+    psycopg.InterfaceError,  # connection already closed
+)
+
+PublishDead = Callable[[list[DeadLetter]], None]
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What one committed batch did."""
+
+    inserted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(tables.TABLES, 0))
+    duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(tables.TABLES, 0))
+    conflicts: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+    stub_runs: int = 0
+    stub_agents: int = 0
+
+
+def _qcols(names: Iterable[str]) -> str:
+    return ", ".join(names)
+
+
+def _insert_sql(spec: TableSpec) -> str:
+    cols = _qcols(spec.column_names)
+    select = _qcols(c.select_expr for c in spec.columns)
+    head = f"INSERT INTO {spec.name} AS t ({cols}) SELECT {select} FROM {spec.stage_table}"
+    if not spec.upsert:
+        return f"{head} ON CONFLICT ({_qcols(spec.key)}) DO NOTHING"
+    updates = _qcols(f"{c} = EXCLUDED.{c}" for c in spec.column_names if c not in spec.key)
+    # Guarded upsert: an older state never overwrites a newer one; stubs (NULL) always lose.
+    return (
+        f"{head} ON CONFLICT ({_qcols(spec.key)}) DO UPDATE SET {updates} "
+        f"WHERE t.updated_at IS NULL OR t.updated_at <= EXCLUDED.updated_at"
+    )
+
+
+def _conflict_sql(spec: TableSpec) -> str:
+    join = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
+    staged = _qcols(f"s.{c.select_expr}" for c in spec.columns)
+    stored = _qcols(f"t.{c}" for c in spec.column_names)
+    key = " || '/' || ".join(f"s.{k}::text" for k in spec.key)
+    return (
+        f"SELECT s._seq, {key}, to_jsonb(s) - '_seq' FROM {spec.stage_table} s "
+        f"JOIN {spec.name} t ON {join} WHERE ({staged}) IS DISTINCT FROM ({stored})"
+    )
+
+
+_STUB_RUNS = (
+    "INSERT INTO simulation_runs (run_id) SELECT r FROM unnest(%s::uuid[]) AS u(r) "
+    "ORDER BY r ON CONFLICT DO NOTHING"
+)
+_STUB_AGENTS = (
+    "INSERT INTO agents (creation_run_id, agent_id_str) "
+    "SELECT r, a FROM unnest(%s::uuid[], %s::text[]) AS u(r, a) ORDER BY r, a ON CONFLICT DO NOTHING"
+)
+_STORE_OFFSET = (
+    "INSERT INTO ingest_offsets (consumer_group, topic, kafka_partition, next_offset) "
+    "VALUES (%s, %s, %s, %s) ON CONFLICT (consumer_group, topic, kafka_partition) "
+    "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = NOW() "
+    "WHERE ingest_offsets.next_offset = %s RETURNING 1"
+)
+_RECORD_CONFLICT = (
+    "INSERT INTO ingest_conflicts (table_name, record_key, topic, kafka_partition, kafka_offset, incoming) "
+    "VALUES (%s, %s, %s, %s, %s, %s)"
+)
+
+
+def _latest_per_key(spec: TableSpec, rows: TableRows) -> TableRows:
+    """Keep one state per key: the newest updated_at (the later offset on ties)."""
+    key_idx = [spec.column_names.index(k) for k in spec.key]
+    ts_idx = spec.column_names.index("updated_at")
+    best: dict[tuple[Any, ...], int] = {}
+    for i, row in enumerate(rows.rows):
+        k = tuple(row[j] for j in key_idx)
+        j = best.get(k)
+        if j is None or rows.rows[j][ts_idx] <= row[ts_idx]:
+            best[k] = i
+    keep = sorted(best.values())
+    return TableRows([rows.rows[i] for i in keep], [rows.sources[i] for i in keep])
+
+
+class PostgresSink:
+    """Writes batches into PostgreSQL over one connection (reconnects on demand)."""
+
+    def __init__(self, database_url: str, group_id: str) -> None:
+        self._url = database_url
+        self._group = group_id
+        self._conn: Any = None
+        self._insert = {t: _insert_sql(s) for t, s in SPECS.items()}
+        self._conflicts = {t: _conflict_sql(s) for t, s in SPECS.items() if not s.upsert}
+        # Parents known to exist, so most batches skip their stub inserts.
+        self._known_runs: set[Any] = set()
+        self._known_agents: set[tuple[Any, str]] = set()
+
+    # -- connection ---------------------------------------------------------
+    def connect(self) -> None:
+        """(Re)connect and create the staging tables; raises TransientError when unreachable."""
+        self.close()
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            for spec in SPECS.values():
+                cols = ", ".join(f"{c.name} {c.copy_type}" for c in spec.columns)
+                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {spec.stage_table} ({cols}, _seq int4)")
+        except TRANSIENT_ERRORS as e:
+            raise TransientError(f"cannot connect to PostgreSQL: {e}") from e
+        self._conn = conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            self.connect()
+        return self._conn
+
+    # -- offsets ------------------------------------------------------------
+    def load_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Stored next offsets of `partitions` (absent: never committed)."""
+        wanted = list(partitions)
+        try:
+            rows = self._connection().execute(
+                "SELECT topic, kafka_partition, next_offset FROM ingest_offsets "
+                "WHERE consumer_group = %s AND (topic, kafka_partition) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::int[]))",
+                (self._group, [t for t, _ in wanted], [p for _, p in wanted]),
+            ).fetchall()
+        except TRANSIENT_ERRORS as e:
+            self.close()
+            raise TransientError(f"cannot read stored offsets: {e}") from e
+        return {(t, p): o for t, p, o in rows}
+
+    # -- writing ------------------------------------------------------------
+    def write(
+        self,
+        batch: Batch,
+        expected: dict[TopicPartition, int | None],
+        publish_dead: PublishDead,
+    ) -> WriteResult:
+        """Load `batch` and store its offsets in one transaction (see module doc)."""
+        try:
+            return self._write(batch, expected, publish_dead)
+        except TRANSIENT_ERRORS as e:
+            self.close()
+            raise TransientError(f"PostgreSQL: {type(e).__name__}: {e}") from e
+
+    def _write(
+        self, batch: Batch, expected: dict[TopicPartition, int | None], publish_dead: PublishDead
+    ) -> WriteResult:
+        conn = self._connection()
+        result = WriteResult(dead=list(batch.dead))
+        new_runs, new_agents = self._missing_parents(batch)
+        with conn.transaction():
+            with conn.cursor() as cur:
+                if new_runs:
+                    cur.execute(_STUB_RUNS, (sorted(new_runs),))
+                    result.stub_runs = cur.rowcount
+                if new_agents:
+                    pairs = sorted(new_agents)
+                    cur.execute(_STUB_AGENTS, ([r for r, _ in pairs], [a for _, a in pairs]))
+                    result.stub_agents = cur.rowcount
+                for table in tables.TABLES:
+                    rows = batch.tables[table]
+                    if not rows.rows:
+                        continue
+                    spec = SPECS[table]
+                    if spec.upsert:
+                        rows = _latest_per_key(spec, rows)
+                    self._load(cur, spec, rows.rows, rows.sources, result)
+                self._store_offsets(cur, batch, expected)
+            if result.dead:
+                publish_dead(result.dead)
+        self._known_runs |= new_runs
+        self._known_agents |= new_agents
+        return result
+
+    def _missing_parents(self, batch: Batch) -> tuple[set[Any], set[tuple[Any, str]]]:
+        runs: set[Any] = set()
+        for table, column in RUN_COLUMN.items():
+            rows = batch.tables[table].rows
+            if rows:
+                idx = SPECS[table].column_names.index(column)
+                runs.update(r[idx] for r in rows)
+        spec = SPECS[tables.AGENT_MEMORIES]
+        ri, ai = spec.column_names.index("simulation_run_id"), spec.column_names.index("agent_id_str")
+        agents = {(r[ri], r[ai]) for r in batch.tables[tables.AGENT_MEMORIES].rows}
+        return runs - self._known_runs, agents - self._known_agents
+
+    def _load(
+        self,
+        cur: Any,
+        spec: TableSpec,
+        rows: list[tuple[Any, ...]],
+        sources: list[Source],
+        result: WriteResult,
+    ) -> None:
+        """Load rows in a savepoint; on a data error, bisect until the bad rows are alone."""
+        try:
+            with cur.connection.transaction():
+                self._load_chunk(cur, spec, rows, sources, result)
+        except errors.ForeignKeyViolation as e:
+            # Stubs make every parent exist, so a cached parent must have been deleted.
+            self._known_runs.clear()
+            self._known_agents.clear()
+            raise TransientError(f"parent row vanished, retrying with stubs: {e}") from e
+        except DATA_ERRORS as e:
+            if len(rows) == 1:
+                result.dead.append(
+                    DeadLetter(sources[0], spec.name, type(e).__name__, str(e).strip().splitlines()[0])
+                )
+                return
+            mid = len(rows) // 2
+            self._load(cur, spec, rows[:mid], sources[:mid], result)
+            self._load(cur, spec, rows[mid:], sources[mid:], result)
+
+    def _load_chunk(
+        self,
+        cur: Any,
+        spec: TableSpec,
+        rows: list[tuple[Any, ...]],
+        sources: list[Source],
+        result: WriteResult,
+    ) -> None:
+        cols = _qcols((*spec.column_names, "_seq"))
+        with cur.copy(f"COPY {spec.stage_table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([*spec.copy_types, "int4"])
+            for seq, row in enumerate(rows):
+                copy.write_row((*row, seq))
+        cur.execute(self._insert[spec.name])
+        inserted = cur.rowcount
+        divergent: list[tuple[Any, ...]] = []
+        if not spec.upsert and inserted < len(rows):
+            divergent = cur.execute(self._conflicts[spec.name]).fetchall()
+        cur.execute(f"TRUNCATE {spec.stage_table}")
+        for seq, key, incoming in divergent:
+            src = sources[seq]
+            cur.execute(
+                _RECORD_CONFLICT,
+                (spec.name, key, src.topic, src.partition, src.offset, json.dumps(incoming)),
+            )
+        # Counted only once the savepoint holds (a failing chunk raises before this).
+        result.inserted[spec.name] += inserted
+        if not spec.upsert:
+            result.duplicates[spec.name] += len(rows) - inserted - len(divergent)
+        result.conflicts += len(divergent)
+
+    def _store_offsets(self, cur: Any, batch: Batch, expected: dict[TopicPartition, int | None]) -> None:
+        for (topic, partition), next_offset in sorted(batch.next_offsets.items()):
+            was = expected.get((topic, partition))
+            cur.execute(
+                _STORE_OFFSET,
+                (self._group, topic, partition, next_offset, -1 if was is None else was),
+            )
+            if cur.fetchone() is None:
+                raise FencedError(
+                    f"{topic}[{partition}]: stored offset moved past {was}; another worker owns it"
+                )

@@ -1,0 +1,160 @@
+"""How each table is loaded: columns, COPY types, idempotency key and conflict policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from producers import tables
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A loaded column: its name, the type it is copied as, and its type in the table."""
+
+    name: str
+    copy_type: str
+    table_type: str
+
+    @property
+    def select_expr(self) -> str:
+        """Expression that reads the staged value as the table's type."""
+        if self.copy_type == self.table_type:
+            return self.name
+        return f"{self.name}::{self.table_type}"
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """Loading rules of one table."""
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    #: Guarded upsert (newest ``updated_at`` wins) instead of insert-if-absent.
+    upsert: bool = False
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def copy_types(self) -> list[str]:
+        return [c.copy_type for c in self.columns]
+
+    @property
+    def stage_table(self) -> str:
+        return f"_stage_{self.name}"
+
+
+def _c(name: str, copy_type: str, table_type: str | None = None) -> Column:
+    return Column(name, copy_type, table_type or copy_type)
+
+
+UUID, TEXT, INT, TS, REAL = "uuid", "text", "int4", "timestamptz", "float4"
+
+SPECS: Final[dict[str, TableSpec]] = {
+    tables.SIMULATION_RUNS: TableSpec(
+        tables.SIMULATION_RUNS,
+        (
+            _c("run_id", UUID),
+            _c("config_snapshot", TEXT, "jsonb"),
+            _c("start_time", TS),
+            _c("end_time", TS),
+            _c("status", TEXT),
+            _c("notes", TEXT),
+            _c("updated_at", TS),
+        ),
+        key=("run_id",),
+        upsert=True,
+    ),
+    tables.AGENTS: TableSpec(
+        tables.AGENTS,
+        (
+            _c("creation_run_id", UUID),
+            _c("agent_id_str", TEXT),
+            _c("persona", TEXT),
+            _c("initial_agent_type", TEXT),
+            _c("creation_step", INT),
+            _c("updated_at", TS),
+        ),
+        key=("creation_run_id", "agent_id_str"),
+        upsert=True,
+    ),
+    tables.AGENT_MEMORIES: TableSpec(
+        tables.AGENT_MEMORIES,
+        (
+            _c("memory_id", UUID),
+            _c("agent_id_str", TEXT),
+            _c("simulation_run_id", UUID),
+            _c("step_timestamp", INT),
+            _c("real_timestamp", TS),
+            _c("content", TEXT),
+            _c("importance", REAL),
+            _c("tags", "text[]"),
+            _c("related_agent_id", TEXT),
+        ),
+        key=("memory_id",),
+    ),
+    tables.MARKET_TRANSACTIONS: TableSpec(
+        tables.MARKET_TRANSACTIONS,
+        (
+            _c("transaction_sim_id", TEXT),
+            _c("simulation_run_id", UUID),
+            _c("step_timestamp", INT),
+            _c("real_timestamp", TS),
+            _c("market_id", TEXT),
+            _c("resource_type", TEXT),
+            _c("buyer_agent_id", TEXT),
+            _c("seller_agent_id", TEXT),
+            _c("quantity", REAL),
+            _c("price_per_unit", REAL),
+            _c("total_cost", REAL),
+            _c("buy_order_id", TEXT),
+            _c("sell_order_id", TEXT),
+        ),
+        key=("simulation_run_id", "transaction_sim_id"),
+    ),
+    tables.BANKING_TRANSACTIONS: TableSpec(
+        tables.BANKING_TRANSACTIONS,
+        (
+            _c("transaction_sim_id", TEXT),
+            _c("simulation_run_id", UUID),
+            _c("step_timestamp", INT),
+            _c("real_timestamp", TS),
+            _c("account_id", TEXT),
+            _c("agent_id_str", TEXT),
+            _c("transaction_type", TEXT),
+            _c("amount", REAL),
+            _c("balance_after", REAL),
+            _c("description", TEXT),
+            _c("counterparty_id", TEXT),
+            _c("reference_id", TEXT),
+        ),
+        key=("simulation_run_id", "transaction_sim_id"),
+    ),
+    tables.SIMULATION_EVENTS: TableSpec(
+        tables.SIMULATION_EVENTS,
+        (
+            _c("event_uid", UUID),
+            _c("simulation_run_id", UUID),
+            _c("step_timestamp", INT),
+            _c("real_timestamp", TS),
+            _c("event_type", TEXT),
+            _c("agent_id_primary", TEXT),
+            _c("agent_id_secondary", TEXT),
+            _c("details", TEXT, "jsonb"),
+            _c("description", TEXT),
+        ),
+        key=("event_uid",),
+    ),
+}
+
+#: Column that names the run of a child row (for parent stubs).
+RUN_COLUMN: Final[dict[str, str]] = {
+    tables.AGENTS: "creation_run_id",
+    tables.AGENT_MEMORIES: "simulation_run_id",
+    tables.MARKET_TRANSACTIONS: "simulation_run_id",
+    tables.BANKING_TRANSACTIONS: "simulation_run_id",
+    tables.SIMULATION_EVENTS: "simulation_run_id",
+}

@@ -1,0 +1,149 @@
+"""Avro single-object encoding with the schema versions kept in ``schemas/``.
+
+A message is ``C3 01`` + the writer schema's CRC-64-AVRO fingerprint (8 bytes,
+little-endian) + the Avro binary payload. Decoding looks the fingerprint up
+among every version of every table and resolves the payload to that table's
+current (newest) schema, so records written by older versions still load.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import to_parsing_canonical_form
+
+from producers.errors import MalformedRecordError, UnknownSchemaError
+from producers.tables import TABLES
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = 10
+
+_CRC64_EMPTY = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> list[int]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_CRC64_EMPTY & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_CRC64_TABLE = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """CRC-64-AVRO (Rabin) fingerprint, as defined by the Avro specification."""
+    fp = _CRC64_EMPTY
+    for byte in data:
+        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def schema_fingerprint(schema: dict[str, Any]) -> bytes:
+    """The 8 little-endian bytes that identify `schema` in single-object encoding."""
+    canonical = to_parsing_canonical_form(schema).encode("utf-8")
+    return crc64_avro(canonical).to_bytes(8, "little")
+
+
+def default_schema_dir() -> Path:
+    """Where the schemas live: inside the installed wheel, else the source tree."""
+    packaged = resources.files("producers").joinpath("_schemas")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaVersion:
+    """One parsed version of a table's schema."""
+
+    table: str
+    version: int
+    raw: dict[str, Any]
+    parsed: Any
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded message: its table, writer version and record (reader-schema shape)."""
+
+    table: str
+    version: int
+    record: dict[str, Any]
+
+
+def load_schema_versions(schema_dir: Path) -> dict[str, list[SchemaVersion]]:
+    """Read ``<table>/v<N>.avsc`` for every table, oldest version first."""
+    versions: dict[str, list[SchemaVersion]] = {}
+    for table in TABLES:
+        found = []
+        for path in sorted((schema_dir / table).glob("v*.avsc")):
+            number = int(path.stem[1:])
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            parsed = fastavro.parse_schema(raw)
+            found.append(SchemaVersion(table, number, raw, parsed, schema_fingerprint(raw)))
+        if not found:
+            raise FileNotFoundError(f"no schema versions for table {table!r} in {schema_dir}")
+        versions[table] = sorted(found, key=lambda v: v.version)
+    return versions
+
+
+class AvroCodec:
+    """Encode records with each table's current schema; decode any known version."""
+
+    def __init__(self, schema_dir: Path | None = None) -> None:
+        self.versions = load_schema_versions(schema_dir or default_schema_dir())
+        self.current = {table: vs[-1] for table, vs in self.versions.items()}
+        self._by_fingerprint: dict[bytes, SchemaVersion] = {}
+        for vs in self.versions.values():
+            for v in vs:
+                if v.fingerprint in self._by_fingerprint:
+                    raise ValueError(f"two schema versions share fingerprint: {v.table} v{v.version}")
+                self._by_fingerprint[v.fingerprint] = v
+
+    def encode(self, table: str, record: dict[str, Any], version: int | None = None) -> bytes:
+        """Serialize `record` with the table's current schema (or an explicit `version`)."""
+        schema = self.current[table] if version is None else self._version(table, version)
+        buf = io.BytesIO()
+        buf.write(MAGIC)
+        buf.write(schema.fingerprint)
+        fastavro.schemaless_writer(buf, schema.parsed, record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> Decoded:
+        """Parse single-object bytes; raise a CodecError subclass on bad input."""
+        if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            raise MalformedRecordError("not Avro single-object encoding (bad marker or too short)")
+        writer = self._by_fingerprint.get(data[2:HEADER_SIZE])
+        if writer is None:
+            raise UnknownSchemaError(f"unknown schema fingerprint {data[2:HEADER_SIZE].hex()}")
+        reader = self.current[writer.table]
+        buf = io.BytesIO(data)
+        buf.seek(HEADER_SIZE)
+        try:
+            record = fastavro.schemaless_reader(
+                buf, writer.parsed, None if reader is writer else reader.parsed
+            )
+        except Exception as e:  # fastavro raises EOFError, ValueError, UnicodeDecodeError...
+            raise MalformedRecordError(f"corrupt {writer.table} v{writer.version} payload: {e!r}") from e
+        if buf.tell() != len(data):
+            raise MalformedRecordError(
+                f"{len(data) - buf.tell()} trailing bytes after the {writer.table} payload"
+            )
+        return Decoded(writer.table, writer.version, record)
+
+    def _version(self, table: str, version: int) -> SchemaVersion:
+        for v in self.versions[table]:
+            if v.version == version:
+                return v
+        raise KeyError(f"{table} has no schema version {version}")

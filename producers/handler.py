@@ -1,0 +1,245 @@
+"""KafkaDatabaseHandler: a drop-in replacement for the simulation's DatabaseHandler.
+
+Same constructor and async methods as the simulation's own handler, but each
+call only validates and enqueues a record (microseconds) instead of running a
+synchronous database transaction on the event loop. Data the simulation passes
+loosely (enum members, epoch-second floats, numpy numbers, extra dict keys) is
+normalized here; the typed SocietyProducer underneath stays strict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import enum
+import json
+import math
+import os
+import uuid
+from typing import Any, Mapping
+
+from producers.producer import SocietyProducer
+from producers.settings import ProducerSettings
+
+#: Environment variable read when neither arguments nor config name a broker.
+BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+KAFKA_URL_SCHEME = "kafka://"
+
+
+def _plain(value: Any) -> Any:
+    """Enum members become their value; numpy scalars become Python numbers."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy":
+        return item()
+    return value
+
+
+def _text(value: Any) -> str | None:
+    value = _plain(value)
+    return None if value is None else str(value) if not isinstance(value, str) else value
+
+
+def to_json_value(value: Any) -> Any:
+    """Turn simulation data (enums, tuples, sets, numpy, datetimes, dataclasses) into JSON values."""
+    value = _plain(value)
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(_plain(k)): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_json_value(v) for v in value]
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_json_value(dataclasses.asdict(value))
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return to_json_value(dump())
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return to_json_value(tolist())
+    return str(value)
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    """Epoch seconds, ISO text or datetime; naive datetimes are taken as local time."""
+    value = _plain(value)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc)
+    raise TypeError(f"timestamp must be epoch seconds, ISO text or datetime, got {value!r}")
+
+
+def _number(value: Any) -> Any:
+    return _plain(value)
+
+
+def _tags(value: Any) -> list[str] | None:
+    value = _plain(value)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return [str(_plain(t)) for t in value]
+
+
+def _config_get(config: Any, *path: str) -> Any:
+    for name in path:
+        if config is None:
+            return None
+        config = config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+    return config
+
+
+def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> str:
+    """Pick the broker: explicit argument, a kafka:// URL (argument, then config), else the environment."""
+    if explicit:
+        return explicit
+    for url in (db_url, _config_get(config, "output", "database_url")):
+        if isinstance(url, str) and url.startswith(KAFKA_URL_SCHEME):
+            return url[len(KAFKA_URL_SCHEME) :].strip("/")
+    # The simulation builds its handler without Kafka settings, so this
+    # drop-in (unlike the rest of the library) falls back to the environment.
+    from_env = os.environ.get(BOOTSTRAP_ENV)
+    if from_env:
+        return from_env
+    raise ValueError(
+        f"no Kafka broker: pass bootstrap_servers=, set config.output.database_url to "
+        f"'kafka://host:port', or set {BOOTSTRAP_ENV}"
+    )
+
+
+class KafkaDatabaseHandler:
+    """Drop-in for the simulation's DatabaseHandler, writing through Kafka.
+
+    Construct it like the original: ``KafkaDatabaseHandler(db_url, config, config_snapshot)``.
+    Keyword arguments name Kafka settings explicitly (``bootstrap_servers``,
+    ``topic_prefix`` and any ProducerSettings field), or pass a ready ``producer``.
+    """
+
+    def __init__(
+        self,
+        db_url: str | None = None,
+        config: Any = None,
+        config_snapshot: Mapping[str, Any] | None = None,
+        *,
+        producer: SocietyProducer | None = None,
+        bootstrap_servers: str | None = None,
+        flush_timeout: float = 60.0,
+        **settings: Any,
+    ) -> None:
+        if producer is None:
+            settings["bootstrap_servers"] = resolve_bootstrap(db_url, config, bootstrap_servers)
+            producer = SocietyProducer(ProducerSettings(**settings))
+        self.producer = producer
+        #: Truthy like the original handler's SQLAlchemy engine, which the simulation checks.
+        self.engine = producer
+        self.config = config
+        self.config_snapshot = config_snapshot
+        self.flush_timeout = flush_timeout
+        self._current_run_id: str | None = None
+
+    # The simulation's own handler exposes these two coroutines for runs.
+    async def start_simulation_run(self, config_snapshot: Mapping[str, Any] | None = None) -> str:
+        """Record the start of a run; return its id (text, like the original)."""
+        snapshot = config_snapshot if config_snapshot is not None else self.config_snapshot
+        run_id = self.producer.start_run(to_json_value(snapshot) if snapshot is not None else None)
+        self._current_run_id = str(run_id)
+        return self._current_run_id
+
+    async def end_simulation_run(self, status: Any = "completed") -> None:
+        """Record the run's final status and wait (off the event loop) until everything is delivered."""
+        if self._current_run_id is None:
+            return
+        self.producer.end_run(status=_text(status) or "completed")
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait for delivery of everything recorded so far, in a worker thread."""
+        loop = asyncio.get_running_loop()  # bound lazily: the handler may predate the loop
+        await loop.run_in_executor(None, self.producer.flush, self.flush_timeout)
+
+    async def close(self) -> None:
+        """Flush and close the producer."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.producer.close, self.flush_timeout)
+
+    async def save_agent_memory(self, agent_id: Any, memory_data: Mapping[str, Any], step: int) -> str:
+        """Record one memory; ``memory_data`` carries content, importance, tags, related_agent_id, timestamp."""
+        memory_id = self.producer.record_memory(
+            _text(agent_id),
+            _text(memory_data.get("content")),
+            _number(step),
+            importance=_number(memory_data.get("importance")),
+            tags=_tags(memory_data.get("tags")),
+            related_agent_id=_text(memory_data.get("related_agent_id")),
+            timestamp=_timestamp(memory_data.get("timestamp")),
+        )
+        return str(memory_id)
+
+    async def save_market_transaction(self, transaction_data: Mapping[str, Any], step: int) -> None:
+        """Record one trade from the market's transaction dict."""
+        d = transaction_data
+        self.producer.record_market_transaction(
+            _text(d.get("transaction_id")),
+            _number(step),
+            market_id=_text(d.get("market_id")),
+            resource_type=_text(d.get("resource_type")),
+            buyer_id=_text(d.get("buyer_id")),
+            seller_id=_text(d.get("seller_id")),
+            quantity=_number(d.get("quantity")),
+            price_per_unit=_number(d.get("price_per_unit")),
+            total_cost=_number(d.get("total_cost")),
+            buy_order_id=_text(d.get("buy_order_id")),
+            sell_order_id=_text(d.get("sell_order_id")),
+            timestamp=_timestamp(d.get("timestamp")),
+        )
+
+    async def save_banking_transaction(self, transaction_data: Mapping[str, Any], step: int, agent_id: Any) -> None:
+        """Record one banking transaction of `agent_id`."""
+        d = transaction_data
+        self.producer.record_bank_transaction(
+            _text(d.get("transaction_id")),
+            _number(step),
+            account_id=_text(d.get("account_id")),
+            agent_id=_text(agent_id),
+            transaction_type=_text(d.get("transaction_type")),
+            amount=_number(d.get("amount")),
+            balance_after=_number(d.get("balance_after")),
+            description=_text(d.get("description")),
+            counterparty_id=_text(d.get("counterparty_id")),
+            reference_id=_text(d.get("reference_id")),
+            timestamp=_timestamp(d.get("timestamp")),
+        )
+
+    async def save_simulation_event(
+        self,
+        event_type: Any,
+        step: int,
+        agent_id_primary: Any = None,
+        agent_id_secondary: Any = None,
+        details: Any = None,
+        description: Any = None,
+    ) -> str:
+        """Record one event; non-JSON details (enums, tuples, numpy, datetimes) are converted."""
+        uid = self.producer.record_event(
+            _text(event_type),
+            _number(step),
+            agent_id_primary=_text(agent_id_primary),
+            agent_id_secondary=_text(agent_id_secondary),
+            details=None if details is None else json.dumps(to_json_value(details), separators=(",", ":")),
+            description=_text(description),
+        )
+        return str(uid)

@@ -1,0 +1,386 @@
+"""SocietyProducer: the embedded client that turns simulation facts into Kafka records.
+
+Every ``record_*`` call validates, encodes and enqueues one record, then
+returns: it never waits for the broker. The local queue is bounded; when it
+stays full for ``max_block_seconds`` the call raises QueueFullError. Delivery
+failures are counted and reported by ``flush()``/``close()``, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from producers import ids, tables
+from producers.codec import AvroCodec
+from producers.errors import DeliveryError, ProducerError, QueueFullError
+from producers.models import validate_record
+from producers.settings import ProducerSettings
+
+#: How many delivery failures are kept for the report (all are counted).
+MAX_KEPT_FAILURES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailure:
+    """A record Kafka did not accept, with the broker's reason."""
+
+    topic: str
+    key: str | None
+    error: str
+
+
+@dataclass(slots=True)
+class ProducerStats:
+    """Counters since the producer was created."""
+
+    sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(tables.TABLES, 0))
+    delivered: int = 0
+    failed: int = 0
+    queue_full_waits: int = 0
+    in_queue: int = 0
+
+    @property
+    def total_sent(self) -> int:
+        return sum(self.sent.values())
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+class SocietyProducer:
+    """Records a simulation run's facts into one Kafka topic per table.
+
+    Use as a context manager, or call ``close()``; thread-safe. Ids that the
+    simulation does not give (memories, events) are derived deterministically
+    from run, agent, step and a per-step sequence number.
+    """
+
+    def __init__(self, settings: ProducerSettings, codec: AvroCodec | None = None) -> None:
+        self.settings = settings
+        self._codec = codec or AvroCodec()
+        self._producer = Producer(settings.librdkafka())
+        self._topics = {t: tables.topic_for(settings.topic_prefix, t) for t in tables.TABLES}
+        self._lock = threading.Lock()
+        self._stats = ProducerStats()
+        self._failures: deque[DeliveryFailure] = deque(maxlen=MAX_KEPT_FAILURES)
+        self._failures_reported = 0
+        self._run: dict[str, Any] | None = None
+        self._memory_seq: dict[str, tuple[int, int]] = {}
+        self._event_seq: dict[str, tuple[int, int]] = {}
+        self._closed = False
+
+    # -- runs ---------------------------------------------------------------
+    @property
+    def run_id(self) -> uuid.UUID | None:
+        """The current run's id, or None before ``start_run``."""
+        return None if self._run is None else self._run["run_id"]
+
+    def start_run(
+        self,
+        config_snapshot: Mapping[str, Any] | str | None = None,
+        *,
+        run_id: uuid.UUID | None = None,
+        notes: str | None = None,
+        start_time: datetime | None = None,
+    ) -> uuid.UUID:
+        """Start a run (status ``running``) and return its id."""
+        now = _now()
+        run = {
+            "run_id": run_id or uuid.uuid4(),
+            "config_snapshot": _json_text(config_snapshot),
+            "start_time": start_time or now,
+            "end_time": None,
+            "status": "running",
+            "notes": notes,
+            "updated_at": now,
+        }
+        fields = self._send(tables.SIMULATION_RUNS, run, str(run["run_id"]))
+        self._run = fields
+        self._memory_seq.clear()
+        self._event_seq.clear()
+        return fields["run_id"]
+
+    def end_run(self, status: str = "completed", *, end_time: datetime | None = None, notes: str | None = None) -> None:
+        """Record the end of the current run with its final status."""
+        run = dict(self._require_run())
+        now = _now()
+        run.update(status=status, end_time=end_time or now, updated_at=now)
+        if notes is not None:
+            run["notes"] = notes
+        self._run = self._send(tables.SIMULATION_RUNS, run, str(run["run_id"]))
+
+    # -- records ------------------------------------------------------------
+    def record_agent(
+        self,
+        agent_id: str,
+        *,
+        persona: str | None = None,
+        agent_type: str | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Record an agent created in the current run."""
+        run_id = self._require_run()["run_id"]
+        record = {
+            "creation_run_id": run_id,
+            "agent_id_str": agent_id,
+            "persona": persona,
+            "initial_agent_type": agent_type,
+            "creation_step": step,
+            "updated_at": _now(),
+        }
+        self._send(tables.AGENTS, record, str(run_id))
+
+    def record_memory(
+        self,
+        agent_id: str,
+        content: str,
+        step: int,
+        *,
+        importance: float | None = None,
+        tags: list[str] | None = None,
+        related_agent_id: str | None = None,
+        timestamp: datetime | None = None,
+        memory_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        """Record one memory of `agent_id`; return its id."""
+        run_id = self._require_run()["run_id"]
+        if memory_id is None:
+            memory_id = ids.memory_id(run_id, agent_id, step, self._next_seq(self._memory_seq, agent_id, step))
+        record = {
+            "memory_id": memory_id,
+            "agent_id_str": agent_id,
+            "simulation_run_id": run_id,
+            "step_timestamp": step,
+            "real_timestamp": timestamp or _now(),
+            "content": content,
+            "importance": importance,
+            "tags": tags,
+            "related_agent_id": related_agent_id,
+        }
+        self._send(tables.AGENT_MEMORIES, record, f"{run_id}/{agent_id}")
+        return memory_id
+
+    def record_market_transaction(
+        self,
+        transaction_id: str,
+        step: int,
+        *,
+        market_id: str,
+        resource_type: str,
+        buyer_id: str,
+        seller_id: str,
+        quantity: float,
+        price_per_unit: float,
+        total_cost: float,
+        buy_order_id: str | None = None,
+        sell_order_id: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        """Record one completed trade."""
+        run_id = self._require_run()["run_id"]
+        record = {
+            "transaction_sim_id": transaction_id,
+            "simulation_run_id": run_id,
+            "step_timestamp": step,
+            "real_timestamp": timestamp or _now(),
+            "market_id": market_id,
+            "resource_type": resource_type,
+            "buyer_agent_id": buyer_id,
+            "seller_agent_id": seller_id,
+            "quantity": quantity,
+            "price_per_unit": price_per_unit,
+            "total_cost": total_cost,
+            "buy_order_id": buy_order_id,
+            "sell_order_id": sell_order_id,
+        }
+        self._send(tables.MARKET_TRANSACTIONS, record, f"{run_id}/{market_id}")
+
+    def record_bank_transaction(
+        self,
+        transaction_id: str,
+        step: int,
+        *,
+        account_id: str,
+        agent_id: str,
+        transaction_type: str,
+        amount: float,
+        balance_after: float,
+        description: str | None = None,
+        counterparty_id: str | None = None,
+        reference_id: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        """Record one banking transaction."""
+        run_id = self._require_run()["run_id"]
+        record = {
+            "transaction_sim_id": transaction_id,
+            "simulation_run_id": run_id,
+            "step_timestamp": step,
+            "real_timestamp": timestamp or _now(),
+            "account_id": account_id,
+            "agent_id_str": agent_id,
+            "transaction_type": transaction_type,
+            "amount": amount,
+            "balance_after": balance_after,
+            "description": description,
+            "counterparty_id": counterparty_id,
+            "reference_id": reference_id,
+        }
+        self._send(tables.BANKING_TRANSACTIONS, record, f"{run_id}/{account_id}")
+
+    def record_event(
+        self,
+        event_type: str,
+        step: int,
+        *,
+        agent_id_primary: str | None = None,
+        agent_id_secondary: str | None = None,
+        details: Mapping[str, Any] | str | None = None,
+        description: str | None = None,
+        timestamp: datetime | None = None,
+        event_uid: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        """Record one simulation event; return its idempotency id."""
+        run_id = self._require_run()["run_id"]
+        subject = agent_id_primary or ""
+        if event_uid is None:
+            event_uid = ids.event_uid(run_id, step, subject, self._next_seq(self._event_seq, subject, step))
+        record = {
+            "event_uid": event_uid,
+            "simulation_run_id": run_id,
+            "step_timestamp": step,
+            "real_timestamp": timestamp or _now(),
+            "event_type": event_type,
+            "agent_id_primary": agent_id_primary,
+            "agent_id_secondary": agent_id_secondary,
+            "details": _json_text(details),
+            "description": description,
+        }
+        key = f"{run_id}/{agent_id_primary}" if agent_id_primary else str(run_id)
+        self._send(tables.SIMULATION_EVENTS, record, key)
+        return event_uid
+
+    def send(self, table: str, record: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
+        """Validate and send a complete record of `table` (used by backfills and tests)."""
+        return self._send(table, dict(record), key)
+
+    # -- delivery -----------------------------------------------------------
+    def poll(self, timeout: float = 0) -> None:
+        """Serve delivery reports (called for you after every record)."""
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 30.0) -> ProducerStats:
+        """Wait until every queued record is delivered or failed.
+
+        Returns the stats; raises DeliveryError when records failed since the
+        last flush or are still queued after `timeout`.
+        """
+        pending = self._producer.flush(timeout)
+        stats = self.stats()
+        with self._lock:
+            new_failures = stats.failed - self._failures_reported
+            self._failures_reported = stats.failed
+            kept = list(self._failures)[-new_failures:] if new_failures else []
+        if pending or new_failures:
+            raise DeliveryError(
+                f"{new_failures} record(s) failed delivery and {pending} still queued after {timeout}s"
+                + (f"; first failure: {kept[0].topic} key={kept[0].key}: {kept[0].error}" if kept else ""),
+                kept,
+                pending,
+            )
+        return stats
+
+    def close(self, timeout: float = 30.0) -> ProducerStats:
+        """Flush and stop accepting records (raises DeliveryError like ``flush``)."""
+        self._closed = True
+        return self.flush(timeout)
+
+    def stats(self) -> ProducerStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            snap = ProducerStats(
+                sent=dict(self._stats.sent),
+                delivered=self._stats.delivered,
+                failed=self._stats.failed,
+                queue_full_waits=self._stats.queue_full_waits,
+            )
+        snap.in_queue = len(self._producer)
+        return snap
+
+    def __enter__(self) -> SocietyProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------
+    def _require_run(self) -> dict[str, Any]:
+        if self._run is None:
+            raise ProducerError("no run started: call start_run() first")
+        return self._run
+
+    @staticmethod
+    def _next_seq(counters: dict[str, tuple[int, int]], subject: str, step: int) -> int:
+        last_step, seq = counters.get(subject, (step, -1))
+        seq = seq + 1 if last_step == step else 0
+        counters[subject] = (step, seq)
+        return seq
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        with self._lock:
+            if err is None:
+                self._stats.delivered += 1
+                return
+            self._stats.failed += 1
+            key = msg.key()
+            self._failures.append(
+                DeliveryFailure(msg.topic(), key.decode("utf-8", "replace") if key else None, err.str())
+            )
+
+    def _send(self, table: str, record: dict[str, Any], key: str | None) -> dict[str, Any]:
+        if self._closed:
+            raise ProducerError("producer is closed")
+        fields = validate_record(table, record)
+        value = self._codec.encode(table, fields)
+        self._produce(self._topics[table], key, value)
+        with self._lock:
+            self._stats.sent[table] += 1
+        return fields
+
+    def _produce(self, topic: str, key: str | None, value: bytes) -> None:
+        deadline = None
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.settings.max_block_seconds
+                    with self._lock:
+                        self._stats.queue_full_waits += 1
+                elif now >= deadline:
+                    raise QueueFullError(
+                        f"local queue full for {self.settings.max_block_seconds}s "
+                        f"({len(self._producer)} records waiting for the broker)"
+                    ) from None
+                self._producer.poll(0.05)
+            except KafkaException as e:
+                raise ProducerError(f"cannot enqueue record for {topic}: {e}") from e
+        self._producer.poll(0)

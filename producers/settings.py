@@ -1,0 +1,74 @@
+"""Producer configuration: an explicit, frozen model; the library never reads the environment."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from producers.tables import DEFAULT_TOPIC_PREFIX
+
+
+class KafkaSecurity(BaseModel):
+    """SASL/TLS settings passed through to librdkafka; secrets are never logged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+
+    def librdkafka(self) -> dict[str, Any]:
+        """The matching librdkafka properties."""
+        conf: dict[str, Any] = {"security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+
+class ProducerSettings(BaseModel):
+    """How the embedded producer reaches Kafka and how much it may hold locally."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field(min_length=1)
+    topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9._-]+$")
+    client_id: str = "society-ingest-producer"
+    # Batching: a few ms of linger turns per-record calls into large compressed batches.
+    linger_ms: int = Field(default=20, ge=0)
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    # The local queue bounds memory while the broker is slow or down.
+    queue_max_messages: int = Field(default=500_000, ge=1)
+    queue_max_kbytes: int = Field(default=512 * 1024, ge=1)
+    # How long a record is held (and retried) before it counts as undeliverable.
+    message_timeout_ms: int = Field(default=300_000, ge=1)
+    # How long a call may block when the local queue is full before QueueFullError.
+    max_block_seconds: float = Field(default=5.0, ge=0)
+    security: KafkaSecurity = KafkaSecurity()
+    #: Extra librdkafka properties, applied last (an escape hatch for tuning).
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def librdkafka(self) -> dict[str, Any]:
+        """The confluent-kafka Producer configuration."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self.linger_ms,
+            "compression.type": self.compression,
+            "queue.buffering.max.messages": self.queue_max_messages,
+            "queue.buffering.max.kbytes": self.queue_max_kbytes,
+            "message.timeout.ms": self.message_timeout_ms,
+        }
+        conf.update(self.security.librdkafka())
+        conf.update(self.extra)
+        return conf
