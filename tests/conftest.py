@@ -1,0 +1,118 @@
+"""Shared fixtures: real Kafka and PostgreSQL, from the first source that works.
+
+1. ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` when both are set;
+2. testcontainers (Kafka and PostgreSQL modules) when a Docker engine answers;
+3. the project's local stack (``scripts/stack``), started here and stopped after.
+
+Tests that need services never skip: if none can be had they error loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from localstack import LocalStack  # noqa: E402
+
+KAFKA_IMAGE = "apache/kafka:4.1.1"
+POSTGRES_IMAGE = "postgres:15"
+
+
+@dataclass
+class Services:
+    """Where the tests' Kafka and PostgreSQL are, and who started them."""
+
+    bootstrap: str
+    database_url: str
+    source: str
+    #: The local stack, when the services are it (fault tests restart them).
+    stack: LocalStack | None = None
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def services(request: pytest.FixtureRequest) -> Iterator[Services]:
+    bootstrap, url = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("DATABASE_URL")
+    if bootstrap and url:
+        local = LocalStack()
+        stack = local if (local.kafka_bootstrap, local.database_url) == (bootstrap, url) else None
+        svc = Services(bootstrap, url, "environment" + (" (local stack)" if stack else ""), stack)
+        request.config.stash[_SOURCE] = svc.source
+        yield svc
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.postgres import PostgresContainer
+
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka, PostgresContainer(POSTGRES_IMAGE, driver=None) as pg:
+            svc = Services(kafka.get_bootstrap_server(), pg.get_connection_url(), "testcontainers")
+            request.config.stash[_SOURCE] = svc.source
+            yield svc
+        return
+    stack = LocalStack()
+    started = not (stack.is_kafka_up() and stack.is_postgres_up())
+    stack.up()
+    svc = Services(stack.kafka_bootstrap, stack.database_url, "local stack", stack)
+    request.config.stash[_SOURCE] = svc.source
+    try:
+        yield svc
+    finally:
+        if started:
+            stack.down()
+
+
+_SOURCE = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    source = config.stash.get(_SOURCE, None)
+    if source:
+        terminalreporter.write_line(f"Kafka and PostgreSQL came from: {source}")
+
+
+@pytest.fixture(scope="session")
+def template_db(services: Services) -> str:
+    """Name of a migrated template database; each test gets a copy."""
+    from support.db import create_template
+
+    return create_template(services.database_url)
+
+
+@pytest.fixture
+def database_url(services: Services, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    from support.db import clone_database, drop_database
+
+    url, name = clone_database(services.database_url, template_db)
+    yield url
+    drop_database(services.database_url, name)
+
+
+@pytest.fixture
+def topic_prefix(services: Services) -> str:
+    """A fresh topic prefix with all topics created (3 partitions each)."""
+    from consumers.topics import admin_client, create_topics
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    create_topics(admin_client(services.bootstrap), prefix, partitions=3)
+    return prefix

@@ -1,0 +1,132 @@
+"""Every table, recorded through the drop-in handler, lands in PostgreSQL column for column."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import json
+import uuid
+
+import pytest
+
+from producers import KafkaDatabaseHandler
+from support.db import count, fetch
+from support.pipeline import drain, worker_settings
+
+pytestmark = pytest.mark.integration
+
+
+class Mood(enum.Enum):
+    HAPPY = "happy"
+
+
+class EventType(enum.Enum):
+    AGENT_MARRIAGE = "AGENT_MARRIAGE"
+
+
+T0 = 1_780_000_000.25  # epoch seconds with a fraction, as the simulation sends
+
+
+def test_every_table_round_trips(services, database_url, topic_prefix):
+    # Built before any event loop exists, as the simulation does.
+    handler = KafkaDatabaseHandler(bootstrap_servers=services.bootstrap, topic_prefix=topic_prefix)
+    when = dt.datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+
+    async def scenario() -> tuple[str, str, str]:
+        run_id = await handler.start_simulation_run({"agents": 2, "mood": Mood.HAPPY, "grid": (10, 10)})
+        handler.producer.record_agent("agent_0", persona="a careful farmer", agent_type="farmer", step=0)
+        memory_id = await handler.save_agent_memory(
+            agent_id="agent_0",
+            memory_data={
+                "content": "Sold bread to agent_1 at a good price",
+                "importance": 0.75,
+                "tags": ["trade", "bread"],
+                "related_agent_id": "agent_1",
+                "timestamp": T0,
+                "processed": False,
+                "location": (3, 4),
+            },
+            step=3,
+        )
+        await handler.save_market_transaction(
+            transaction_data={
+                "transaction_id": "mt_1",
+                "timestamp": T0,
+                "market_id": "market_food",
+                "resource_type": "food",
+                "buyer_id": "agent_1",
+                "seller_id": "agent_0",
+                "quantity": 4,
+                "price_per_unit": 2.5,
+                "total_cost": 10.0,
+                "buy_order_id": "bo_1",
+                "sell_order_id": "so_1",
+                "agent_id": "ignored extra key",
+            },
+            step=3,
+        )
+        await handler.save_banking_transaction(
+            transaction_data={
+                "transaction_id": "bt_1",
+                "timestamp": T0,
+                "account_id": "acct_agent_0",
+                "transaction_type": "deposit",
+                "amount": 12.5,
+                "balance_after": 112.5,
+                "description": "bread money",
+                "counterparty_id": "agent_1",
+                "reference_id": "mt_1",
+            },
+            step=3,
+            agent_id="agent_0",
+        )
+        event_uid = await handler.save_simulation_event(
+            event_type=EventType.AGENT_MARRIAGE,
+            step=4,
+            agent_id_primary="agent_0",
+            agent_id_secondary="agent_1",
+            details={"mood": Mood.HAPPY, "place": ("church", 2), "at": when, "score": float("nan")},
+            description="agent_0 married agent_1",
+        )
+        await handler.end_simulation_run("completed")
+        return run_id, memory_id, event_uid
+
+    run_id, memory_id, event_uid = asyncio.run(scenario())
+    handler.producer.close()
+    run = uuid.UUID(run_id)
+
+    drain(
+        worker_settings(services.bootstrap, database_url, topic_prefix),
+        lambda: all(count(database_url, t) == 1 for t in
+                    ("agents", "agent_memories", "market_transactions", "banking_transactions", "simulation_events"))
+        and fetch(database_url, "SELECT status FROM simulation_runs")[0][0] == "completed",
+        "one row in every table and a completed run",
+    )
+
+    ts = dt.datetime.fromtimestamp(T0, dt.timezone.utc)
+    (r,) = fetch(database_url, "SELECT run_id, config_snapshot, start_time, end_time, status, notes, updated_at FROM simulation_runs")
+    assert r[0] == run
+    assert r[1] == {"agents": 2, "mood": "happy", "grid": [10, 10]}
+    assert r[2] <= r[3] and r[3] == r[6]
+    assert (r[4], r[5]) == ("completed", None)
+
+    assert fetch(database_url, "SELECT creation_run_id, agent_id_str, persona, initial_agent_type, creation_step, updated_at IS NOT NULL FROM agents") == [
+        (run, "agent_0", "a careful farmer", "farmer", 0, True)
+    ]
+    assert fetch(database_url, "SELECT * FROM agent_memories") == [
+        (uuid.UUID(memory_id), "agent_0", run, 3, ts, "Sold bread to agent_1 at a good price", 0.75, ["trade", "bread"], "agent_1")
+    ]
+    (m,) = fetch(database_url, "SELECT * FROM market_transactions")
+    assert m[1:] == ("mt_1", run, 3, ts, "market_food", "food", "agent_1", "agent_0", 4.0, 2.5, 10.0, "bo_1", "so_1")
+    (b,) = fetch(database_url, "SELECT * FROM banking_transactions")
+    assert b[1:] == ("bt_1", run, 3, ts, "acct_agent_0", "agent_0", "deposit", 12.5, 112.5, "bread money", "agent_1", "mt_1")
+    (e,) = fetch(database_url, "SELECT * FROM simulation_events")
+    assert e[1:8] == (uuid.UUID(event_uid), run, 4, e[4], "AGENT_MARRIAGE", "agent_0", "agent_1")
+    assert e[8] == {"mood": "happy", "place": ["church", 2], "at": when.isoformat(), "score": None}
+    assert e[9] == "agent_0 married agent_1"
+    assert e[4] is not None and e[4].tzinfo is not None
+    assert count(database_url, "ingest_conflicts") == 0
+    # The stored offsets account for every record consumed: 2 run states + 5 rows.
+    assert fetch(database_url, "SELECT sum(next_offset) FROM ingest_offsets")[0][0] == 7
+    json.dumps(r[1])  # config_snapshot is real JSON, not a quoted string

@@ -1,0 +1,53 @@
+"""Per-test databases cloned from one migrated template."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from consumers.migrations import migrate
+
+TEMPLATE = "society_test_template"
+
+
+def _with_db(url: str, dbname: str) -> str:
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+def _admin(url: str) -> psycopg.Connection:
+    return psycopg.connect(_with_db(url, "postgres"), autocommit=True)
+
+
+def create_template(url: str) -> str:
+    """(Re)create the template database and migrate it."""
+    with _admin(url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    migrate(_with_db(url, TEMPLATE))
+    return TEMPLATE
+
+
+def clone_database(url: str, template: str) -> tuple[str, str]:
+    """A new database copied from `template`; returns (url, name)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with _admin(url) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    return _with_db(url, name), name
+
+
+def drop_database(url: str, name: str) -> None:
+    with _admin(url) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def fetch(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def count(url: str, table: str) -> int:
+    return fetch(url, f"SELECT count(*) FROM {table}")[0][0]

@@ -1,0 +1,85 @@
+"""Run producers and workers against the test services."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from consumers.settings import WorkerSettings
+from consumers.worker import Worker, WorkerStats
+from producers import ProducerSettings, SocietyProducer
+
+#: Upper bound for any wait on the pipeline in tests (a hang fails, never passes).
+WAIT_TIMEOUT_S = 90.0
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT_TIMEOUT_S, interval: float = 0.1) -> Any:
+    """Poll `condition` until it returns a truthy value; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def producer(bootstrap: str, prefix: str, **overrides: Any) -> SocietyProducer:
+    return SocietyProducer(ProducerSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, **overrides))
+
+
+def worker_settings(bootstrap: str, database_url: str, prefix: str, **overrides: Any) -> WorkerSettings:
+    base: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "database_url": database_url,
+        "topic_prefix": prefix,
+        "group_id": f"{prefix}-workers",
+        "linger_ms": 200,
+        "retry_initial_s": 0.1,
+        "retry_max_s": 1.0,
+    }
+    base.update(overrides)
+    return WorkerSettings(**base)
+
+
+class WorkerThread:
+    """A Worker running in a background thread; use as a context manager."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.worker = Worker(settings)
+        self.error: BaseException | None = None
+        self.stats: WorkerStats | None = None
+        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.stats = self.worker.run()
+        except BaseException as e:  # surfaced by stop()
+            self.error = e
+
+    def __enter__(self) -> WorkerThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = WAIT_TIMEOUT_S) -> WorkerStats:
+        self.worker.stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError("worker did not stop")
+        if self.error is not None:
+            raise self.error
+        assert self.stats is not None
+        return self.stats
+
+
+def drain(settings: WorkerSettings, done: Callable[[], Any], what: str) -> WorkerStats:
+    """Run a worker until `done()` holds, then stop it and return its stats."""
+    with WorkerThread(settings) as w:
+        wait_for(lambda: w.error is not None or done(), what)
+        return w.stop()
