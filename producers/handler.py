@@ -92,7 +92,7 @@ def _tags(value: Any) -> list[str] | None:
         return None
     if isinstance(value, str):
         return [value]
-    return [str(_plain(t)) for t in value]
+    return [t if t is None else str(_plain(t)) for t in value]  # None stays invalid
 
 
 def _config_get(config: Any, *path: str) -> Any:

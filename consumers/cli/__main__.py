@@ -1,0 +1,5 @@
+"""``python -m consumers.cli``."""
+
+from consumers.cli import main
+
+main()
