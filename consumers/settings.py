@@ -29,6 +29,9 @@ class WorkerSettings(BaseModel):
     group_id: str = DEFAULT_GROUP
     tables: tuple[str, ...] = TABLES
     worker_id: str = Field(default_factory=default_worker_id)
+    #: Validate decoded records with the pydantic models before loading. Off,
+    #: PostgreSQL's constraints alone catch bad rows (isolated by bisection).
+    validate_records: bool = True
     # A batch is flushed when any bound is reached. Rows and bytes bound memory
     # and transaction size; linger bounds how stale PostgreSQL may be.
     max_batch_rows: int = Field(default=20_000, ge=1)

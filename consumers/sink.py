@@ -123,6 +123,12 @@ def _latest_per_key(spec: TableSpec, rows: TableRows) -> TableRows:
     return TableRows([rows.rows[i] for i in keep], [rows.sources[i] for i in keep])
 
 
+@dataclass(slots=True)
+class _Parents:
+    runs: set[Any]
+    agents: set[tuple[Any, str]]
+
+
 class PostgresSink:
     """Writes batches into PostgreSQL over one connection (reconnects on demand)."""
 
@@ -196,16 +202,9 @@ class PostgresSink:
     ) -> WriteResult:
         conn = self._connection()
         result = WriteResult(dead=list(batch.dead))
-        new_runs, new_agents = self._missing_parents(batch)
+        created = _Parents(set(), set())
         with conn.transaction():
             with conn.cursor() as cur:
-                if new_runs:
-                    cur.execute(_STUB_RUNS, (sorted(new_runs),))
-                    result.stub_runs = cur.rowcount
-                if new_agents:
-                    pairs = sorted(new_agents)
-                    cur.execute(_STUB_AGENTS, ([r for r, _ in pairs], [a for _, a in pairs]))
-                    result.stub_agents = cur.rowcount
                 for table in tables.TABLES:
                     rows = batch.tables[table]
                     if not rows.rows:
@@ -213,25 +212,34 @@ class PostgresSink:
                     spec = SPECS[table]
                     if spec.upsert:
                         rows = _latest_per_key(spec, rows)
-                    self._load(cur, spec, rows.rows, rows.sources, result)
+                    self._load(cur, spec, rows.rows, rows.sources, result, created)
                 self._store_offsets(cur, batch, expected)
             if result.dead:
                 publish_dead(result.dead)
-        self._known_runs |= new_runs
-        self._known_agents |= new_agents
+        self._known_runs |= created.runs
+        self._known_agents |= created.agents
         return result
 
-    def _missing_parents(self, batch: Batch) -> tuple[set[Any], set[tuple[Any, str]]]:
+    def _ensure_parents(self, cur: Any, spec: TableSpec, rows: list[tuple[Any, ...]], result: WriteResult) -> _Parents:
+        """Insert stub parents that `rows` reference and that may not exist yet."""
         runs: set[Any] = set()
-        for table, column in RUN_COLUMN.items():
-            rows = batch.tables[table].rows
-            if rows:
-                idx = SPECS[table].column_names.index(column)
-                runs.update(r[idx] for r in rows)
-        spec = SPECS[tables.AGENT_MEMORIES]
-        ri, ai = spec.column_names.index("simulation_run_id"), spec.column_names.index("agent_id_str")
-        agents = {(r[ri], r[ai]) for r in batch.tables[tables.AGENT_MEMORIES].rows}
-        return runs - self._known_runs, agents - self._known_agents
+        agents: set[tuple[Any, str]] = set()
+        run_col = RUN_COLUMN.get(spec.name)
+        if run_col is not None:
+            idx = spec.column_names.index(run_col)
+            runs = {r[idx] for r in rows} - self._known_runs
+            if runs:
+                cur.execute(_STUB_RUNS, (sorted(runs),))
+                result.stub_runs += cur.rowcount
+        if spec.name == tables.AGENT_MEMORIES:
+            ai = spec.column_names.index("agent_id_str")
+            ri = spec.column_names.index("simulation_run_id")
+            agents = {(r[ri], r[ai]) for r in rows} - self._known_agents
+            if agents:
+                pairs = sorted(agents)
+                cur.execute(_STUB_AGENTS, ([r for r, _ in pairs], [a for _, a in pairs]))
+                result.stub_agents += cur.rowcount
+        return _Parents(runs, agents)
 
     def _load(
         self,
@@ -240,11 +248,15 @@ class PostgresSink:
         rows: list[tuple[Any, ...]],
         sources: list[Source],
         result: WriteResult,
+        created: _Parents,
     ) -> None:
-        """Load rows in a savepoint; on a data error, bisect until the bad rows are alone."""
+        """Load rows (and their stub parents) in a savepoint; on a data error, bisect down to the bad rows."""
         try:
             with cur.connection.transaction():
+                parents = self._ensure_parents(cur, spec, rows, result)
                 self._load_chunk(cur, spec, rows, sources, result)
+            created.runs |= parents.runs
+            created.agents |= parents.agents
         except errors.ForeignKeyViolation as e:
             # Stubs make every parent exist, so a cached parent must have been deleted.
             self._known_runs.clear()
@@ -257,8 +269,8 @@ class PostgresSink:
                 )
                 return
             mid = len(rows) // 2
-            self._load(cur, spec, rows[:mid], sources[:mid], result)
-            self._load(cur, spec, rows[mid:], sources[mid:], result)
+            self._load(cur, spec, rows[:mid], sources[:mid], result, created)
+            self._load(cur, spec, rows[mid:], sources[mid:], result, created)
 
     def _load_chunk(
         self,

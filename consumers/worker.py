@@ -66,6 +66,7 @@ class Worker:
         # Next offset per owned partition as stored in PostgreSQL (None: nothing stored yet).
         self._positions: dict[tuple[str, int], int | None] = {}
         self._linger_s = settings.linger_ms / 1000
+        self._validate = settings.validate_records
 
     # -- lifecycle ----------------------------------------------------------
     def stop(self) -> None:
@@ -152,7 +153,7 @@ class Worker:
             decoded = self._codec.decode(value)
             if decoded.table != table:
                 raise MalformedRecordError(f"a {decoded.table} record on the {table} topic")
-            fields = validate_record(table, decoded.record)
+            fields = validate_record(table, decoded.record) if self._validate else decoded.record
         except (CodecError, InvalidRecordError) as e:
             self._batch.add_dead(DeadLetter(source, table, type(e).__name__, str(e)))
             return

@@ -8,6 +8,7 @@ no NUL characters (PostgreSQL text cannot hold them), timezone-aware times.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Final
@@ -57,11 +58,17 @@ def _real(value: float) -> float:
     return value
 
 
+# \u0000 preceded by an even number of backslashes is a real escape, not "\\u0000".
+_JSON_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _json_text(value: str) -> str:
     try:
         json.loads(value)
     except ValueError as e:
         raise ValueError(f"is not valid JSON text: {e}") from e
+    if _JSON_NUL_ESCAPE.search(value):
+        raise ValueError("contains a \\u0000 escape, which PostgreSQL jsonb cannot store")
     return value
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.cli import consume, migrate, simulate, status, topics
+from consumers.cli import consume, dlq, migrate, simulate, status, topics
 from consumers.cli._options import typer
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app.add_typer(topics.app, name="topics")
 app.command()(consume.consume)
 app.command()(simulate.simulate)
 app.command()(status.status)
+app.add_typer(dlq.app, name="dlq")
 
 __all__ = ["app", "main"]
 

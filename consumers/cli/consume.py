@@ -26,6 +26,13 @@ def consume(
     idle_exit: Annotated[
         float | None, typer.Option(help="Exit after this many seconds without messages (for scripts).")
     ] = None,
+    validate: Annotated[
+        bool, typer.Option(help="Validate records with the pydantic models (else PostgreSQL's constraints only).")
+    ] = True,
+    consumer_property: Annotated[
+        list[str] | None,
+        typer.Option("--consumer-property", "-X", help="Extra librdkafka consumer property KEY=VALUE (repeat)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a worker: load the table topics into PostgreSQL until SIGTERM/SIGINT."""
@@ -34,6 +41,12 @@ def consume(
     unknown = set(chosen) - set(TABLES)
     if unknown:
         raise typer.BadParameter(f"unknown table(s): {', '.join(sorted(unknown))}", param_hint="--tables")
+    extra = {}
+    for prop in consumer_property or []:
+        key, sep, value = prop.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{prop!r} is not KEY=VALUE", param_hint="--consumer-property")
+        extra[key.strip()] = value.strip()
     settings = WorkerSettings(
         bootstrap_servers=bootstrap_servers,
         database_url=database_url,
@@ -42,6 +55,8 @@ def consume(
         tables=chosen,
         max_batch_rows=max_batch_rows,
         linger_ms=linger_ms,
+        validate_records=validate,
+        consumer_extra=extra,
     )
     worker = Worker(settings)
     worker.install_signal_handlers()

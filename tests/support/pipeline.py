@@ -9,7 +9,7 @@ from typing import Any
 
 from consumers.settings import WorkerSettings
 from consumers.worker import Worker, WorkerStats
-from producers import ProducerSettings, SocietyProducer
+from producers import AvroCodec, ProducerSettings, SocietyProducer
 
 #: Upper bound for any wait on the pipeline in tests (a hang fails, never passes).
 WAIT_TIMEOUT_S = 90.0
@@ -48,8 +48,8 @@ def worker_settings(bootstrap: str, database_url: str, prefix: str, **overrides:
 class WorkerThread:
     """A Worker running in a background thread; use as a context manager."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
-        self.worker = Worker(settings)
+    def __init__(self, settings: WorkerSettings, codec: AvroCodec | None = None) -> None:
+        self.worker = Worker(settings, codec)
         self.error: BaseException | None = None
         self.stats: WorkerStats | None = None
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
@@ -78,8 +78,10 @@ class WorkerThread:
         return self.stats
 
 
-def drain(settings: WorkerSettings, done: Callable[[], Any], what: str) -> WorkerStats:
+def drain(
+    settings: WorkerSettings, done: Callable[[], Any], what: str, codec: AvroCodec | None = None
+) -> WorkerStats:
     """Run a worker until `done()` holds, then stop it and return its stats."""
-    with WorkerThread(settings) as w:
+    with WorkerThread(settings, codec) as w:
         wait_for(lambda: w.error is not None or done(), what)
         return w.stop()

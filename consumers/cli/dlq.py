@@ -1,0 +1,85 @@
+"""``society-ingest dlq list|show|redrive``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from consumers import dead_letters as ops
+from consumers.cli._options import (
+    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, Prefix, console, print_json, print_table, typer,
+)
+from producers.codec import AvroCodec
+
+app = typer.Typer(help="Inspect and redrive dead letters.", no_args_is_help=True)
+
+Table = Annotated[str | None, typer.Option("--table", help="Only dead letters of this table.")]
+ErrorClass = Annotated[str | None, typer.Option("--error-class", help="Only dead letters with this error class.")]
+
+
+@app.command("list")
+def list_(bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP, topic_prefix: Prefix = "society", as_json: Json = False) -> None:
+    """Count dead letters by table and reason."""
+    rows = ops.summarize(ops.read_dead_letters(bootstrap_servers, topic_prefix))
+    if as_json:
+        print_json([{"table": t, "error_class": e, "count": n} for t, e, n in rows])
+        return
+    print_table("dead letters", ["table", "error class", "count"], [list(r) for r in rows])
+
+
+@app.command()
+def show(
+    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    topic_prefix: Prefix = "society",
+    table: Table = None,
+    error_class: ErrorClass = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 20,
+    as_json: Json = False,
+) -> None:
+    """Show dead letters decoded, with their reasons and origins."""
+    codec = AvroCodec()
+    letters = [
+        d for d in ops.read_dead_letters(bootstrap_servers, topic_prefix)
+        if (table is None or d.table == table) and (error_class is None or d.error_class == error_class)
+    ][:limit]
+    items = [
+        {
+            "origin": "{}[{}]@{}".format(*d.origin),
+            "table": d.table,
+            "error_class": d.error_class,
+            "message": d.message,
+            "record": ops.decode_for_display(d, codec),
+        }
+        for d in letters
+    ]
+    if as_json:
+        print_json(items)
+        return
+    for item in items:
+        console.print(f"[bold]{item['origin']}[/] {item['error_class']}: {item['message']}", highlight=False)
+        console.print(item["record"], highlight=False)
+
+
+@app.command()
+def redrive(
+    database_url: DatabaseUrl,
+    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    topic_prefix: Prefix = "society",
+    table: Table = None,
+    error_class: ErrorClass = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be sent.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Send dead letters back to their original topics (each at most once)."""
+    result = ops.redrive(
+        bootstrap_servers, database_url, topic_prefix, table=table, error_class=error_class, dry_run=dry_run
+    )
+    if as_json:
+        print_json({**dataclasses.asdict(result), "dry_run": dry_run})
+        return
+    todo = result.selected - result.already_redriven
+    verb = "would send" if dry_run else "sent"
+    console.print(
+        f"{result.selected} selected, {result.already_redriven} already redriven, "
+        f"{verb} {todo if dry_run else result.sent}"
+    )
