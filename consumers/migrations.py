@@ -75,21 +75,26 @@ def migrate(database_url: str, ddl_dir: Path | None = None) -> list[Migration]:
         try:
             conn.execute(_BOOKKEEPING)
             applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            # Verify every applied file before touching anything.
+            for m in migrations:
+                if m.version in applied and applied[m.version] != m.checksum:
+                    raise MigrationChecksumError(
+                        f"migration {m.version:04d}_{m.name}.sql was edited after it was applied "
+                        f"(checksum {applied[m.version][:12]} in the database, {m.checksum[:12]} on disk); "
+                        f"add a new migration instead"
+                    )
             for m in migrations:
                 if m.version in applied:
-                    if applied[m.version] != m.checksum:
-                        raise MigrationChecksumError(
-                            f"migration {m.version:04d}_{m.name}.sql was edited after it was applied "
-                            f"(checksum {applied[m.version][:12]} in the database, {m.checksum[:12]} on disk); "
-                            f"add a new migration instead"
-                        )
                     continue
-                with conn.transaction():
-                    conn.execute(m.sql)
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                        (m.version, m.name, m.checksum),
-                    )
+                try:
+                    with conn.transaction():
+                        conn.execute(m.sql)
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                            (m.version, m.name, m.checksum),
+                        )
+                except psycopg.Error as e:
+                    raise MigrationError(f"migration {m.version:04d}_{m.name}.sql failed: {e}") from e
                 applied_now.append(m)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))

@@ -19,6 +19,8 @@ import os
 import uuid
 from typing import Any, Mapping
 
+from producers import tables
+from producers.errors import InvalidRecordError
 from producers.producer import SocietyProducer
 from producers.settings import ProducerSettings
 
@@ -68,18 +70,21 @@ def to_json_value(value: Any) -> Any:
     return str(value)
 
 
-def _timestamp(value: Any) -> dt.datetime | None:
+def _timestamp(value: Any, table: str = "record") -> dt.datetime | None:
     """Epoch seconds, ISO text or datetime; naive datetimes are taken as local time."""
-    value = _plain(value)
+    raw = value = _plain(value)
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return dt.datetime.fromtimestamp(value, dt.timezone.utc)
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.timezone.utc)
-    raise TypeError(f"timestamp must be epoch seconds, ISO text or datetime, got {value!r}")
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        if isinstance(value, dt.datetime):
+            return value.astimezone(dt.timezone.utc)
+    except (ValueError, OverflowError, OSError) as e:
+        raise InvalidRecordError(table, "real_timestamp", raw, f"not a usable timestamp: {e}") from e
+    raise InvalidRecordError(table, "real_timestamp", raw, "must be epoch seconds, ISO text or a datetime")
 
 
 def _number(value: Any) -> Any:
@@ -109,7 +114,10 @@ def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> 
         return explicit
     for url in (db_url, _config_get(config, "output", "database_url")):
         if isinstance(url, str) and url.startswith(KAFKA_URL_SCHEME):
-            return url[len(KAFKA_URL_SCHEME) :].strip("/")
+            servers = url[len(KAFKA_URL_SCHEME) :].strip("/")
+            if not servers:
+                raise ValueError(f"{url!r} names no broker: expected 'kafka://host:port[,host:port]'")
+            return servers
     # The simulation builds its handler without Kafka settings, so this
     # drop-in (unlike the rest of the library) falls back to the environment.
     from_env = os.environ.get(BOOTSTRAP_ENV)
@@ -185,7 +193,7 @@ class KafkaDatabaseHandler:
             importance=_number(memory_data.get("importance")),
             tags=_tags(memory_data.get("tags")),
             related_agent_id=_text(memory_data.get("related_agent_id")),
-            timestamp=_timestamp(memory_data.get("timestamp")),
+            timestamp=_timestamp(memory_data.get("timestamp"), tables.AGENT_MEMORIES),
         )
         return str(memory_id)
 
@@ -204,7 +212,7 @@ class KafkaDatabaseHandler:
             total_cost=_number(d.get("total_cost")),
             buy_order_id=_text(d.get("buy_order_id")),
             sell_order_id=_text(d.get("sell_order_id")),
-            timestamp=_timestamp(d.get("timestamp")),
+            timestamp=_timestamp(d.get("timestamp"), tables.MARKET_TRANSACTIONS),
         )
 
     async def save_banking_transaction(self, transaction_data: Mapping[str, Any], step: int, agent_id: Any) -> None:
@@ -221,7 +229,7 @@ class KafkaDatabaseHandler:
             description=_text(d.get("description")),
             counterparty_id=_text(d.get("counterparty_id")),
             reference_id=_text(d.get("reference_id")),
-            timestamp=_timestamp(d.get("timestamp")),
+            timestamp=_timestamp(d.get("timestamp"), tables.BANKING_TRANSACTIONS),
         )
 
     async def save_simulation_event(

@@ -42,14 +42,20 @@ def _no_nul(value: str) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError as e:
+        raise ValueError("is not representable in UTC") from e
 
 
 def _number(value: Any) -> Any:
     # Strict numbers: bool and numeric strings are mistakes, ints are fine.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("must be a number (int or float)")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError as e:
+        raise ValueError("out of range for REAL (float4)") from e
 
 
 def _real(value: float) -> float:
@@ -62,9 +68,19 @@ def _real(value: float) -> float:
 _JSON_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON for PostgreSQL jsonb")
+
+
 def _json_text(value: str) -> str:
+    # Stricter than json.loads: only what PostgreSQL's jsonb accepts.
     try:
-        json.loads(value)
+        parsed = json.loads(value, parse_constant=_reject_constant)
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
+    except RecursionError as e:
+        raise ValueError("is nested too deeply") from e
+    except UnicodeEncodeError as e:
+        raise ValueError("contains a lone surrogate escape, which jsonb cannot store") from e
     except ValueError as e:
         raise ValueError(f"is not valid JSON text: {e}") from e
     if _JSON_NUL_ESCAPE.search(value):
@@ -200,5 +216,6 @@ def validate_record(table: str, data: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         field = ".".join(str(part) for part in err["loc"]) or "<record>"
-        raise InvalidRecordError(table, field, err.get("input"), err["msg"]) from e
+        value = None if err["type"] == "missing" else err.get("input")
+        raise InvalidRecordError(table, field, value, err["msg"]) from e
     return dict(instance.__dict__)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -85,3 +90,30 @@ def drain(
     with WorkerThread(settings, codec) as w:
         wait_for(lambda: w.error is not None or done(), what)
         return w.stop()
+
+
+#: Fast failure detection for tests that kill workers (the broker's minimum session timeout).
+FAST_GROUP_PROPS = ("-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000")
+
+
+def spawn_worker(bootstrap: str, database_url: str, prefix: str, group: str, *args: str) -> subprocess.Popen:
+    """Start ``society-ingest consume`` as a separate process (stats JSON on stdout at exit)."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "consumers.cli", "consume", "--topic-prefix", prefix, "--group", group, *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def terminate_worker(proc: subprocess.Popen) -> dict:
+    """SIGTERM a spawned worker; assert it exits 0; return its stats."""
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=WAIT_TIMEOUT_S)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out)
+
+
+def kill_worker(proc: subprocess.Popen) -> None:
+    """SIGKILL a spawned worker: no chance to flush or commit."""
+    proc.kill()
+    proc.communicate(timeout=WAIT_TIMEOUT_S)

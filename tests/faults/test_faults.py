@@ -1,0 +1,155 @@
+"""No record lost or loaded twice when workers, PostgreSQL or the broker fail.
+
+Each test ends with an exact reconciliation (tests/support/reconcile.py) and
+prints its counts: run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from producers import DeliveryError
+from support.db import count
+from support.pipeline import (
+    FAST_GROUP_PROPS, WorkerThread, kill_worker, producer, spawn_worker, terminate_worker, wait_for, worker_settings,
+)
+from support.reconcile import all_committed, reconcile
+from support.workload import Workload
+
+pytestmark = pytest.mark.fault
+
+#: Steps of the background workload: 50 agents x (memory + event) + 10 trades/bank rows per step.
+STEPS = 150
+#: How long the broker stays down while the producer keeps recording.
+OUTAGE_S = 30
+
+
+def report(name: str, outcome) -> None:
+    print(f"\n[{name}] {outcome.line()}")
+
+
+def test_worker_sigkilled_repeatedly(services, stack, database_url, topic_prefix):
+    group = f"{topic_prefix}-g"
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+    load = Workload(p, STEPS).start()
+    for _ in range(3):
+        before = count(database_url, "agent_memories")
+        proc = spawn_worker(services.bootstrap, database_url, topic_prefix, group, "--max-batch-rows", "500",
+                            *FAST_GROUP_PROPS)
+        wait_for(lambda: count(database_url, "agent_memories") > before, "progress before the kill")
+        kill_worker(proc)
+    produced = load.join()
+    p.end_run()
+    p.close()
+    last = spawn_worker(services.bootstrap, database_url, topic_prefix, group, *FAST_GROUP_PROPS)
+    wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, group), "everything committed")
+    terminate_worker(last)
+    report("sigkill x3", reconcile(database_url, services.bootstrap, topic_prefix, group, produced))
+
+
+def test_postgres_restarted_mid_run(services, stack, database_url, topic_prefix):
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix)
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+    with WorkerThread(settings) as w:
+        load = Workload(p, STEPS).start()
+        wait_for(lambda: count(database_url, "agent_memories") > 500, "rows before the restart")
+        stack.stop_postgres("fast")
+        wait_for(lambda: w.worker.stats.degraded, "the worker to notice the outage")
+        stack.start_postgres()
+        produced = load.join()
+        p.end_run()
+        p.close()
+        wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, settings.group_id),
+                 "everything committed")
+        stats = w.stop()
+    assert stats.retries > 0 and not stats.degraded
+    report("postgres restart", reconcile(database_url, services.bootstrap, topic_prefix, settings.group_id, produced))
+
+
+def test_broker_restarted_mid_run(services, stack, database_url, topic_prefix):
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix)
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+    with WorkerThread(settings) as w:
+        load = Workload(p, STEPS).start()
+        wait_for(lambda: count(database_url, "agent_memories") > 500, "rows before the restart")
+        stack.stop_kafka()
+        at_stop = load.steps_done
+        wait_for(lambda: load.steps_done >= at_stop + 10, "records produced while the broker is down")
+        assert p.stats().in_queue > 0
+        stack.start_kafka()
+        produced = load.join()
+        p.end_run()
+        p.close()
+        wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, settings.group_id),
+                 "everything committed")
+        w.stop()
+    report("broker restart", reconcile(database_url, services.bootstrap, topic_prefix, settings.group_id, produced))
+
+
+def test_workers_join_and_die_during_a_run(services, stack, database_url, topic_prefix):
+    group = f"{topic_prefix}-g"
+    spawn = lambda: spawn_worker(services.bootstrap, database_url, topic_prefix, group,  # noqa: E731
+                                 "--max-batch-rows", "500", *FAST_GROUP_PROPS)
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+    first, second = spawn(), spawn()
+    load = Workload(p, STEPS * 2).start()
+    wait_for(lambda: count(database_url, "agent_memories") > 500, "two workers loading")
+    third = spawn()
+    wait_for(lambda: load.steps_done >= STEPS // 2, "the run to go on after the third joined")
+    kill_worker(first)
+    produced = load.join()
+    p.end_run()
+    p.close()
+    wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, group), "everything committed",
+             timeout=120)
+    stats = [terminate_worker(second), terminate_worker(third)]
+    assert all(s["consumed"] > 0 for s in stats), "both survivors took part"
+    report("rebalances", reconcile(database_url, services.bootstrap, topic_prefix, group, produced))
+
+
+def test_producer_holds_records_while_broker_is_down(services, stack, database_url, topic_prefix):
+    stack.stop_kafka()
+    # Created while the broker is down, then records for 30 s of outage.
+    p = producer(services.bootstrap, topic_prefix, max_block_seconds=1.0)
+    p.start_run()
+    load = Workload(p, steps=0, agents=20)
+    started = time.monotonic()
+    step = 0
+    while time.monotonic() - started < OUTAGE_S:
+        load.record_step(step)
+        step += 1
+        time.sleep(0.1)  # pacing: the simulation records ~200 records/s through the outage
+    held = p.stats()
+    assert held.delivered == 0 and held.failed == 0 and held.in_queue >= held.total_sent > 1000  # len() also counts pending requests
+    stack.start_kafka()
+    p.end_run()
+    stats = p.close(timeout=120)
+    assert stats.failed == 0 and stats.delivered == stats.total_sent
+    assert load.max_call_s < 1.0, "a call blocked the simulation"
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix)
+    with WorkerThread(settings) as w:
+        wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, settings.group_id),
+                 "everything committed")
+        w.stop()
+    report("broker down 30 s", reconcile(database_url, services.bootstrap, topic_prefix, settings.group_id,
+                                         load.produced))
+
+
+def test_undeliverable_records_are_reported_not_dropped(services, stack, topic_prefix):
+    stack.stop_kafka()
+    p = producer(services.bootstrap, topic_prefix, message_timeout_ms=2000)
+    p.start_run()
+    for i in range(50):
+        p.record_memory("agent_0", f"memory {i}", i)
+    with pytest.raises(DeliveryError) as info:
+        p.flush(timeout=30)
+    assert len(info.value.failures) == 51 and info.value.pending == 0
+    assert {f.topic.rsplit(".", 1)[1] for f in info.value.failures} == {"simulation_runs", "agent_memories"}
+    stats = p.stats()
+    assert (stats.failed, stats.delivered, stats.in_queue) == (51, 0, 0)

@@ -1,0 +1,359 @@
+"""The drop-in handler's normalization of loose simulation data, and broker resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from producers.errors import InvalidRecordError
+from producers.handler import BOOTSTRAP_ENV, _timestamp, resolve_bootstrap, to_json_value
+
+UTC = dt.timezone.utc
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Pair(enum.Enum):
+    ORIGIN = (0, 0)
+
+
+class Kind(enum.StrEnum):
+    TRADE = "trade"
+
+
+@dataclasses.dataclass
+class Position:
+    x: float
+    y: float
+
+
+@dataclasses.dataclass
+class Birth:
+    child: str
+    parents: tuple[str, str]
+    color: Color
+    at: dt.datetime
+    where: Position
+
+
+class Snapshot(BaseModel):
+    agents: int
+    level: Level
+
+
+# --- to_json_value --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, "text", "", True, False, 0, -5, 2**70, 1.5, -0.0])
+def test_json_values_pass_through(value: Any) -> None:
+    out = to_json_value(value)
+    assert out == value
+    assert type(out) is type(value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_become_null(value: float) -> None:
+    assert to_json_value(value) is None
+    assert to_json_value([1.0, value]) == [1.0, None]
+    assert to_json_value({"x": value}) == {"x": None}
+
+
+@pytest.mark.parametrize(
+    ("member", "expected"),
+    [(Color.RED, "red"), (Level.HIGH, 2), (Kind.TRADE, "trade"), (Pair.ORIGIN, [0, 0])],
+)
+def test_enum_members_become_their_values(member: enum.Enum, expected: Any) -> None:
+    out = to_json_value(member)
+    assert out == expected
+    assert type(out) is type(expected)
+    assert not isinstance(out, enum.Enum)
+
+
+def test_tuples_sets_and_frozensets_become_lists() -> None:
+    assert to_json_value((1, "a", (2, 3))) == [1, "a", [2, 3]]
+    assert sorted(to_json_value({3, 1, 2})) == [1, 2, 3]
+    assert sorted(to_json_value(frozenset({"b", "a"}))) == ["a", "b"]
+    assert isinstance(to_json_value({1}), list)
+
+
+def test_nested_dicts_with_enum_and_non_string_keys() -> None:
+    value = {Color.RED: {Level.LOW: (Color.BLUE, {1.5, 2.5})}, 7: None, "plain": [Kind.TRADE]}
+    out = to_json_value(value)
+    assert set(out) == {"red", "7", "plain"}
+    assert set(out["red"]) == {"1"}
+    inner = out["red"]["1"]
+    assert inner[0] == "blue" and sorted(inner[1]) == [1.5, 2.5]
+    assert out["plain"] == ["trade"]
+    assert all(isinstance(k, str) for k in out)
+
+
+def test_datetimes_dates_and_times_become_iso_text() -> None:
+    aware = dt.datetime(2024, 5, 1, 12, 30, 15, 250000, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert to_json_value(aware) == "2024-05-01T12:30:15.250000+02:00"
+    assert to_json_value(dt.datetime(2024, 5, 1, 12, 30)) == "2024-05-01T12:30:00"
+    assert to_json_value(dt.date(2024, 5, 1)) == "2024-05-01"
+    assert to_json_value(dt.time(8, 15)) == "08:15:00"
+
+
+def test_uuids_become_text() -> None:
+    u = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    assert to_json_value(u) == "12345678-1234-5678-1234-567812345678"
+    assert to_json_value({"ids": (u,)}) == {"ids": ["12345678-1234-5678-1234-567812345678"]}
+
+
+def test_dataclasses_become_dicts_recursively() -> None:
+    birth = Birth("agent_9", ("agent_1", "agent_2"), Color.BLUE, dt.datetime(2024, 1, 1, tzinfo=UTC),
+                  Position(1.0, float("nan")))
+    assert to_json_value(birth) == {
+        "child": "agent_9",
+        "parents": ["agent_1", "agent_2"],
+        "color": "blue",
+        "at": "2024-01-01T00:00:00+00:00",
+        "where": {"x": 1.0, "y": None},
+    }
+
+
+def test_a_dataclass_type_is_not_treated_as_an_instance() -> None:
+    assert to_json_value(Position) == str(Position)
+
+
+def test_pydantic_models_become_dicts() -> None:
+    assert to_json_value(Snapshot(agents=3, level=Level.HIGH)) == {"agents": 3, "level": 2}
+
+
+def test_unknown_objects_become_their_text() -> None:
+    class Thing:
+        def __str__(self) -> str:
+            return "a thing"
+
+    assert to_json_value(Thing()) == "a thing"
+    assert to_json_value([Thing()]) == ["a thing"]
+
+
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),  # NaN and infinities included
+    st.text(max_size=8),
+    st.sampled_from([Color.RED, Level.LOW, Kind.TRADE, Pair.ORIGIN]),
+    st.datetimes(timezones=st.none() | st.just(UTC)),
+    st.uuids(),
+)
+_key = st.one_of(st.text(max_size=5), st.integers(), st.sampled_from([Color.BLUE, Level.HIGH]))
+_nested = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.frozensets(st.one_of(st.integers(), st.text(max_size=4)), max_size=3),
+        st.dictionaries(_key, inner, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_nested)
+def test_result_is_always_strict_json(value: Any) -> None:
+    out = to_json_value(value)
+    text = json.dumps(out, allow_nan=False)
+    assert json.loads(text) == out
+    assert to_json_value(out) == out  # idempotent on its own output
+
+
+# --- _timestamp -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_tz_plus_0545() -> Iterator[None]:
+    """Process-local time zone UTC+05:45 (POSIX TZ string: no zone database needed)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "NPT-05:45"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [
+        (0, dt.datetime(1970, 1, 1, tzinfo=UTC)),
+        (0.0, dt.datetime(1970, 1, 1, tzinfo=UTC)),
+        (1714564800, dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
+        (1714564800.25, dt.datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)),
+        (-86400.5, dt.datetime(1969, 12, 30, 23, 59, 59, 500000, tzinfo=UTC)),
+    ],
+)
+def test_epoch_seconds_are_utc(epoch: float, expected: dt.datetime, local_tz_plus_0545: None) -> None:
+    out = _timestamp(epoch)
+    assert out == expected
+    assert out.tzinfo == UTC
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-05-01T14:00:00+02:00", dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
+        ("2024-05-01T12:00:00Z", dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
+        ("2024-05-01T12:00:00.123456+00:00", dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)),
+        ("2024-05-01T17:45:00", dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),  # naive: local (UTC+05:45)
+    ],
+)
+def test_iso_text_is_converted_to_utc(text: str, expected: dt.datetime, local_tz_plus_0545: None) -> None:
+    out = _timestamp(text)
+    assert out == expected
+    assert out.tzinfo == UTC
+
+
+def test_aware_datetimes_are_converted_to_utc(local_tz_plus_0545: None) -> None:
+    value = dt.datetime(2024, 5, 1, 4, 0, tzinfo=dt.timezone(dt.timedelta(hours=-8)))
+    out = _timestamp(value)
+    assert out == dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert out.tzinfo == UTC
+    assert (out.hour, out.minute) == (12, 0)
+
+
+def test_naive_datetimes_are_taken_as_local_time(local_tz_plus_0545: None) -> None:
+    out = _timestamp(dt.datetime(2024, 5, 1, 17, 45))
+    assert out == dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert out.tzinfo == UTC
+
+
+def test_enum_wrapped_epoch_and_none() -> None:
+    class Tick(enum.Enum):
+        START = 0
+
+    assert _timestamp(Tick.START) == dt.datetime(1970, 1, 1, tzinfo=UTC)
+    assert _timestamp(None) is None
+
+
+@pytest.mark.parametrize("value", [True, False, b"2024-05-01", [1, 2], dt.date(2024, 5, 1)])
+def test_other_types_are_an_invalid_record_naming_the_field(value: Any) -> None:
+    with pytest.raises(InvalidRecordError, match="real_timestamp") as info:
+        _timestamp(value, "agent_memories")
+    assert (info.value.table, info.value.field) == ("agent_memories", "real_timestamp")
+
+
+@pytest.mark.parametrize("value", ["yesterday at noon", float("nan"), 1e20])
+def test_unusable_values_are_an_invalid_record_naming_the_field(value: Any) -> None:
+    with pytest.raises(InvalidRecordError, match="real_timestamp"):
+        _timestamp(value, "market_transactions")
+
+
+# --- resolve_bootstrap ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    return monkeypatch
+
+
+def _config_obj(url: Any) -> Any:
+    return SimpleNamespace(output=SimpleNamespace(database_url=url))
+
+
+def _config_dict(url: Any) -> Any:
+    return {"output": {"database_url": url}}
+
+
+CONFIG_SHAPES = [_config_obj, _config_dict, lambda url: SimpleNamespace(output={"database_url": url})]
+SHAPE_IDS = ["object", "dict", "object-with-dict"]
+
+
+def test_explicit_wins_over_everything(no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv(BOOTSTRAP_ENV, "env:9092")
+    got = resolve_bootstrap("kafka://arg:9092", _config_obj("kafka://cfg:9092"), "explicit:9092")
+    assert got == "explicit:9092"
+
+
+@pytest.mark.parametrize("shape", CONFIG_SHAPES, ids=SHAPE_IDS)
+def test_db_url_kafka_wins_over_config_and_env(shape: Any, no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv(BOOTSTRAP_ENV, "env:9092")
+    assert resolve_bootstrap("kafka://arg:9092", shape("kafka://cfg:9092"), None) == "arg:9092"
+
+
+@pytest.mark.parametrize("shape", CONFIG_SHAPES, ids=SHAPE_IDS)
+def test_config_kafka_url_wins_over_env(shape: Any, no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv(BOOTSTRAP_ENV, "env:9092")
+    assert resolve_bootstrap(None, shape("kafka://cfg:9092"), None) == "cfg:9092"
+    # A database URL that is not kafka:// is the original handler's SQL URL: ignored.
+    assert resolve_bootstrap("postgresql://u@db/society", shape("kafka://cfg:9092"), None) == "cfg:9092"
+
+
+@pytest.mark.parametrize("shape", CONFIG_SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("url", [None, "sqlite:///society.db", "postgresql://u@db/society", 42])
+def test_env_is_the_fallback(shape: Any, url: Any, no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv(BOOTSTRAP_ENV, "env1:9092,env2:9092")
+    assert resolve_bootstrap("sqlite:///x.db", shape(url), None) == "env1:9092,env2:9092"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [None, SimpleNamespace(), {}, SimpleNamespace(output=None), {"output": {}}, {"output": None}],
+    ids=["none", "empty-object", "empty-dict", "object-output-none", "dict-output-empty", "dict-output-none"],
+)
+def test_config_without_a_url_falls_back_to_env(config: Any, no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv(BOOTSTRAP_ENV, "env:9092")
+    assert resolve_bootstrap(None, config, None) == "env:9092"
+
+
+def test_kafka_url_keeps_the_broker_list_and_drops_slashes(no_env: pytest.MonkeyPatch) -> None:
+    assert resolve_bootstrap("kafka://h1:9092,h2:9093/", None, None) == "h1:9092,h2:9093"
+    assert resolve_bootstrap(None, _config_dict("kafka://h3:9092//"), None) == "h3:9092"
+
+
+def test_empty_explicit_is_ignored(no_env: pytest.MonkeyPatch) -> None:
+    assert resolve_bootstrap("kafka://arg:9092", None, "") == "arg:9092"
+
+
+@pytest.mark.parametrize("env", [None, ""], ids=["unset", "empty"])
+def test_nothing_names_a_broker_is_a_value_error(env: str | None, no_env: pytest.MonkeyPatch) -> None:
+    if env is not None:
+        no_env.setenv(BOOTSTRAP_ENV, env)
+    with pytest.raises(ValueError, match=BOOTSTRAP_ENV):
+        resolve_bootstrap("postgresql://u@db/society", _config_obj("sqlite:///x.db"), None)
+
+
+@pytest.mark.parametrize("url", ["kafka://", "kafka:///"])
+def test_kafka_url_without_a_host_is_a_value_error(url: str, no_env: pytest.MonkeyPatch) -> None:
+    # BUG: producers/handler.py resolve_bootstrap returns "" for "kafka://",
+    # a bootstrap list that names no broker.
+    with pytest.raises(ValueError):
+        resolve_bootstrap(url, None, None)
+
+
+def test_env_value_is_read_at_call_time(no_env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError):
+        resolve_bootstrap(None, None, None)
+    no_env.setenv(BOOTSTRAP_ENV, "late:9092")
+    assert resolve_bootstrap(None, None, None) == "late:9092"
+
