@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from localstack import LocalStack  # noqa: E402
 
-KAFKA_IMAGE = "apache/kafka:4.1.1"
-POSTGRES_IMAGE = "postgres:15"
+from support.images import KAFKA_IMAGE, POSTGRES_IMAGE  # noqa: E402
 
 
 @dataclass
@@ -116,3 +115,37 @@ def topic_prefix(services: Services) -> str:
     prefix = f"t{uuid.uuid4().hex[:10]}"
     create_topics(admin_client(services.bootstrap), prefix, partitions=3)
     return prefix
+
+
+@pytest.fixture
+def stack(services: Services) -> Iterator[LocalStack]:
+    """The local stack, for fault tests that stop and restart the services."""
+    if services.stack is None:
+        pytest.fail(
+            f"fault tests stop and restart Kafka and PostgreSQL, which needs the local stack "
+            f"(scripts/stack); services came from {services.source}"
+        )
+    yield services.stack
+    # Leave both services up for the next test, whatever this one did.
+    services.stack.start_kafka()
+    services.stack.start_postgres()
+
+
+@pytest.fixture
+def spawn(services: Services, tmp_path: Path) -> Iterator[Any]:
+    """Factory of worker processes (killed at teardown if still running)."""
+    from support.pipeline import SpawnedWorker
+
+    started: list[SpawnedWorker] = []
+
+    def factory(database_url: str, prefix: str, group: str, *args: str) -> SpawnedWorker:
+        w = SpawnedWorker(services.bootstrap, database_url, prefix, group, tmp_path / f"worker-{len(started)}.log", *args)
+        started.append(w)
+        return w
+
+    yield factory
+    for i, w in enumerate(started):
+        if w.proc.returncode is None:
+            w.kill()
+        # Shown by pytest only when the test failed.
+        print(f"--- worker {i} log (exit {w.proc.returncode}) ---\n{w.log_tail(2000)}")

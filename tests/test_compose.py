@@ -44,7 +44,7 @@ def test_kafka_image_is_the_local_stack_version(compose_services: dict[str, Any]
 
 
 def test_testcontainers_use_the_same_kafka_image(compose_services: dict[str, Any]) -> None:
-    from conftest import KAFKA_IMAGE
+    from support.images import KAFKA_IMAGE
 
     assert KAFKA_IMAGE == compose_services["kafka"]["image"]
 

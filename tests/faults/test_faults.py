@@ -12,9 +12,7 @@ import pytest
 
 from producers import DeliveryError
 from support.db import count
-from support.pipeline import (
-    FAST_GROUP_PROPS, WorkerThread, kill_worker, producer, spawn_worker, terminate_worker, wait_for, worker_settings,
-)
+from support.pipeline import FAST_GROUP_PROPS, WorkerThread, producer, wait_for, worker_settings
 from support.reconcile import all_committed, reconcile
 from support.workload import Workload
 
@@ -30,23 +28,23 @@ def report(name: str, outcome) -> None:
     print(f"\n[{name}] {outcome.line()}")
 
 
-def test_worker_sigkilled_repeatedly(services, stack, database_url, topic_prefix):
+def test_worker_sigkilled_repeatedly(services, stack, database_url, topic_prefix, spawn):
     group = f"{topic_prefix}-g"
     p = producer(services.bootstrap, topic_prefix)
     p.start_run()
     load = Workload(p, STEPS).start()
     for _ in range(3):
         before = count(database_url, "agent_memories")
-        proc = spawn_worker(services.bootstrap, database_url, topic_prefix, group, "--max-batch-rows", "500",
-                            *FAST_GROUP_PROPS)
-        wait_for(lambda: count(database_url, "agent_memories") > before, "progress before the kill")
-        kill_worker(proc)
+        w = spawn(database_url, topic_prefix, group, "--max-batch-rows", "500", *FAST_GROUP_PROPS)
+        wait_for(lambda: w.check_alive() or count(database_url, "agent_memories") > before, "progress before the kill")
+        w.kill()
     produced = load.join()
     p.end_run()
     p.close()
-    last = spawn_worker(services.bootstrap, database_url, topic_prefix, group, *FAST_GROUP_PROPS)
-    wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, group), "everything committed")
-    terminate_worker(last)
+    last = spawn(database_url, topic_prefix, group, *FAST_GROUP_PROPS)
+    wait_for(lambda: last.check_alive() or all_committed(database_url, services.bootstrap, topic_prefix, group),
+             "everything committed")
+    last.terminate()
     report("sigkill x3", reconcile(database_url, services.bootstrap, topic_prefix, group, produced))
 
 
@@ -91,24 +89,23 @@ def test_broker_restarted_mid_run(services, stack, database_url, topic_prefix):
     report("broker restart", reconcile(database_url, services.bootstrap, topic_prefix, settings.group_id, produced))
 
 
-def test_workers_join_and_die_during_a_run(services, stack, database_url, topic_prefix):
+def test_workers_join_and_die_during_a_run(services, stack, database_url, topic_prefix, spawn):
     group = f"{topic_prefix}-g"
-    spawn = lambda: spawn_worker(services.bootstrap, database_url, topic_prefix, group,  # noqa: E731
-                                 "--max-batch-rows", "500", *FAST_GROUP_PROPS)
+    args = (database_url, topic_prefix, group, "--max-batch-rows", "500", *FAST_GROUP_PROPS)
     p = producer(services.bootstrap, topic_prefix)
     p.start_run()
-    first, second = spawn(), spawn()
+    first, second = spawn(*args), spawn(*args)
     load = Workload(p, STEPS * 2).start()
     wait_for(lambda: count(database_url, "agent_memories") > 500, "two workers loading")
-    third = spawn()
+    third = spawn(*args)
     wait_for(lambda: load.steps_done >= STEPS // 2, "the run to go on after the third joined")
-    kill_worker(first)
+    first.kill()
     produced = load.join()
     p.end_run()
     p.close()
     wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, group), "everything committed",
              timeout=120)
-    stats = [terminate_worker(second), terminate_worker(third)]
+    stats = [second.terminate(), third.terminate()]
     assert all(s["consumed"] > 0 for s in stats), "both survivors took part"
     report("rebalances", reconcile(database_url, services.bootstrap, topic_prefix, group, produced))
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 import time
 from collections.abc import Callable
 from typing import Any
@@ -96,24 +97,41 @@ def drain(
 FAST_GROUP_PROPS = ("-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000")
 
 
-def spawn_worker(bootstrap: str, database_url: str, prefix: str, group: str, *args: str) -> subprocess.Popen:
-    """Start ``society-ingest consume`` as a separate process (stats JSON on stdout at exit)."""
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url}
-    return subprocess.Popen(
-        [sys.executable, "-m", "consumers.cli", "consume", "--topic-prefix", prefix, "--group", group, *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+class SpawnedWorker:
+    """``society-ingest consume`` in a separate process; stderr goes to a log file, not a pipe
+    (a full pipe would block the worker)."""
 
+    def __init__(self, bootstrap: str, database_url: str, prefix: str, group: str, log: Path, *args: str) -> None:
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url}
+        self.log = log
+        self._err = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "consumers.cli", "consume", "--topic-prefix", prefix, "--group", group, *args],
+            env=env, stdout=subprocess.PIPE, stderr=self._err, text=True,
+        )
 
-def terminate_worker(proc: subprocess.Popen) -> dict:
-    """SIGTERM a spawned worker; assert it exits 0; return its stats."""
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=WAIT_TIMEOUT_S)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out)
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
 
-def kill_worker(proc: subprocess.Popen) -> None:
-    """SIGKILL a spawned worker: no chance to flush or commit."""
-    proc.kill()
-    proc.communicate(timeout=WAIT_TIMEOUT_S)
+    def terminate(self) -> dict:
+        """SIGTERM; assert exit code 0; return the stats it printed."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=WAIT_TIMEOUT_S)
+        self._err.close()
+        assert self.proc.returncode == 0, self.log_tail()
+        return json.loads(out)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or commit."""
+        if self.alive():
+            self.proc.kill()
+        self.proc.communicate(timeout=WAIT_TIMEOUT_S)
+        self._err.close()
+
+    def check_alive(self) -> None:
+        """Fail with the worker's log if it exited on its own."""
+        if not self.alive():
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
