@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consumers._deps import psycopg
+from psycopg import pq
+from psycopg.adapt import Dumper
 from consumers.batch import Batch, DeadLetter, Source, TableRows, TopicPartition
 from consumers.errors import FencedError, TransientError
 from consumers.table_specs import RUN_COLUMN, SPECS, TableSpec
@@ -46,6 +48,19 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 PublishDead = Callable[[list[DeadLetter]], None]
+
+#: After a chunk hit an existing key, load this many chunks of that table through
+#: staging + ON CONFLICT before trying plain COPY again (a replay rarely ends at once).
+FAST_PATH_BACKOFF_CHUNKS = 20
+
+
+class _JsonTextBinaryDumper(Dumper):
+    """Binary jsonb from JSON text we already validated: version byte 1, then the text."""
+
+    format = pq.Format.BINARY
+
+    def dump(self, obj: str) -> bytes:
+        return b"\x01" + obj.encode("utf-8")
 
 
 @dataclass(slots=True)
@@ -123,6 +138,10 @@ def _latest_per_key(spec: TableSpec, rows: TableRows) -> TableRows:
     return TableRows([rows.rows[i] for i in keep], [rows.sources[i] for i in keep])
 
 
+class _JsonText(str):
+    """Marker type: registering a dumper needs a class; rows carry plain str."""
+
+
 @dataclass(slots=True)
 class _Parents:
     runs: set[Any]
@@ -141,6 +160,8 @@ class PostgresSink:
         # Parents known to exist, so most batches skip their stub inserts.
         self._known_runs: set[Any] = set()
         self._known_agents: set[tuple[Any, str]] = set()
+        # Chunks per table to load through staging before trying plain COPY again.
+        self._skip_fast_path: dict[str, int] = {}
 
     # -- connection ---------------------------------------------------------
     def connect(self) -> None:
@@ -148,6 +169,9 @@ class PostgresSink:
         self.close()
         try:
             conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            jsonb_oid = conn.adapters.types["jsonb"].oid
+            dumper = type("JsonTextDumper", (_JsonTextBinaryDumper,), {"oid": jsonb_oid})
+            conn.adapters.register_dumper(_JsonText, dumper)
             for spec in SPECS.values():
                 cols = ", ".join(f"{c.name} {c.copy_type}" for c in spec.columns)
                 conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {spec.stage_table} ({cols}, _seq int4)")
@@ -273,6 +297,40 @@ class PostgresSink:
             self._load(cur, spec, rows[mid:], sources[mid:], result, created)
 
     def _load_chunk(
+        self,
+        cur: Any,
+        spec: TableSpec,
+        rows: list[tuple[Any, ...]],
+        sources: list[Source],
+        result: WriteResult,
+    ) -> None:
+        if not spec.upsert and self._fast_path_ok(spec.name) and self._copy_direct(cur, spec, rows):
+            result.inserted[spec.name] += len(rows)
+            return
+        self._copy_staged(cur, spec, rows, sources, result)
+
+    def _fast_path_ok(self, table: str) -> bool:
+        skip = self._skip_fast_path.get(table, 0)
+        if skip:
+            self._skip_fast_path[table] = skip - 1
+        return not skip
+
+    def _copy_direct(self, cur: Any, spec: TableSpec, rows: list[tuple[Any, ...]]) -> bool:
+        """Plain binary COPY into the table: the normal path, since offsets stored with the
+        rows mean redelivery brings no duplicates. False when a key already exists."""
+        try:
+            with cur.connection.transaction():
+                with cur.copy(f"COPY {spec.name} ({_qcols(spec.column_names)}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types([c.table_type for c in spec.columns])
+                    for row in rows:
+                        copy.write_row(row)
+        except errors.UniqueViolation:
+            # A replay, backfill or re-sent record: staging with ON CONFLICT for a while.
+            self._skip_fast_path[spec.name] = FAST_PATH_BACKOFF_CHUNKS
+            return False
+        return True
+
+    def _copy_staged(
         self,
         cur: Any,
         spec: TableSpec,

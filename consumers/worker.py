@@ -46,6 +46,9 @@ class WorkerStats:
     fenced: int = 0
     degraded: bool = False
     last_error: str | None = None
+    #: time.monotonic() of the first message and of the last commit (for throughput).
+    first_message_at: float | None = None
+    last_commit_at: float | None = None
 
 
 class Worker:
@@ -143,6 +146,8 @@ class Worker:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         value = msg.value()
         self.stats.consumed += 1
+        if self.stats.first_message_at is None:
+            self.stats.first_message_at = time.monotonic()
         self._batch.track(topic, partition, offset, len(value or b""))
         ts_type, ts = msg.timestamp()
         source = Source(topic, partition, offset, ts if ts_type else None, msg.key(), value)
@@ -181,6 +186,7 @@ class Worker:
     def _record(self, result: WriteResult) -> None:
         s = self.stats
         s.flushes += 1
+        s.last_commit_at = time.monotonic()
         for t in tables.TABLES:
             s.inserted[t] += result.inserted[t]
             s.duplicates[t] += result.duplicates[t]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.cli import consume, dlq, migrate, simulate, status, topics
+from consumers.cli import bench, consume, dlq, migrate, simulate, status, topics
 from consumers.cli._options import typer
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app.command()(consume.consume)
 app.command()(simulate.simulate)
 app.command()(status.status)
 app.add_typer(dlq.app, name="dlq")
+app.command()(bench.bench)
 
 __all__ = ["app", "main"]
 

@@ -1,0 +1,165 @@
+"""Throughput of the pipeline against raw SQL loading of the same rows, measured in one run.
+
+The machines are shared and noisy, so every figure that matters is a ratio
+against a baseline measured seconds apart on the same rows and table:
+
+- producer: ``record_memory`` calls vs. raw ``Producer.produce`` of the same
+  pre-encoded bytes;
+- worker: Kafka → PostgreSQL (first message consumed to last commit) vs.
+  binary COPY straight into ``agent_memories``, COPY through a staging table
+  with ``INSERT … ON CONFLICT DO NOTHING``, and psycopg ``executemany`` of
+  ``INSERT … ON CONFLICT`` (the common alternatives).
+
+Each measurement loads its own copy of the rows (fresh memory ids) into the
+real table with its indexes and foreign keys, under its own run.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from confluent_kafka import Producer
+
+from consumers._deps import psycopg
+from consumers.settings import WorkerSettings
+from consumers.table_specs import SPECS
+from consumers.topics import admin_client, create_topics
+from consumers.worker import Worker
+from producers import ProducerSettings, SocietyProducer, tables
+from producers.codec import AvroCodec
+
+AGENTS = 2500
+WORDS = ("market", "bread", "river", "loan", "friend", "harvest", "tools", "price", "family", "trade")
+SPEC = SPECS[tables.AGENT_MEMORIES]
+
+
+@dataclass
+class BenchResult:
+    """Rows per second of each measurement, and ratios to the baselines."""
+
+    rows: int
+    rates: dict[str, float] = field(default_factory=dict)
+
+    def ratio(self, name: str, baseline: str) -> float:
+        return self.rates[name] / self.rates[baseline]
+
+
+def _memories(run_id: uuid.UUID, n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc)
+    out = []
+    for i in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 100))]
+        out.append({
+            "memory_id": uuid.uuid4(), "agent_id_str": f"agent_{i % AGENTS}", "simulation_run_id": run_id,
+            "step_timestamp": i // AGENTS, "real_timestamp": now, "content": " ".join(words)[:600],
+            "importance": round(rng.random(), 3), "tags": rng.sample(WORDS, rng.randint(0, 3)),
+            "related_agent_id": None,
+        })
+    return out
+
+
+def _prepare_parents(conn: Any, run_id: uuid.UUID) -> None:
+    with conn.transaction():
+        conn.execute("INSERT INTO simulation_runs (run_id, status) VALUES (%s, 'bench')", (run_id,))
+        conn.execute(
+            "INSERT INTO agents (creation_run_id, agent_id_str) SELECT %s, 'agent_' || g FROM generate_series(0, %s) g",
+            (run_id, AGENTS - 1),
+        )
+
+
+def _fresh(rows: list[dict[str, Any]], run_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    return [tuple({**r, "memory_id": uuid.uuid4(), "simulation_run_id": run_id}[c] for c in SPEC.column_names)
+            for r in rows]
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _sql_baselines(database_url: str, rows: list[dict[str, Any]], result: BenchResult) -> None:
+    cols = ", ".join(SPEC.column_names)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        def copy_into(table: str, data: list[tuple[Any, ...]]) -> None:
+            with conn.cursor().copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.set_types(SPEC.copy_types)
+                for row in data:
+                    cp.write_row(row)
+
+        def direct(data: list[tuple[Any, ...]]) -> None:
+            with conn.transaction():
+                copy_into(SPEC.name, data)
+
+        def staging(data: list[tuple[Any, ...]]) -> None:
+            with conn.transaction():
+                conn.execute(f"CREATE TEMP TABLE bench_stage (LIKE {SPEC.name}) ON COMMIT DROP")
+                copy_into("bench_stage", data)
+                conn.execute(f"INSERT INTO {SPEC.name} ({cols}) SELECT {cols} FROM bench_stage ON CONFLICT DO NOTHING")
+
+        def executemany(data: list[tuple[Any, ...]]) -> None:
+            marks = ", ".join(["%s"] * len(SPEC.column_names))
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO {SPEC.name} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING", data)
+
+        for name, fn in (("copy", direct), ("copy_staging_on_conflict", staging), ("executemany_on_conflict", executemany)):
+            run_id = uuid.uuid4()
+            _prepare_parents(conn, run_id)
+            data = _fresh(rows, run_id)
+            result.rates[name] = len(data) / _timed(lambda: fn(data))
+
+
+def run_bench(bootstrap_servers: str, database_url: str, rows: int, seed: int = 11) -> BenchResult:
+    """Measure everything on `rows` agent memories (see module doc)."""
+    result = BenchResult(rows)
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    create_topics(admin_client(bootstrap_servers), prefix, partitions=6)
+    codec = AvroCodec()
+    sample = _memories(uuid.uuid4(), rows, seed)
+    _sql_baselines(database_url, sample, result)
+
+    # Producer: the same records through record_memory, vs raw produce of pre-encoded bytes.
+    encoded = [codec.encode(tables.AGENT_MEMORIES, r) for r in sample]
+    raw = Producer(ProducerSettings(bootstrap_servers=bootstrap_servers).librdkafka())
+    start = time.perf_counter()
+    for value in encoded:
+        raw.produce(tables.dlq_topic(prefix), value)  # a topic no worker reads
+        raw.poll(0)
+    result.rates["raw_produce"] = rows / (time.perf_counter() - start)
+    raw.flush(120)
+    producer = SocietyProducer(ProducerSettings(bootstrap_servers=bootstrap_servers, topic_prefix=prefix), codec)
+    run_id = producer.start_run({"bench": rows})
+    start = time.perf_counter()
+    for r in sample:
+        producer.record_memory(r["agent_id_str"], r["content"], r["step_timestamp"], importance=r["importance"],
+                               tags=r["tags"], timestamp=r["real_timestamp"])
+    result.rates["record_memory"] = rows / (time.perf_counter() - start)
+    producer.end_run()
+    producer.close(timeout=120)
+
+    # Worker: from the first message consumed to the last commit.
+    worker = Worker(WorkerSettings(bootstrap_servers=bootstrap_servers, database_url=database_url,
+                                   topic_prefix=prefix, group_id=f"{prefix}-bench"), codec)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            done = conn.execute("SELECT count(*) FROM agent_memories WHERE simulation_run_id = %s", (run_id,)).fetchone()[0]
+            if done == rows:
+                break
+            time.sleep(0.2)
+    worker.stop()
+    thread.join()
+    s = worker.stats
+    if s.first_message_at is None or s.last_commit_at is None or done != rows:
+        raise RuntimeError(f"the worker loaded {done} of {rows} rows")
+    result.rates["pipeline"] = rows / (s.last_commit_at - s.first_message_at)
+    return result

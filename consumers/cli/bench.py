@@ -1,0 +1,40 @@
+"""``society-ingest bench``: pipeline throughput as ratios to baselines of the same run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from consumers.bench import run_bench
+from consumers.cli._options import DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, print_json, print_table, typer
+
+_BASELINE = {
+    "copy": "copy",
+    "copy_staging_on_conflict": "copy",
+    "executemany_on_conflict": "copy",
+    "pipeline": "copy",
+    "raw_produce": "raw_produce",
+    "record_memory": "raw_produce",
+}
+
+
+def bench(
+    database_url: DatabaseUrl,
+    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    rows: Annotated[int, typer.Option(min=1000, help="Agent memories per measurement.")] = 100_000,
+    as_json: Json = False,
+) -> None:
+    """Measure producer and worker throughput against raw baselines on the same rows."""
+    result = run_bench(bootstrap_servers, database_url, rows)
+    data = {
+        name: {"rows_per_s": round(rate), "baseline": _BASELINE[name], "ratio": round(result.ratio(name, _BASELINE[name]), 3)}
+        for name, rate in result.rates.items()
+    }
+    if as_json:
+        print_json({"rows": rows, "results": data})
+        return
+    print_table(
+        f"{rows} agent memories",
+        ["measurement", "rows/s", "µs/row", "ratio", "to"],
+        [[n, f"{d['rows_per_s']:,}", f"{1e6 / d['rows_per_s']:.1f}", f"{d['ratio']:.2f}", d["baseline"]]
+         for n, d in data.items()],
+    )
