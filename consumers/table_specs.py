@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from producers import tables
@@ -33,18 +33,15 @@ class TableSpec:
     key: tuple[str, ...]
     #: Guarded upsert (newest ``updated_at`` wins) instead of insert-if-absent.
     upsert: bool = False
+    column_names: tuple[str, ...] = field(init=False)
+    copy_types: list[str] = field(init=False)
+    stage_table: str = field(init=False)
 
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns)
-
-    @property
-    def copy_types(self) -> list[str]:
-        return [c.copy_type for c in self.columns]
-
-    @property
-    def stage_table(self) -> str:
-        return f"_stage_{self.name}"
+    def __post_init__(self) -> None:
+        # Read per row on the hot path: computed once.
+        object.__setattr__(self, "column_names", tuple(c.name for c in self.columns))
+        object.__setattr__(self, "copy_types", [c.copy_type for c in self.columns])
+        object.__setattr__(self, "stage_table", f"_stage_{self.name}")
 
 
 def _c(name: str, copy_type: str, table_type: str | None = None) -> Column:

@@ -1,14 +1,17 @@
 """The worker: consume table topics, decode, validate, batch, load, commit.
 
-One thread does everything; a batch is flushed when it reaches its row, byte
-or linger bound, before partitions are revoked, and on shutdown. Offsets are
-committed to PostgreSQL with the rows (see ``consumers.sink``) and mirrored
-to Kafka afterwards for lag tools.
+The consumer thread polls, decodes and validates; a batch is handed to the
+writer thread (``consumers.writer``) when it reaches its row, byte or linger
+bound, and the consumer goes on with the next one. Before partitions are
+revoked and on shutdown, the worker waits until everything handed over is
+committed. Offsets are committed to PostgreSQL with the rows (see
+``consumers.sink``) and mirrored to Kafka afterwards for lag tools.
 """
 
 from __future__ import annotations
 
 import logging
+from operator import itemgetter
 import random
 import signal
 import threading
@@ -20,9 +23,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from consumers.batch import Batch, DeadLetter, Source
 from consumers.dlq import DeadLetterPublisher
-from consumers.errors import FencedError, TransientError
+from consumers.errors import TransientError
 from consumers.settings import WorkerSettings
 from consumers.sink import PostgresSink, WriteResult
+from consumers.writer import BatchWriter, Job, Outcome
 from consumers.table_specs import SPECS
 from producers import tables
 from producers.codec import AvroCodec
@@ -65,11 +69,14 @@ class Worker:
             settings.producer_config(), tables.dlq_topic(settings.topic_prefix), settings.worker_id
         )
         self._consumer: Consumer | None = None
+        self._writer: BatchWriter | None = None
         self._batch = Batch()
-        # Next offset per owned partition as stored in PostgreSQL (None: nothing stored yet).
+        # Next offset per owned partition as stored in PostgreSQL once every batch handed
+        # to the writer commits (None: nothing stored yet). Each batch's commit expects these.
         self._positions: dict[tuple[str, int], int | None] = {}
         self._linger_s = settings.linger_ms / 1000
         self._validate = settings.validate_records
+        self._row_of = {t: itemgetter(*SPECS[t].column_names) for t in tables.TABLES}
 
     # -- lifecycle ----------------------------------------------------------
     def stop(self) -> None:
@@ -85,6 +92,7 @@ class Worker:
         """Consume until ``stop()`` (or `idle_exit_s` without messages); return the stats."""
         consumer = Consumer(self.settings.consumer_config())
         self._consumer = consumer
+        self._writer = BatchWriter(self._write)
         consumer.subscribe(
             list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -97,7 +105,8 @@ class Worker:
                 if messages:
                     last_message = time.monotonic()
                 if self._batch.due(self.settings.max_batch_rows, self.settings.max_batch_bytes, self._linger_s):
-                    self._flush()
+                    self._hand_over()
+                self._handle(self._writer.outcomes())
                 if idle_exit_s is not None and not self._batch.next_offsets:
                     if time.monotonic() - last_message >= idle_exit_s:
                         break
@@ -107,12 +116,15 @@ class Worker:
                 consumer.close()  # revokes: flushes nothing new, the batch is empty
             finally:
                 self._consumer = None
+                self._writer.close()
+                self._writer = None
                 self._dlq.close()
                 self._sink.close()
         return self.stats
 
     # -- rebalancing --------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drain()  # the sink's connection is the writer's until it is idle
         stored = self._retry(lambda: self._sink.load_offsets((p.topic, p.partition) for p in partitions))
         for p in partitions:
             tp = (p.topic, p.partition)
@@ -131,6 +143,7 @@ class Worker:
         # Someone else may own them already: committing would be fenced anyway.
         log.warning("partitions lost; dropping the uncommitted batch")
         self._batch = Batch()
+        self._drain()
         for p in partitions:
             self._positions.pop((p.topic, p.partition), None)
         consumer.unassign()
@@ -162,26 +175,52 @@ class Worker:
         except (CodecError, InvalidRecordError) as e:
             self._batch.add_dead(DeadLetter(source, table, type(e).__name__, str(e)))
             return
-        self._batch.add(table, tuple(fields[c] for c in SPECS[table].column_names), source)
+        self._batch.add(table, self._row_of[table](fields), source)
 
     # -- flushing -----------------------------------------------------------
-    def _flush(self) -> None:
+    def _hand_over(self) -> None:
+        """Give the batch to the writer thread and start a new one."""
         batch = self._batch
-        if not batch.next_offsets:
+        if not batch.next_offsets or self._writer is None:
             return
-        try:
-            result = self._retry(lambda: self._sink.write(batch, self._positions, self._dlq.publish))
-        except FencedError as e:
-            self.stats.fenced += 1
-            log.warning("batch fenced, re-seeking: %s", e)
-            self._batch = Batch()
-            self._reseek(list(batch.next_offsets))
-            return
+        expected = {tp: self._positions.get(tp) for tp in batch.next_offsets}
         self._batch = Batch()
-        self._record(result)
+        self._writer.submit(Job(batch, expected))
         for tp, next_offset in batch.next_offsets.items():
-            self._positions[tp] = next_offset
-        self._mirror_offsets(batch.next_offsets)
+            if tp in self._positions:
+                self._positions[tp] = next_offset
+
+    def _flush(self) -> None:
+        """Hand over the batch in hand and wait until everything is committed."""
+        self._hand_over()
+        self._drain()
+
+    def _drain(self) -> None:
+        if self._writer is not None:
+            self._handle(self._writer.drain())
+
+    def _write(self, job: Job) -> WriteResult:
+        """Runs in the writer thread: transient failures are retried there."""
+        return self._retry(lambda: self._sink.write(job.batch, job.expected, self._dlq.publish))
+
+    def _handle(self, outcomes: list[Outcome]) -> None:
+        fenced = []
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+            if outcome.fenced is not None:
+                fenced.append(outcome)
+                continue
+            assert outcome.result is not None
+            self._record(outcome.result)
+            self._mirror_offsets(outcome.job.batch.next_offsets)
+        if fenced:
+            self.stats.fenced += len(fenced)
+            log.warning("batch fenced, re-seeking: %s", fenced[0].fenced)
+            # Batches after a fenced one expected its offsets: drop them all and start over.
+            self._batch = Batch()
+            self._drain()
+            self._reseek(list(self._positions))
 
     def _record(self, result: WriteResult) -> None:
         s = self.stats

@@ -81,6 +81,7 @@ class SocietyProducer:
         self._failures: deque[DeliveryFailure] = deque(maxlen=MAX_KEPT_FAILURES)
         self._failures_reported = 0
         self._run: dict[str, Any] | None = None
+        self._run_key = ""  # str(run_id), formatted once: keys and ids use it per record
         self._memory_seq: dict[str, tuple[int, int]] = {}
         self._event_seq: dict[str, tuple[int, int]] = {}
         self._closed = False
@@ -112,6 +113,7 @@ class SocietyProducer:
         }
         fields = self._send(tables.SIMULATION_RUNS, run, str(run["run_id"]))
         self._run = fields
+        self._run_key = str(fields["run_id"])
         self._memory_seq.clear()
         self._event_seq.clear()
         return fields["run_id"]
@@ -161,7 +163,7 @@ class SocietyProducer:
         """Record one memory of `agent_id`; return its id."""
         run_id = self._require_run()["run_id"]
         if memory_id is None:
-            memory_id = ids.memory_id(run_id, agent_id, step, self._next_seq(self._memory_seq, agent_id, step))
+            memory_id = ids.memory_id(self._run_key, agent_id, step, self._next_seq(self._memory_seq, agent_id, step))
         record = {
             "memory_id": memory_id,
             "agent_id_str": agent_id,
@@ -173,7 +175,7 @@ class SocietyProducer:
             "tags": tags,
             "related_agent_id": related_agent_id,
         }
-        self._send(tables.AGENT_MEMORIES, record, f"{run_id}/{agent_id}")
+        self._send(tables.AGENT_MEMORIES, record, f"{self._run_key}/{agent_id}")
         return memory_id
 
     def record_market_transaction(
@@ -209,7 +211,7 @@ class SocietyProducer:
             "buy_order_id": buy_order_id,
             "sell_order_id": sell_order_id,
         }
-        self._send(tables.MARKET_TRANSACTIONS, record, f"{run_id}/{market_id}")
+        self._send(tables.MARKET_TRANSACTIONS, record, f"{self._run_key}/{market_id}")
 
     def record_bank_transaction(
         self,
@@ -242,7 +244,7 @@ class SocietyProducer:
             "counterparty_id": counterparty_id,
             "reference_id": reference_id,
         }
-        self._send(tables.BANKING_TRANSACTIONS, record, f"{run_id}/{account_id}")
+        self._send(tables.BANKING_TRANSACTIONS, record, f"{self._run_key}/{account_id}")
 
     def record_event(
         self,
@@ -260,7 +262,7 @@ class SocietyProducer:
         run_id = self._require_run()["run_id"]
         subject = agent_id_primary or ""
         if event_uid is None:
-            event_uid = ids.event_uid(run_id, step, subject, self._next_seq(self._event_seq, subject, step))
+            event_uid = ids.event_uid(self._run_key, step, subject, self._next_seq(self._event_seq, subject, step))
         record = {
             "event_uid": event_uid,
             "simulation_run_id": run_id,
@@ -272,7 +274,7 @@ class SocietyProducer:
             "details": _json_text(details),
             "description": description,
         }
-        key = f"{run_id}/{agent_id_primary}" if agent_id_primary else str(run_id)
+        key = f"{self._run_key}/{agent_id_primary}" if agent_id_primary else self._run_key
         self._send(tables.SIMULATION_EVENTS, record, key)
         return event_uid
 
