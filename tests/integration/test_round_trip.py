@@ -130,3 +130,30 @@ def test_every_table_round_trips(services, database_url, topic_prefix):
     # The stored offsets account for every record consumed: 2 run states + 5 rows.
     assert fetch(database_url, "SELECT sum(next_offset) FROM ingest_offsets")[0][0] == 7
     json.dumps(r[1])  # config_snapshot is real JSON, not a quoted string
+
+
+def test_handler_tolerates_missing_optional_keys(services, database_url, topic_prefix):
+    handler = KafkaDatabaseHandler(bootstrap_servers=services.bootstrap, topic_prefix=topic_prefix)
+
+    async def scenario() -> None:
+        await handler.start_simulation_run()
+        await handler.save_agent_memory("agent_0", {"content": "only content"}, 0)
+        await handler.save_market_transaction(
+            {"transaction_id": 17, "market_id": "m", "resource_type": "food", "buyer_id": "a", "seller_id": "b",
+             "quantity": 1, "price_per_unit": 1, "total_cost": 1}, 0)
+        await handler.save_banking_transaction(
+            {"transaction_id": "b1", "account_id": "acct", "transaction_type": "fee", "amount": -1,
+             "balance_after": 0}, 0, "agent_0")
+        await handler.save_simulation_event("AGENT_BORN", 0)
+        await handler.end_simulation_run()
+
+    asyncio.run(scenario())
+    handler.producer.close()
+    drain(worker_settings(services.bootstrap, database_url, topic_prefix),
+          lambda: count(database_url, "simulation_events") == 1 and count(database_url, "banking_transactions") == 1
+          and count(database_url, "market_transactions") == 1 and count(database_url, "agent_memories") == 1,
+          "the minimal records")
+    assert fetch(database_url, "SELECT importance, tags, related_agent_id FROM agent_memories") == [(None, None, None)]
+    assert fetch(database_url, "SELECT transaction_sim_id, buy_order_id FROM market_transactions") == [("17", None)]
+    assert fetch(database_url, "SELECT description, counterparty_id FROM banking_transactions") == [(None, None)]
+    assert fetch(database_url, "SELECT agent_id_primary, details FROM simulation_events") == [(None, None)]
