@@ -11,6 +11,7 @@ committed. Offsets are committed to PostgreSQL with the rows (see
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from operator import itemgetter
 import random
 import signal
@@ -34,6 +35,8 @@ from producers.errors import CodecError, InvalidRecordError, MalformedRecordErro
 from producers.models import validate_record
 
 log = logging.getLogger(__name__)
+
+_ABSENT = object()
 
 
 @dataclass(slots=True)
@@ -175,6 +178,10 @@ class Worker:
         except (CodecError, InvalidRecordError) as e:
             self._batch.add_dead(DeadLetter(source, table, type(e).__name__, str(e)))
             return
+        if fields.get("real_timestamp", _ABSENT) is None and source.timestamp_ms is not None:
+            # No event time sent: the time the producer sent the record is the closest
+            # truth we have, closer than the database's NOW() at load time.
+            fields["real_timestamp"] = datetime.fromtimestamp(source.timestamp_ms / 1000, timezone.utc)
         self._batch.add(table, self._row_of[table](fields), source)
 
     # -- flushing -----------------------------------------------------------

@@ -46,6 +46,7 @@ class ProducerStats:
     delivered: int = 0
     failed: int = 0
     queue_full_waits: int = 0
+    #: Records (and librdkafka requests) still waiting for the broker.
     in_queue: int = 0
 
     @property
@@ -337,12 +338,13 @@ class SocietyProducer:
             raise ProducerError("no run started: call start_run() first")
         return self._run
 
-    @staticmethod
-    def _next_seq(counters: dict[str, tuple[int, int]], subject: str, step: int) -> int:
-        last_step, seq = counters.get(subject, (step, -1))
-        seq = seq + 1 if last_step == step else 0
-        counters[subject] = (step, seq)
-        return seq
+    def _next_seq(self, counters: dict[str, tuple[int, int]], subject: str, step: int) -> int:
+        # Locked: two threads recording for one agent and step must not share an id.
+        with self._lock:
+            last_step, seq = counters.get(subject, (step, -1))
+            seq = seq + 1 if last_step == step else 0
+            counters[subject] = (step, seq)
+            return seq
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         with self._lock:

@@ -150,3 +150,4 @@ def test_undeliverable_records_are_reported_not_dropped(services, stack, topic_p
     assert {f.topic.rsplit(".", 1)[1] for f in info.value.failures} == {"simulation_runs", "agent_memories"}
     stats = p.stats()
     assert (stats.failed, stats.delivered, stats.in_queue) == (51, 0, 0)
+    assert p.close(timeout=5).failed == 51  # nothing new to report; closing stops the retries

@@ -157,3 +157,32 @@ def test_handler_tolerates_missing_optional_keys(services, database_url, topic_p
     assert fetch(database_url, "SELECT transaction_sim_id, buy_order_id FROM market_transactions") == [("17", None)]
     assert fetch(database_url, "SELECT description, counterparty_id FROM banking_transactions") == [(None, None)]
     assert fetch(database_url, "SELECT agent_id_primary, details FROM simulation_events") == [(None, None)]
+
+
+def test_a_record_written_with_an_older_schema_version_loads(services, database_url, topic_prefix):
+    from confluent_kafka import Producer
+
+    from producers import AvroCodec
+    from support.pipeline import producer
+
+    p = producer(services.bootstrap, topic_prefix)
+    run_id = p.start_run()
+    p.close()
+    codec = AvroCodec()
+    memory_id = uuid.uuid4()
+    v1 = codec.encode("agent_memories", {
+        "memory_id": memory_id, "agent_id_str": "agent_0", "simulation_run_id": run_id, "step_timestamp": 1,
+        "real_timestamp": None, "content": "written by v1", "importance": None, "tags": ["old"],
+    }, version=1)
+    assert codec.decode(v1).version == 1
+    raw = Producer({"bootstrap.servers": services.bootstrap})
+    raw.produce(f"{topic_prefix}.agent_memories", v1, key=b"agent_0")
+    assert raw.flush(30) == 0
+    drain(worker_settings(services.bootstrap, database_url, topic_prefix),
+          lambda: count(database_url, "agent_memories") == 1, "the v1 record")
+    assert fetch(database_url, "SELECT memory_id, content, tags, related_agent_id FROM agent_memories") == [
+        (memory_id, "written by v1", ["old"], None)
+    ]
+    # A missing event time is filled with the time the producer sent the record.
+    (filled,) = fetch(database_url, "SELECT real_timestamp FROM agent_memories")[0]
+    assert filled is not None and abs((dt.datetime.now(dt.timezone.utc) - filled).total_seconds()) < 60
