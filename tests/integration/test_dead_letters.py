@@ -95,6 +95,9 @@ def test_poison_records_are_isolated(services, database_url, topic_prefix, valid
         assert d.headers[dlq.H_WORKER] == settings.worker_id
     summary = dict(((t, e), n) for t, e, n in dead_letters.summarize(list(letters.values())))
     assert sum(summary.values()) == len(poison)
+    loaded = count(database_url, "agent_memories") + count(database_url, "simulation_events")
+    print(f"\n[poison, {'validating' if validate else 'database-only'}] produced={2 * GOOD + len(poison)} "
+          f"loaded={loaded} dead-lettered={len(letters)}")
 
 
 def test_redrive_after_a_fix(services, database_url, topic_prefix, tmp_path):
