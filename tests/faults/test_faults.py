@@ -19,7 +19,8 @@ from support.workload import Workload
 pytestmark = pytest.mark.fault
 
 #: Steps of the background workload: 50 agents x (memory + event) + 10 trades/bank rows per step.
-STEPS = 150
+#: Long enough (about 10 s) that every fault lands while records are still being produced.
+STEPS = 300
 #: How long the broker stays down while the producer keeps recording.
 OUTAGE_S = 30
 
@@ -95,7 +96,7 @@ def test_workers_join_and_die_during_a_run(services, stack, database_url, topic_
     p = producer(services.bootstrap, topic_prefix)
     p.start_run()
     first, second = spawn(*args), spawn(*args)
-    load = Workload(p, STEPS * 2).start()
+    load = Workload(p, STEPS).start()
     wait_for(lambda: count(database_url, "agent_memories") > 500, "two workers loading")
     third = spawn(*args)
     wait_for(lambda: load.steps_done >= STEPS // 2, "the run to go on after the third joined")
