@@ -63,12 +63,14 @@ class Batch:
         self.bytes += size
 
     def add(self, table: str, row: tuple[Any, ...], source: Source) -> None:
+        """Add one decoded row of `table`."""
         rows = self.tables[table]
         rows.rows.append(row)
         rows.sources.append(source)
         self.rows += 1
 
     def add_dead(self, dead: DeadLetter) -> None:
+        """Add a record that will go to the dead-letter topic."""
         self.dead.append(dead)
 
     def due(self, max_rows: int, max_bytes: int, linger_s: float) -> bool:

@@ -47,6 +47,7 @@ class BenchResult:
     rates: dict[str, float] = field(default_factory=dict)
 
     def ratio(self, name: str, baseline: str) -> float:
+        """Rate of `name` divided by the rate of `baseline`."""
         return self.rates[name] / self.rates[baseline]
 
 

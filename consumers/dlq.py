@@ -25,6 +25,7 @@ DLQ_FLUSH_TIMEOUT_S = 30.0
 
 
 def dead_letter_headers(dead: DeadLetter, worker_id: str) -> list[tuple[str, bytes]]:
+    """Kafka headers that say why `dead` failed and where it came from."""
     src = dead.source
     return [
         (H_ERROR_CLASS, dead.error_class.encode()),
@@ -84,4 +85,5 @@ class DeadLetterPublisher:
             )
 
     def close(self) -> None:
+        """Wait for anything still in flight."""
         self._producer.flush(DLQ_FLUSH_TIMEOUT_S)

@@ -41,6 +41,7 @@ class Migration:
 
     @property
     def checksum(self) -> str:
+        """SHA-256 of the file's text."""
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
 

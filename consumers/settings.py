@@ -15,6 +15,7 @@ DEFAULT_GROUP = "society-ingest"
 
 
 def default_worker_id() -> str:
+    """host:pid, unique enough to tell workers apart in dead-letter headers."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -217,6 +217,7 @@ class PostgresSink:
         self._conn = conn
 
     def close(self) -> None:
+        """Close the connection (the next write reconnects)."""
         if self._conn is not None:
             try:
                 self._conn.close()

@@ -35,6 +35,7 @@ def all_topics(prefix: str) -> list[str]:
 
 
 def admin_client(bootstrap_servers: str, extra: dict[str, Any] | None = None) -> AdminClient:
+    """An AdminClient for `bootstrap_servers`."""
     return AdminClient({"bootstrap.servers": bootstrap_servers, **(extra or {})})
 
 

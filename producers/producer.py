@@ -51,6 +51,7 @@ class ProducerStats:
 
     @property
     def total_sent(self) -> int:
+        """Records accepted, all tables together."""
         return sum(self.sent.values())
 
 

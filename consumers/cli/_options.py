@@ -34,6 +34,7 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr with timestamps (the worker's only output besides its final stats)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -48,10 +49,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def print_json(data: Any) -> None:
+    """Print `data` as JSON for programs."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """Print rows as a table for people."""
     table = rich_table.Table(title=title)
     for c in columns:
         table.add_column(c)
