@@ -87,9 +87,21 @@ class Worker:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
-        """Stop gracefully on SIGTERM and SIGINT (main thread only)."""
+        """SIGTERM/SIGINT stop gracefully; a second one exits at once (main thread only).
+
+        Exiting at once loses nothing: offsets are stored with the rows, so an
+        uncommitted batch is simply consumed again by the next worker.
+        """
+
+        def handle(signum: int, _frame: Any) -> None:
+            if self._stop.is_set():
+                log.warning("second %s: exiting without committing the batch in hand", signal.Signals(signum).name)
+                raise SystemExit(128 + signum)
+            log.info("%s: finishing the batch in hand", signal.Signals(signum).name)
+            self.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop())
+            signal.signal(sig, handle)
 
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
         """Consume until ``stop()`` (or `idle_exit_s` without messages); return the stats."""
