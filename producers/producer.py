@@ -9,6 +9,7 @@ failures are counted and reported by ``flush()``/``close()``, never dropped.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -24,6 +25,8 @@ from producers.codec import AvroCodec
 from producers.errors import DeliveryError, ProducerError, QueueFullError
 from producers.models import validate_record
 from producers.settings import ProducerSettings
+
+log = logging.getLogger(__name__)
 
 #: How many delivery failures are kept for the report (all are counted).
 MAX_KEPT_FAILURES = 1000
@@ -330,8 +333,15 @@ class SocietyProducer:
     def __enter__(self) -> SocietyProducer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Do not hide the exception in flight behind a delivery report.
+        try:
+            self.close()
+        except DeliveryError as e:
+            log.error("while handling %s: %s", exc_type.__name__, e)
 
     # -- internals ----------------------------------------------------------
     def _require_run(self) -> dict[str, Any]:
