@@ -318,6 +318,14 @@ class SocietyProducer:
         self._closed = True
         return self.flush(timeout)
 
+    def abort(self) -> int:
+        """Close without waiting: drop what is still queued and return how many records that was."""
+        self._closed = True
+        dropped = len(self._producer)
+        self._producer.purge()
+        self._producer.flush(0)
+        return dropped
+
     def stats(self) -> ProducerStats:
         """A snapshot of the counters."""
         with self._lock:

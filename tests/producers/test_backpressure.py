@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from producers import ProducerSettings, QueueFullError, SocietyProducer
+from producers import ProducerError, ProducerSettings, QueueFullError, SocietyProducer
 
 #: No broker listens here: records stay queued.
 NOWHERE = "127.0.0.1:9"
@@ -25,3 +25,6 @@ def test_full_queue_raises_after_the_bound():
     stats = p.stats()
     assert stats.total_sent == 10 and stats.queue_full_waits == 1  # the run and nine memories, all still held
     assert stats.in_queue >= 10
+    assert p.abort() >= 10  # the held records are reported as dropped, not lost silently
+    with pytest.raises(ProducerError, match="closed"):
+        p.record_memory("agent_0", "after abort", 11)
