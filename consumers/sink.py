@@ -119,6 +119,13 @@ _STORE_OFFSET = (
     "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = NOW() "
     "WHERE ingest_offsets.next_offset = %s RETURNING 1"
 )
+_HEARTBEAT = (
+    "INSERT INTO ingest_workers AS w (worker_id, consumer_group, batches, rows_loaded, dead_lettered, retries, last_error) "
+    "VALUES (%s, %s, 1, %s, %s, %s, %s) ON CONFLICT (worker_id) DO UPDATE SET "
+    "consumer_group = EXCLUDED.consumer_group, last_commit_at = NOW(), batches = w.batches + 1, "
+    "rows_loaded = w.rows_loaded + EXCLUDED.rows_loaded, dead_lettered = w.dead_lettered + EXCLUDED.dead_lettered, "
+    "retries = EXCLUDED.retries, last_error = EXCLUDED.last_error"
+)
 _RECORD_CONFLICT = (
     "INSERT INTO ingest_conflicts (table_name, record_key, topic, kafka_partition, kafka_offset, incoming) "
     "VALUES (%s, %s, %s, %s, %s, %s)"
@@ -184,9 +191,12 @@ class _Parents:
 class PostgresSink:
     """Writes batches into PostgreSQL over one connection (reconnects on demand)."""
 
-    def __init__(self, database_url: str, group_id: str) -> None:
+    def __init__(self, database_url: str, group_id: str, worker_id: str = "", health: Any = None) -> None:
         self._url = database_url
         self._group = group_id
+        self._worker_id = worker_id
+        #: Object with ``retries`` and ``last_error`` (the worker's stats), reported with each batch.
+        self._health = health
         self._conn: Any = None
         self._insert = {t: _insert_sql(s) for t, s in SPECS.items()}
         self._conflicts = {t: _conflict_sql(s) for t, s in SPECS.items() if not s.upsert}
@@ -276,6 +286,7 @@ class PostgresSink:
                         rows = _latest_per_key(spec, rows)
                     self._load(cur, spec, rows.rows, rows.sources, result, created)
                 self._store_offsets(cur, batch, expected)
+                self._heartbeat(cur, result)
             if result.dead:
                 publish_dead(result.dead)
         self._known_runs |= created.runs
@@ -398,6 +409,16 @@ class PostgresSink:
         if not spec.upsert:
             result.duplicates[spec.name] += len(rows) - inserted - len(divergent)
         result.conflicts += len(divergent)
+
+    def _heartbeat(self, cur: Any, result: WriteResult) -> None:
+        if not self._worker_id:
+            return
+        retries = getattr(self._health, "retries", 0)
+        last_error = getattr(self._health, "last_error", None)
+        cur.execute(
+            _HEARTBEAT,
+            (self._worker_id, self._group, sum(result.inserted.values()), len(result.dead), retries, last_error),
+        )
 
     def _store_offsets(self, cur: Any, batch: Batch, expected: dict[TopicPartition, int | None]) -> None:
         for (topic, partition), next_offset in sorted(batch.next_offsets.items()):

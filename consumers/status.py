@@ -39,6 +39,31 @@ def row_counts(database_url: str, run_id: uuid.UUID | None = None) -> dict[str, 
     return counts
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerHealth:
+    """What a worker last reported with a committed batch."""
+
+    worker_id: str
+    consumer_group: str
+    last_commit_at: Any
+    seconds_since_commit: float
+    batches: int
+    rows_loaded: int
+    dead_lettered: int
+    retries: int
+    last_error: str | None
+
+
+def worker_health(database_url: str) -> list[WorkerHealth]:
+    """Every worker that ever committed, most recent first."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT worker_id, consumer_group, last_commit_at, extract(epoch FROM NOW() - last_commit_at)::float8, "
+            "batches, rows_loaded, dead_lettered, retries, last_error FROM ingest_workers ORDER BY last_commit_at DESC"
+        ).fetchall()
+    return [WorkerHealth(*r) for r in rows]
+
+
 def consumer_lag(
     bootstrap_servers: str, database_url: str, prefix: str, group: str, extra: dict[str, Any] | None = None
 ) -> list[PartitionLag]:

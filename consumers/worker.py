@@ -67,7 +67,9 @@ class Worker:
         self._codec = codec or AvroCodec()
         self._stop = threading.Event()
         self._topics = {tables.topic_for(settings.topic_prefix, t): t for t in settings.tables}
-        self._sink = PostgresSink(settings.database_url.get_secret_value(), settings.group_id)
+        self._sink = PostgresSink(
+            settings.database_url.get_secret_value(), settings.group_id, settings.worker_id, self.stats
+        )
         self._dlq = DeadLetterPublisher(
             settings.producer_config(), tables.dlq_topic(settings.topic_prefix), settings.worker_id
         )

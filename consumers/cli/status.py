@@ -18,15 +18,26 @@ def status(
     group: Group = DEFAULT_GROUP,
     as_json: Json = False,
 ) -> None:
-    """Show rows per table and the group's lag per partition."""
+    """Show rows per table, the group's lag per partition, and its workers' last commits."""
     counts = ops.row_counts(database_url)
     lags = ops.consumer_lag(bootstrap_servers, database_url, topic_prefix, group)
+    workers = [w for w in ops.worker_health(database_url) if w.consumer_group == group]
     if as_json:
-        print_json({"rows": counts, "lag": [dataclasses.asdict(lag) for lag in lags]})
+        print_json({
+            "rows": counts,
+            "lag": [dataclasses.asdict(lag) for lag in lags],
+            "workers": [dataclasses.asdict(w) for w in workers],
+        })
         return
     print_table("rows", ["table", "rows"], [[t, n] for t, n in counts.items()])
     print_table(
         f"lag of group {group}",
         ["topic", "partition", "stored offset", "end offset", "lag"],
         [[lag.topic, lag.partition, lag.stored_offset, lag.high_watermark, lag.lag] for lag in lags],
+    )
+    print_table(
+        f"workers of group {group}",
+        ["worker", "last commit", "batches", "rows", "dead letters", "retries", "last error"],
+        [[w.worker_id, f"{w.seconds_since_commit:.0f}s ago", w.batches, w.rows_loaded, w.dead_lettered,
+          w.retries, (w.last_error or "")[:60]] for w in workers],
     )

@@ -64,6 +64,10 @@ def test_simulate_consume_status_and_dlq(services, database_url, topic_prefix, s
     state = json.loads(status.stdout)
     assert state["rows"]["agent_memories"] == 120
     assert sum(p["lag"] for p in state["lag"]) == 0
+    (me,) = state["workers"]
+    # The run row is written once or twice (its start and end states may land in separate batches).
+    assert 0 <= me["rows_loaded"] - sum(report["recorded"].values()) <= 1
+    assert me["dead_lettered"] == 1 and me["batches"] >= 1 and me["seconds_since_commit"] < 120
     shown = json.loads(cli(services, database_url, "dlq", "show", "--topic-prefix", topic_prefix, "--json").stdout)
     assert shown[0]["error_class"] == "MalformedRecordError" and "undecodable" in shown[0]["record"]
     dry = cli(services, database_url, "dlq", "redrive", "--topic-prefix", topic_prefix, "--dry-run", "--json")
