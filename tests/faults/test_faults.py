@@ -11,7 +11,7 @@ import time
 import pytest
 
 from producers import DeliveryError
-from support.db import count
+from support.db import count, fetch
 from support.pipeline import FAST_GROUP_PROPS, WorkerThread, producer, wait_for, worker_settings
 from support.reconcile import all_committed, reconcile
 from support.workload import Workload
@@ -66,6 +66,9 @@ def test_postgres_restarted_mid_run(services, stack, database_url, topic_prefix)
                  "everything committed")
         stats = w.stop()
     assert stats.retries > 0 and not stats.degraded
+    # The outage is visible to operators in the worker's heartbeat row.
+    (retries, last_error), = fetch(database_url, "SELECT retries, last_error FROM ingest_workers")
+    assert retries > 0 and last_error
     report("postgres restart", reconcile(database_url, services.bootstrap, topic_prefix, settings.group_id, produced))
 
 
