@@ -59,11 +59,14 @@ def test_simulate_consume_status_and_dlq(services, database_url, topic_prefix, s
     assert wait_for(dead_letters, "the dead letter") == [
         {"table": "agent_memories", "error_class": "MalformedRecordError", "count": 1}
     ]
-    status = cli(services, database_url, "status", "--topic-prefix", topic_prefix, "--group", group, "--json")
-    assert status.returncode == 0, status.stderr
-    state = json.loads(status.stdout)
+    def status() -> dict:
+        out = cli(services, database_url, "status", "--topic-prefix", topic_prefix, "--group", group, "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    # Dead letters are published just before their batch commits: wait for the commit.
+    state = wait_for(lambda: (s := status()) if sum(p["lag"] for p in s["lag"]) == 0 else None, "lag 0")
     assert state["rows"]["agent_memories"] == 120
-    assert sum(p["lag"] for p in state["lag"]) == 0
     (me,) = state["workers"]
     # The run row is written once or twice (its start and end states may land in separate batches).
     assert 0 <= me["rows_loaded"] - sum(report["recorded"].values()) <= 1
