@@ -65,7 +65,11 @@ def test_simulate_consume_status_and_dlq(services, database_url, topic_prefix, s
         return json.loads(out.stdout)
 
     # Dead letters are published just before their batch commits: wait for the commit.
-    state = wait_for(lambda: (s := status()) if sum(p["lag"] for p in s["lag"]) == 0 else None, "lag 0")
+    def caught_up() -> dict | None:
+        state = status()
+        return state if sum(p["lag"] for p in state["lag"]) == 0 else None
+
+    state = wait_for(caught_up, "lag 0")
     assert state["rows"]["agent_memories"] == 120
     (me,) = state["workers"]
     # The run row is written once or twice (its start and end states may land in separate batches).
