@@ -29,6 +29,19 @@ def report(name: str, outcome) -> None:
     print(f"\n[{name}] {outcome.line()}")
 
 
+def finish_run(p, load: Workload):
+    """Wait for the workload, end the run and deliver everything; return what was produced."""
+    produced = load.join()
+    p.end_run()
+    p.close()
+    return produced
+
+
+def wait_all_committed(services, database_url: str, prefix: str, group: str, alive=lambda: None) -> None:
+    wait_for(lambda: alive() or all_committed(database_url, services.bootstrap, prefix, group),
+             "everything committed", timeout=120)
+
+
 def test_worker_sigkilled_repeatedly(services, stack, database_url, topic_prefix, spawn):
     group = f"{topic_prefix}-g"
     p = producer(services.bootstrap, topic_prefix)
@@ -39,12 +52,9 @@ def test_worker_sigkilled_repeatedly(services, stack, database_url, topic_prefix
         w = spawn(database_url, topic_prefix, group, "--max-batch-rows", "500", *FAST_GROUP_PROPS)
         wait_for(lambda: w.check_alive() or count(database_url, "agent_memories") > before, "progress before the kill")
         w.kill()
-    produced = load.join()
-    p.end_run()
-    p.close()
+    produced = finish_run(p, load)
     last = spawn(database_url, topic_prefix, group, *FAST_GROUP_PROPS)
-    wait_for(lambda: last.check_alive() or all_committed(database_url, services.bootstrap, topic_prefix, group),
-             "everything committed")
+    wait_all_committed(services, database_url, topic_prefix, group, last.check_alive)
     last.terminate()
     report("sigkill x3", reconcile(database_url, services.bootstrap, topic_prefix, group, produced))
 
@@ -59,11 +69,8 @@ def test_postgres_restarted_mid_run(services, stack, database_url, topic_prefix)
         stack.stop_postgres("fast")
         wait_for(lambda: w.worker.stats.degraded, "the worker to notice the outage")
         stack.start_postgres()
-        produced = load.join()
-        p.end_run()
-        p.close()
-        wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, settings.group_id),
-                 "everything committed")
+        produced = finish_run(p, load)
+        wait_all_committed(services, database_url, topic_prefix, settings.group_id)
         stats = w.stop()
     assert stats.retries > 0 and not stats.degraded
     # The outage is visible to operators in the worker's heartbeat row.
@@ -84,11 +91,8 @@ def test_broker_restarted_mid_run(services, stack, database_url, topic_prefix):
         wait_for(lambda: load.steps_done >= at_stop + 10, "records produced while the broker is down")
         assert p.stats().in_queue > 0
         stack.start_kafka()
-        produced = load.join()
-        p.end_run()
-        p.close()
-        wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, settings.group_id),
-                 "everything committed")
+        produced = finish_run(p, load)
+        wait_all_committed(services, database_url, topic_prefix, settings.group_id)
         w.stop()
     report("broker restart", reconcile(database_url, services.bootstrap, topic_prefix, settings.group_id, produced))
 
@@ -104,11 +108,8 @@ def test_workers_join_and_die_during_a_run(services, stack, database_url, topic_
     third = spawn(*args)
     wait_for(lambda: load.steps_done >= STEPS // 2, "the run to go on after the third joined")
     first.kill()
-    produced = load.join()
-    p.end_run()
-    p.close()
-    wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, group), "everything committed",
-             timeout=120)
+    produced = finish_run(p, load)
+    wait_all_committed(services, database_url, topic_prefix, group)
     stats = [second.terminate(), third.terminate()]
     assert all(s["consumed"] > 0 for s in stats), "both survivors took part"
     report("rebalances", reconcile(database_url, services.bootstrap, topic_prefix, group, produced))
@@ -135,8 +136,7 @@ def test_producer_holds_records_while_broker_is_down(services, stack, database_u
     assert load.max_call_s < 1.0, "a call blocked the simulation"
     settings = worker_settings(services.bootstrap, database_url, topic_prefix)
     with WorkerThread(settings) as w:
-        wait_for(lambda: all_committed(database_url, services.bootstrap, topic_prefix, settings.group_id),
-                 "everything committed")
+        wait_all_committed(services, database_url, topic_prefix, settings.group_id)
         w.stop()
     report("broker down 30 s", reconcile(database_url, services.bootstrap, topic_prefix, settings.group_id,
                                          load.produced))
