@@ -121,7 +121,7 @@ def run_bench(bootstrap_servers: str, database_url: str, rows: int, seed: int = 
     """Measure everything on `rows` agent memories (see module doc)."""
     result = BenchResult(rows)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    create_topics(admin_client(bootstrap_servers), prefix, partitions=6)
+    create_topics(admin_client(bootstrap_servers), prefix, bootstrap_servers, partitions=6)
     codec = AvroCodec()
     sample = _memories(uuid.uuid4(), rows, seed)
     _sql_baselines(database_url, sample, result)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from producers import tables
@@ -15,6 +16,9 @@ from producers import tables
 DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
 DEFAULT_PARTITIONS = 6
 ADMIN_TIMEOUT_S = 30.0
+#: How often to look at metadata while waiting for new topics to be usable.
+TOPIC_POLL_S = 0.1
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ def admin_client(bootstrap_servers: str, extra: dict[str, Any] | None = None) ->
 def create_topics(
     admin: AdminClient,
     prefix: str,
+    bootstrap_servers: str,
     *,
     partitions: int = DEFAULT_PARTITIONS,
     replication: int = 1,
@@ -62,8 +67,51 @@ def create_topics(
             except KafkaException as e:
                 if e.args[0].name() != "TOPIC_ALREADY_EXISTS":  # lost a race: fine
                     raise
+    wait_until_usable(admin, {n: (partitions if n in created else 1) for n in names}, bootstrap_servers)
     infos = describe_topics(admin, names)
     return [dataclasses.replace(i, created=i.name in created) for i in infos]
+
+
+def wait_until_usable(
+    admin: AdminClient, partitions: dict[str, int], bootstrap_servers: str, timeout: float = ADMIN_TIMEOUT_S
+) -> None:
+    """Return once every partition of every topic answers a ListOffsets request.
+
+    Topic creation is asynchronous: metadata names a leader before the broker
+    has created the partition's log (250 ms later, once, on this machine), and
+    produce requests in that window fail and are retried. A CI run lost the
+    first four records sent to such a partition although the idempotent
+    producer reported them delivered; producing only once every partition
+    answers closes that window.
+    """
+    deadline = time.monotonic() + timeout
+    probe = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "society-ingest-topic-probe"})
+    try:
+        while True:
+            pending = _unusable(admin, probe, partitions)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"topics not usable after {timeout}s: {', '.join(pending)}")
+            time.sleep(TOPIC_POLL_S)
+    finally:
+        probe.close()
+
+
+def _unusable(admin: AdminClient, probe: Consumer, partitions: dict[str, int]) -> list[str]:
+    meta = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+    pending = []
+    for name, count in partitions.items():
+        topic = meta.get(name)
+        if topic is None or topic.error is not None or len(topic.partitions) < count:
+            pending.append(name)
+            continue
+        try:
+            for p in topic.partitions:
+                probe.get_watermark_offsets(TopicPartition(name, p), timeout=PROBE_TIMEOUT_S)
+        except KafkaException:
+            pending.append(name)
+    return pending
 
 
 def describe_topics(admin: AdminClient, names: list[str]) -> list[TopicInfo]:

@@ -113,7 +113,7 @@ def topic_prefix(services: Services) -> str:
     from consumers.topics import admin_client, create_topics
 
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    create_topics(admin_client(services.bootstrap), prefix, partitions=3)
+    create_topics(admin_client(services.bootstrap), prefix, services.bootstrap, partitions=3)
     return prefix
 
 

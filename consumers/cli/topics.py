@@ -38,7 +38,7 @@ def create(
     """Create missing topics (idempotent) and show partitions, replication and retention."""
     admin = ops.admin_client(bootstrap_servers)
     infos = ops.create_topics(
-        admin, topic_prefix, partitions=partitions, replication=replication_factor,
+        admin, topic_prefix, bootstrap_servers, partitions=partitions, replication=replication_factor,
         retention_ms=retention_ms, compression=compression,
     )
     _show(infos, as_json, "topics")
