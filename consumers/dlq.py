@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -44,11 +43,6 @@ def parse_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
     return {k: (v or b"").decode("utf-8", "replace") for k, v in headers or []}
 
 
-@dataclass(slots=True)
-class _Outcome:
-    failed: list[str]
-
-
 class DeadLetterPublisher:
     """Publishes dead letters and waits until the broker has them all."""
 
@@ -59,11 +53,11 @@ class DeadLetterPublisher:
 
     def publish(self, dead: list[DeadLetter]) -> None:
         """Send `dead`; raise TransientError unless every one is acknowledged."""
-        outcome = _Outcome([])
+        failed: list[str] = []
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
             if err is not None:
-                outcome.failed.append(err.str())
+                failed.append(err.str())
 
         for d in dead:
             try:
@@ -78,10 +72,10 @@ class DeadLetterPublisher:
                 raise TransientError("dead-letter queue is full") from e
             self._producer.poll(0)
         pending = self._producer.flush(DLQ_FLUSH_TIMEOUT_S)
-        if pending or outcome.failed:
-            first = outcome.failed[0] if outcome.failed else "timeout"
+        if pending or failed:
+            first = failed[0] if failed else "timeout"
             raise TransientError(
-                f"{len(outcome.failed)} dead letter(s) failed and {pending} pending: {first}"
+                f"{len(failed)} dead letter(s) failed and {pending} pending: {first}"
             )
 
     def close(self) -> None:

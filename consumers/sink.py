@@ -72,8 +72,6 @@ class WriteResult:
     duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(tables.TABLES, 0))
     conflicts: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
-    stub_runs: int = 0
-    stub_agents: int = 0
 
 
 def _qcols(names: Iterable[str]) -> str:
@@ -303,7 +301,6 @@ class PostgresSink:
             runs = {r[idx] for r in rows} - self._known_runs
             if runs:
                 cur.execute(_STUB_RUNS, (sorted(runs),))
-                result.stub_runs += cur.rowcount
         if spec.name == tables.AGENT_MEMORIES:
             ai = spec.column_names.index("agent_id_str")
             ri = spec.column_names.index("simulation_run_id")
@@ -311,7 +308,6 @@ class PostgresSink:
             if agents:
                 pairs = sorted(agents)
                 cur.execute(_STUB_AGENTS, ([r for r, _ in pairs], [a for _, a in pairs]))
-                result.stub_agents += cur.rowcount
         return _Parents(runs, agents)
 
     def _load(

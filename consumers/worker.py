@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from consumers.batch import Batch, DeadLetter, Source
 from consumers.dlq import DeadLetterPublisher
@@ -124,9 +124,9 @@ class Worker:
                 if self._batch.due(self.settings.max_batch_rows, self.settings.max_batch_bytes, self._linger_s):
                     self._hand_over()
                 self._handle(self._writer.outcomes())
-                if idle_exit_s is not None and not self._batch.next_offsets:
-                    if time.monotonic() - last_message >= idle_exit_s:
-                        break
+                idle = idle_exit_s is not None and not self._batch.next_offsets
+                if idle and time.monotonic() - last_message >= idle_exit_s:
+                    break
             self._flush()
         finally:
             try:

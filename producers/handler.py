@@ -87,10 +87,6 @@ def _timestamp(value: Any, table: str = "record") -> dt.datetime | None:
     raise InvalidRecordError(table, "real_timestamp", raw, "must be epoch seconds, ISO text or a datetime")
 
 
-def _number(value: Any) -> Any:
-    return _plain(value)
-
-
 def _tags(value: Any) -> list[str] | None:
     value = _plain(value)
     if value is None:
@@ -189,8 +185,8 @@ class KafkaDatabaseHandler:
         memory_id = self.producer.record_memory(
             _text(agent_id),
             _text(memory_data.get("content")),
-            _number(step),
-            importance=_number(memory_data.get("importance")),
+            _plain(step),
+            importance=_plain(memory_data.get("importance")),
             tags=_tags(memory_data.get("tags")),
             related_agent_id=_text(memory_data.get("related_agent_id")),
             timestamp=_timestamp(memory_data.get("timestamp"), tables.AGENT_MEMORIES),
@@ -202,14 +198,14 @@ class KafkaDatabaseHandler:
         d = transaction_data
         self.producer.record_market_transaction(
             _text(d.get("transaction_id")),
-            _number(step),
+            _plain(step),
             market_id=_text(d.get("market_id")),
             resource_type=_text(d.get("resource_type")),
             buyer_id=_text(d.get("buyer_id")),
             seller_id=_text(d.get("seller_id")),
-            quantity=_number(d.get("quantity")),
-            price_per_unit=_number(d.get("price_per_unit")),
-            total_cost=_number(d.get("total_cost")),
+            quantity=_plain(d.get("quantity")),
+            price_per_unit=_plain(d.get("price_per_unit")),
+            total_cost=_plain(d.get("total_cost")),
             buy_order_id=_text(d.get("buy_order_id")),
             sell_order_id=_text(d.get("sell_order_id")),
             timestamp=_timestamp(d.get("timestamp"), tables.MARKET_TRANSACTIONS),
@@ -220,12 +216,12 @@ class KafkaDatabaseHandler:
         d = transaction_data
         self.producer.record_bank_transaction(
             _text(d.get("transaction_id")),
-            _number(step),
+            _plain(step),
             account_id=_text(d.get("account_id")),
             agent_id=_text(agent_id),
             transaction_type=_text(d.get("transaction_type")),
-            amount=_number(d.get("amount")),
-            balance_after=_number(d.get("balance_after")),
+            amount=_plain(d.get("amount")),
+            balance_after=_plain(d.get("balance_after")),
             description=_text(d.get("description")),
             counterparty_id=_text(d.get("counterparty_id")),
             reference_id=_text(d.get("reference_id")),
@@ -244,7 +240,7 @@ class KafkaDatabaseHandler:
         """Record one event; non-JSON details (enums, tuples, numpy, datetimes) are converted."""
         uid = self.producer.record_event(
             _text(event_type),
-            _number(step),
+            _plain(step),
             agent_id_primary=_text(agent_id_primary),
             agent_id_secondary=_text(agent_id_secondary),
             details=None if details is None else json.dumps(to_json_value(details), separators=(",", ":")),

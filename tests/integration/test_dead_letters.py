@@ -14,7 +14,7 @@ from consumers import dead_letters, dlq
 from producers import AvroCodec, tables
 from producers.codec import MAGIC, default_schema_dir
 from support.db import count
-from support.pipeline import drain, producer, wait_for, worker_settings
+from support.pipeline import drain, producer, worker_settings
 
 pytestmark = pytest.mark.integration
 

@@ -109,7 +109,7 @@ def test_children_before_their_run_still_land(services, database_url, topic_pref
     drain(
         parents,
         lambda: fetch(database_url, "SELECT sum(next_offset) FROM ingest_offsets WHERE topic LIKE %s",
-                      (f"%.simulation_runs",))[0][0] == 3,
+                      ("%.simulation_runs",))[0][0] == 3,
         "the stale run state",
     )
     assert fetch(database_url, "SELECT status, end_time FROM simulation_runs") == [("completed", end_time)]
