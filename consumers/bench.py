@@ -11,12 +11,17 @@ against a baseline measured seconds apart on the same rows and table:
   ``INSERT … ON CONFLICT`` (the common alternatives).
 
 Each measurement loads its own copy of the rows (fresh memory ids) into the
-real table with its indexes and foreign keys, under its own run.
+real table with its indexes and foreign keys, under its own run, after a
+CHECKPOINT. An untimed warm-up load comes first; the whole set is repeated and
+each figure is the median over the repeats (ratios: the median of the
+per-repeat ratios).
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import statistics
 import threading
 import time
 import uuid
@@ -37,18 +42,30 @@ from producers.codec import AvroCodec
 AGENTS = 2500
 WORDS = ("market", "bread", "river", "loan", "friend", "harvest", "tools", "price", "family", "trade")
 SPEC = SPECS[tables.AGENT_MEMORIES]
+#: Rows loaded untimed before the first measurement.
+WARM_UP_ROWS = 20_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class BenchResult:
-    """Rows per second of each measurement, and ratios to the baselines."""
+    """Rows per second of each measurement, one sample per repeat."""
 
     rows: int
-    rates: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, rate: float) -> None:
+        """Record one sample of `name` (rows per second)."""
+        self.samples.setdefault(name, []).append(rate)
+
+    def rate(self, name: str) -> float:
+        """Median rate of `name` over the repeats."""
+        return statistics.median(self.samples[name])
 
     def ratio(self, name: str, baseline: str) -> float:
-        """Rate of `name` divided by the rate of `baseline`."""
-        return self.rates[name] / self.rates[baseline]
+        """Median over the repeats of `name`'s rate divided by `baseline`'s in the same repeat."""
+        return statistics.median(a / b for a, b in zip(self.samples[name], self.samples[baseline], strict=True))
 
 
 def _memories(run_id: uuid.UUID, n: int, seed: int) -> list[dict[str, Any]]:
@@ -86,81 +103,117 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
-def _sql_baselines(database_url: str, rows: list[dict[str, Any]], result: BenchResult) -> None:
+def _settle(conn: Any) -> None:
+    """Checkpoint, so no measurement pays for dirty pages another one left behind."""
+    try:
+        conn.execute("CHECKPOINT")
+    except psycopg.errors.InsufficientPrivilege:
+        log.info("no CHECKPOINT privilege: measurements may pay for each other's writes")
+
+
+def _copy_into(conn: Any, table: str, data: list[tuple[Any, ...]]) -> None:
     cols = ", ".join(SPEC.column_names)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        def copy_into(table: str, data: list[tuple[Any, ...]]) -> None:
-            with conn.cursor().copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
-                cp.set_types(SPEC.copy_types)
-                for row in data:
-                    cp.write_row(row)
-
-        def direct(data: list[tuple[Any, ...]]) -> None:
-            with conn.transaction():
-                copy_into(SPEC.name, data)
-
-        def staging(data: list[tuple[Any, ...]]) -> None:
-            with conn.transaction():
-                conn.execute(f"CREATE TEMP TABLE bench_stage (LIKE {SPEC.name}) ON COMMIT DROP")
-                copy_into("bench_stage", data)
-                conn.execute(f"INSERT INTO {SPEC.name} ({cols}) SELECT {cols} FROM bench_stage ON CONFLICT DO NOTHING")
-
-        def executemany(data: list[tuple[Any, ...]]) -> None:
-            marks = ", ".join(["%s"] * len(SPEC.column_names))
-            with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(f"INSERT INTO {SPEC.name} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING", data)
-
-        for name, fn in (("copy", direct), ("copy_staging_on_conflict", staging), ("executemany_on_conflict", executemany)):
-            run_id = uuid.uuid4()
-            _prepare_parents(conn, run_id)
-            data = _fresh(rows, run_id)
-            result.rates[name] = len(data) / _timed(lambda: fn(data))
+    with conn.cursor().copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
+        cp.set_types(SPEC.copy_types)
+        for row in data:
+            cp.write_row(row)
 
 
-def run_bench(bootstrap_servers: str, database_url: str, rows: int, seed: int = 11) -> BenchResult:
-    """Measure everything on `rows` agent memories (see module doc)."""
-    result = BenchResult(rows)
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    create_topics(admin_client(bootstrap_servers), prefix, bootstrap_servers, partitions=6)
-    codec = AvroCodec()
-    sample = _memories(uuid.uuid4(), rows, seed)
-    _sql_baselines(database_url, sample, result)
+def _warm_up(conn: Any, rows: list[dict[str, Any]]) -> None:
+    """Load some rows untimed: the first load into a fresh database pays for catalogs,
+    relation extension and cold caches, which would make the first baseline look slow."""
+    run_id = uuid.uuid4()
+    _prepare_parents(conn, run_id)
+    with conn.transaction():
+        _copy_into(conn, SPEC.name, _fresh(rows, run_id))
 
-    # Producer: the same records through record_memory, vs raw produce of pre-encoded bytes.
-    encoded = [codec.encode(tables.AGENT_MEMORIES, r) for r in sample]
+
+def _sql_baselines(conn: Any, rows: list[dict[str, Any]], result: BenchResult) -> None:
+    cols = ", ".join(SPEC.column_names)
+
+    def direct(data: list[tuple[Any, ...]]) -> None:
+        with conn.transaction():
+            _copy_into(conn, SPEC.name, data)
+
+    def staging(data: list[tuple[Any, ...]]) -> None:
+        with conn.transaction():
+            conn.execute(f"CREATE TEMP TABLE bench_stage (LIKE {SPEC.name}) ON COMMIT DROP")
+            _copy_into(conn, "bench_stage", data)
+            conn.execute(f"INSERT INTO {SPEC.name} ({cols}) SELECT {cols} FROM bench_stage ON CONFLICT DO NOTHING")
+
+    def executemany(data: list[tuple[Any, ...]]) -> None:
+        marks = ", ".join(["%s"] * len(SPEC.column_names))
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {SPEC.name} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING", data)
+
+    for name, fn in (("copy", direct), ("copy_staging_on_conflict", staging), ("executemany_on_conflict", executemany)):
+        run_id = uuid.uuid4()
+        _prepare_parents(conn, run_id)
+        data = _fresh(rows, run_id)
+        _settle(conn)
+        result.add(name, len(data) / _timed(lambda: fn(data)))
+
+
+def _producer_rates(bootstrap_servers: str, prefix: str, codec: AvroCodec, sample: list[dict[str, Any]],
+                    encoded: list[bytes], result: BenchResult) -> uuid.UUID:
+    """record_memory vs raw produce of the same pre-encoded bytes; returns the run recorded."""
     raw = Producer(ProducerSettings(bootstrap_servers=bootstrap_servers).librdkafka())
     start = time.perf_counter()
     for value in encoded:
         raw.produce(tables.dlq_topic(prefix), value)  # a topic no worker reads
         raw.poll(0)
-    result.rates["raw_produce"] = rows / (time.perf_counter() - start)
+    result.add("raw_produce", len(encoded) / (time.perf_counter() - start))
     raw.flush(120)
     producer = SocietyProducer(ProducerSettings(bootstrap_servers=bootstrap_servers, topic_prefix=prefix), codec)
-    run_id = producer.start_run({"bench": rows})
+    run_id = producer.start_run({"bench": len(sample)})
     start = time.perf_counter()
     for r in sample:
         producer.record_memory(r["agent_id_str"], r["content"], r["step_timestamp"], importance=r["importance"],
                                tags=r["tags"], timestamp=r["real_timestamp"])
-    result.rates["record_memory"] = rows / (time.perf_counter() - start)
+    result.add("record_memory", len(sample) / (time.perf_counter() - start))
     producer.end_run()
     producer.close(timeout=120)
+    return run_id
 
-    # Worker: from the first message consumed to the last commit.
+
+def _pipeline_rate(bootstrap_servers: str, database_url: str, prefix: str, codec: AvroCodec, conn: Any,
+                   run_id: uuid.UUID, rows: int) -> float:
+    """Consume the run just recorded, from the first message consumed to the last commit.
+
+    Every repeat's worker joins the same group, so it starts where the previous one stopped.
+    """
     worker = Worker(WorkerSettings(bootstrap_servers=bootstrap_servers, database_url=database_url,
                                    topic_prefix=prefix, group_id=f"{prefix}-bench"), codec)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            done = conn.execute("SELECT count(*) FROM agent_memories WHERE simulation_run_id = %s", (run_id,)).fetchone()[0]
-            if done == rows:
-                break
-            time.sleep(0.2)
+    deadline = time.monotonic() + 600
+    done = 0
+    while time.monotonic() < deadline and thread.is_alive():
+        done = conn.execute("SELECT count(*) FROM agent_memories WHERE simulation_run_id = %s", (run_id,)).fetchone()[0]
+        if done == rows:
+            break
+        time.sleep(0.2)
     worker.stop()
     thread.join()
     s = worker.stats
     if s.first_message_at is None or s.last_commit_at is None or done != rows:
         raise RuntimeError(f"the worker loaded {done} of {rows} rows")
-    result.rates["pipeline"] = rows / (s.last_commit_at - s.first_message_at)
+    return rows / (s.last_commit_at - s.first_message_at)
+
+
+def run_bench(bootstrap_servers: str, database_url: str, rows: int, repeats: int = 3, seed: int = 11) -> BenchResult:
+    """Measure everything on `rows` agent memories, `repeats` times (see module doc)."""
+    result = BenchResult(rows)
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    create_topics(admin_client(bootstrap_servers), prefix, bootstrap_servers, partitions=6)
+    codec = AvroCodec()
+    sample = _memories(uuid.uuid4(), rows, seed)
+    encoded = [codec.encode(tables.AGENT_MEMORIES, r) for r in sample]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        _warm_up(conn, sample[:WARM_UP_ROWS])
+        for _ in range(repeats):
+            _sql_baselines(conn, sample, result)
+            run_id = _producer_rates(bootstrap_servers, prefix, codec, sample, encoded, result)
+            _settle(conn)
+            result.add("pipeline", _pipeline_rate(bootstrap_servers, database_url, prefix, codec, conn, run_id, rows))
     return result

@@ -21,20 +21,27 @@ def bench(
     database_url: DatabaseUrl,
     bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
     rows: Annotated[int, typer.Option(min=1000, help="Agent memories per measurement.")] = 100_000,
+    repeats: Annotated[int, typer.Option(min=1, help="Repeat every measurement; figures are medians.")] = 3,
     as_json: Json = False,
 ) -> None:
     """Measure producer and worker throughput against raw baselines on the same rows."""
-    result = run_bench(bootstrap_servers, database_url, rows)
+    result = run_bench(bootstrap_servers, database_url, rows, repeats)
     data = {
-        name: {"rows_per_s": round(rate), "baseline": _BASELINE[name], "ratio": round(result.ratio(name, _BASELINE[name]), 3)}
-        for name, rate in result.rates.items()
+        name: {
+            "rows_per_s": round(result.rate(name)),
+            "samples": [round(r) for r in samples],
+            "baseline": _BASELINE[name],
+            "ratio": round(result.ratio(name, _BASELINE[name]), 3),
+        }
+        for name, samples in result.samples.items()
     }
     if as_json:
-        print_json({"rows": rows, "results": data})
+        print_json({"rows": rows, "repeats": repeats, "results": data})
         return
     print_table(
-        f"{rows} agent memories",
-        ["measurement", "rows/s", "µs/row", "ratio", "to"],
-        [[n, f"{d['rows_per_s']:,}", f"{1e6 / d['rows_per_s']:.1f}", f"{d['ratio']:.2f}", d["baseline"]]
+        f"{rows} agent memories, median of {repeats}",
+        ["measurement", "rows/s", "µs/row", "range", "ratio", "to"],
+        [[n, f"{d['rows_per_s']:,}", f"{1e6 / d['rows_per_s']:.1f}",
+          f"{min(d['samples']):,}–{max(d['samples']):,}", f"{d['ratio']:.2f}", d["baseline"]]
          for n, d in data.items()],
     )
