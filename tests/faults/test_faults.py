@@ -103,11 +103,17 @@ def test_workers_join_and_die_during_a_run(services, stack, database_url, topic_
     p = producer(services.bootstrap, topic_prefix)
     p.start_run()
     first, second = spawn(*args), spawn(*args)
-    load = Workload(p, STEPS).start()
+    # Runs until stopped, so records keep coming after the third joins and after the kill.
+    load = Workload(p, STEPS * 100).start()
     wait_for(lambda: count(database_url, "agent_memories") > 500, "two workers loading")
     third = spawn(*args)
-    wait_for(lambda: load.steps_done >= STEPS // 2, "the run to go on after the third joined")
+    wait_for(lambda: third.check_alive() or "assigned" in third.log_tail(), "the third worker's partitions")
+    joined_at = load.steps_done
+    wait_for(lambda: load.steps_done >= joined_at + STEPS // 4, "the run to go on after the third joined")
     first.kill()
+    killed_at = load.steps_done
+    wait_for(lambda: load.steps_done >= killed_at + STEPS // 4, "the run to go on after the kill")
+    load.stop()
     produced = finish_run(p, load)
     wait_all_committed(services, database_url, topic_prefix, group)
     stats = [second.terminate(), third.terminate()]

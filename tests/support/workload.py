@@ -39,11 +39,16 @@ class Workload:
         self.steps_done = 0
         self.max_call_s = 0.0
         self.error: BaseException | None = None
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="workload", daemon=True)
 
     def start(self) -> Workload:
         self._thread.start()
         return self
+
+    def stop(self) -> None:
+        """End after the step in hand (for runs that last until the test has seen enough)."""
+        self._stopping.set()
 
     def join(self, timeout: float = 300) -> Produced:
         self._thread.join(timeout)
@@ -56,6 +61,8 @@ class Workload:
     def _run(self) -> None:
         try:
             for step in range(self.steps):
+                if self._stopping.is_set():
+                    break
                 self.record_step(step)
                 self.steps_done = step + 1
                 time.sleep(TICK_PAUSE_S)
