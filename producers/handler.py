@@ -33,9 +33,9 @@ def _plain(value: Any) -> Any:
     """Enum members become their value; numpy scalars become Python numbers."""
     if isinstance(value, enum.Enum):
         return value.value
-    item = getattr(value, "item", None)
-    if callable(item) and type(value).__module__ == "numpy":
-        return item()
+    # numpy scalars (and 0-d arrays) have ndim 0; larger arrays become lists in to_json_value.
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
     return value
 
 

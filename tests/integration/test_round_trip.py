@@ -8,6 +8,7 @@ import enum
 import json
 import uuid
 
+import numpy as np
 import pytest
 
 from producers import KafkaDatabaseHandler
@@ -186,3 +187,41 @@ def test_a_record_written_with_an_older_schema_version_loads(services, database_
     # A missing event time is filled with the time the producer sent the record.
     (filled,) = fetch(database_url, "SELECT real_timestamp FROM agent_memories")[0]
     assert filled is not None and abs((dt.datetime.now(dt.timezone.utc) - filled).total_seconds()) < 60
+
+
+def test_numpy_values_from_the_simulation_land_as_plain_numbers(services, database_url, topic_prefix):
+    # Mesa models compute with numpy: steps, quantities, prices and event details arrive as numpy types.
+    handler = KafkaDatabaseHandler(bootstrap_servers=services.bootstrap, topic_prefix=topic_prefix)
+
+    async def scenario() -> None:
+        await handler.start_simulation_run({"seed": np.int64(7), "grid": np.array([[0, 1], [2, 3]])})
+        await handler.save_agent_memory("agent_0", {"content": "numpy", "importance": np.float32(0.5),
+                                                    "timestamp": np.float64(T0)}, np.int64(2))
+        await handler.save_market_transaction(
+            {"transaction_id": np.int64(9), "market_id": "m", "resource_type": "food", "buyer_id": "a",
+             "seller_id": "b", "quantity": np.int32(3), "price_per_unit": np.float64(1.25),
+             "total_cost": np.float32(3.75)}, np.int64(2))
+        await handler.save_banking_transaction(
+            {"transaction_id": "b1", "account_id": "acct", "transaction_type": "interest",
+             "amount": np.float64(0.5), "balance_after": np.float16(100.5)}, np.int32(2), "agent_0")
+        await handler.save_simulation_event(
+            "RESOURCE_FOUND", np.int64(2), agent_id_primary="agent_0",
+            details={"amount": np.int64(4), "ratio": np.float32(0.25), "found": np.bool_(True),
+                     "missing": np.float64("nan"), np.int64(5): "key", "where": np.array([1.5, 2.5])})
+        await handler.end_simulation_run()
+
+    asyncio.run(scenario())
+    handler.producer.close()
+    drain(worker_settings(services.bootstrap, database_url, topic_prefix),
+          lambda: all(count(database_url, t) == 1 for t in
+                      ("agent_memories", "market_transactions", "banking_transactions", "simulation_events")),
+          "one row in every child table")
+    assert fetch(database_url, "SELECT config_snapshot FROM simulation_runs") == [({"seed": 7, "grid": [[0, 1], [2, 3]]},)]
+    ts = dt.datetime.fromtimestamp(T0, dt.timezone.utc)
+    assert fetch(database_url, "SELECT step_timestamp, real_timestamp, importance FROM agent_memories") == [(2, ts, 0.5)]
+    assert fetch(database_url, "SELECT transaction_sim_id, step_timestamp, quantity, price_per_unit, total_cost "
+                               "FROM market_transactions") == [("9", 2, 3.0, 1.25, 3.75)]
+    assert fetch(database_url, "SELECT step_timestamp, amount, balance_after FROM banking_transactions") == [(2, 0.5, 100.5)]
+    assert fetch(database_url, "SELECT step_timestamp, details FROM simulation_events") == [
+        (2, {"amount": 4, "ratio": 0.25, "found": True, "missing": None, "5": "key", "where": [1.5, 2.5]})
+    ]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -140,6 +141,20 @@ def test_a_dataclass_type_is_not_treated_as_an_instance() -> None:
 
 def test_pydantic_models_become_dicts() -> None:
     assert to_json_value(Snapshot(agents=3, level=Level.HIGH)) == {"agents": 3, "level": 2}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.int64(3), 3), (np.float32(0.5), 0.5), (np.bool_(False), False), (np.str_("x"), "x"),
+        (np.float64("inf"), None), (np.array(2.5), 2.5), (np.array([[1, 2], [3, 4]]), [[1, 2], [3, 4]]),
+        (np.array([]), []), ({np.int64(1): np.array([True])}, {"1": [True]}),
+    ],
+)
+def test_numpy_scalars_and_arrays_become_plain_json(value: Any, expected: Any) -> None:
+    out = to_json_value(value)
+    assert out == expected and json.loads(json.dumps(out)) == expected
+    assert type(out).__module__ == "builtins"
 
 
 def test_unknown_objects_become_their_text() -> None:
