@@ -2,8 +2,10 @@
 
 fastavro is general; our records are flat: strings, ints, floats, UUID and
 timestamp-micros logical types, arrays of strings, and ``["null", T]`` unions.
-Closures built once per schema do the same work in a third to a half of the
-time. ``producers.codec`` uses them for the current schema version and keeps
+Closures built once per schema encode an agent memory in about two thirds of
+fastavro's time (7 µs vs 11 µs on the project's 2-core machine) and decode it
+in about the same time (13 µs), without fastavro's per-call buffer setup.
+``producers.codec`` uses them for the current schema version and keeps
 fastavro for resolving older versions; the tests check both produce identical
 bytes and records.
 """
