@@ -42,6 +42,7 @@ from producers.codec import AvroCodec
 AGENTS = 2500
 WORDS = ("market", "bread", "river", "loan", "friend", "harvest", "tools", "price", "family", "trade")
 SPEC = SPECS[tables.AGENT_MEMORIES]
+COLUMNS = ", ".join(SPEC.column_names)
 #: Rows loaded untimed before the first measurement.
 WARM_UP_ROWS = 20_000
 
@@ -112,8 +113,7 @@ def _settle(conn: Any) -> None:
 
 
 def _copy_into(conn: Any, table: str, data: list[tuple[Any, ...]]) -> None:
-    cols = ", ".join(SPEC.column_names)
-    with conn.cursor().copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
+    with conn.cursor().copy(f"COPY {table} ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as cp:
         cp.set_types(SPEC.copy_types)
         for row in data:
             cp.write_row(row)
@@ -129,8 +129,6 @@ def _warm_up(conn: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def _sql_baselines(conn: Any, rows: list[dict[str, Any]], result: BenchResult) -> None:
-    cols = ", ".join(SPEC.column_names)
-
     def direct(data: list[tuple[Any, ...]]) -> None:
         with conn.transaction():
             _copy_into(conn, SPEC.name, data)
@@ -139,12 +137,12 @@ def _sql_baselines(conn: Any, rows: list[dict[str, Any]], result: BenchResult) -
         with conn.transaction():
             conn.execute(f"CREATE TEMP TABLE bench_stage (LIKE {SPEC.name}) ON COMMIT DROP")
             _copy_into(conn, "bench_stage", data)
-            conn.execute(f"INSERT INTO {SPEC.name} ({cols}) SELECT {cols} FROM bench_stage ON CONFLICT DO NOTHING")
+            conn.execute(f"INSERT INTO {SPEC.name} ({COLUMNS}) SELECT {COLUMNS} FROM bench_stage ON CONFLICT DO NOTHING")
 
     def executemany(data: list[tuple[Any, ...]]) -> None:
         marks = ", ".join(["%s"] * len(SPEC.column_names))
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(f"INSERT INTO {SPEC.name} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING", data)
+            cur.executemany(f"INSERT INTO {SPEC.name} ({COLUMNS}) VALUES ({marks}) ON CONFLICT DO NOTHING", data)
 
     for name, fn in (("copy", direct), ("copy_staging_on_conflict", staging), ("executemany_on_conflict", executemany)):
         run_id = uuid.uuid4()
