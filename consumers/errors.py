@@ -13,6 +13,18 @@ class TransientError(ConsumerError):
     """Retry with backoff; never dead-letter (connection loss, deadlock, broker down)."""
 
 
+class FatalError(ConsumerError):
+    """Retrying cannot help: stop the worker with one clear line and a non-zero exit."""
+
+
+class ConfigurationError(FatalError):
+    """The deployment is wrong (password, database, privileges, missing tables or schemas): fix it, then restart."""
+
+
+class DeadLetterLimitError(FatalError):
+    """Too many dead letters in a row or per minute: a deployment problem, not bad data."""
+
+
 class FencedError(ConsumerError):
     """Another worker committed these partitions first: drop the batch and re-seek."""
 
