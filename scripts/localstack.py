@@ -70,6 +70,9 @@ DEFAULT_KAFKA_PORT = 19092
 DEFAULT_PG_PORT = 15432
 DATABASE_NAME = "society"
 PG_SUPERUSER = "postgres"
+#: The local stack's superuser password. TCP connections must present it (as a
+#: real server would), so a wrong password fails here as it would in production.
+PG_PASSWORD = "society-local"
 HOST = "127.0.0.1"
 
 KAFKA_READY_TIMEOUT_S = 90.0
@@ -372,7 +375,7 @@ class LocalStack:
 
     @property
     def database_url(self) -> str:
-        return f"postgresql://{PG_SUPERUSER}@{HOST}:{self.pg_port}/{DATABASE_NAME}"
+        return f"postgresql://{PG_SUPERUSER}:{PG_PASSWORD}@{HOST}:{self.pg_port}/{DATABASE_NAME}"
 
     def env(self) -> dict[str, str]:
         return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap, "DATABASE_URL": self.database_url}
@@ -749,6 +752,7 @@ class LocalStack:
 
     def _pg_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGPASSWORD"] = PG_PASSWORD
         env["LC_ALL"] = "C.UTF-8" if self._has_c_utf8() else "C"
         env.pop("LANGUAGE", None)
         return env
@@ -874,10 +878,19 @@ class LocalStack:
             shutil.rmtree(data)
         locale = "C.UTF-8" if self._has_c_utf8() else "C"
         _log(f"initdb {data} (superuser {PG_SUPERUSER}, run as {user or 'current user'})")
-        self._as_pg_user(
-            [str(self._pg_tool("initdb")), "-D", str(data), "--auth=trust", "-U", PG_SUPERUSER,
-             "--encoding=UTF8", f"--locale={locale}"],
-            what="initdb", timeout=180)
+        pwfile = base / "superuser.pw"
+        pwfile.write_text(PG_PASSWORD + "\n")
+        if user is not None:
+            os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+        try:
+            # Unix socket: trust (the stack's own tools); TCP: password (what clients use).
+            self._as_pg_user(
+                [str(self._pg_tool("initdb")), "-D", str(data), "--auth-local=trust",
+                 "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-U", PG_SUPERUSER,
+                 "--encoding=UTF8", f"--locale={locale}"],
+                what="initdb", timeout=180)
+        finally:
+            pwfile.unlink(missing_ok=True)
         conf = data / "postgresql.conf"
         with open(conf, "a") as f:
             f.write("\n# society-ingest local stack (written by scripts/localstack.py)\n"
