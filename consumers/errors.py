@@ -25,6 +25,10 @@ class DeadLetterLimitError(FatalError):
     """Too many dead letters in a row or per minute: a deployment problem, not bad data."""
 
 
+class Interrupted(ConsumerError):
+    """Shutdown was asked while waiting on a service: the work in hand is given up (and consumed again later)."""
+
+
 class FencedError(ConsumerError):
     """Another worker committed these partitions first: drop the batch and re-seek."""
 

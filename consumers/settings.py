@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from consumers.dlq import DLQ_MAX_MESSAGE_BYTES
 from producers.settings import KafkaSecurity
 from producers.tables import DEFAULT_TOPIC_PREFIX, TABLES
 
@@ -43,6 +44,13 @@ class WorkerSettings(BaseModel):
     # Transient-failure retry: capped exponential backoff with full jitter.
     retry_initial_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=10.0, gt=0)
+    # Dead-letter limit (consumers.dlq_limit): past either bound the worker stops. 0 = off.
+    # 1,000 in a row is far beyond any poison burst the simulation makes, yet a small
+    # fraction of one step of a 2,500-agent society (~5,400 records).
+    dead_letter_max_consecutive: int = Field(default=1_000, ge=0)
+    dead_letter_max_per_minute: int = Field(default=10_000, ge=0)
+    # How long a shutdown may wait for the batch being written before giving it up.
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
     security: KafkaSecurity = KafkaSecurity()
     consumer_extra: dict[str, Any] = Field(default_factory=dict)
 
@@ -75,6 +83,7 @@ class WorkerSettings(BaseModel):
             "acks": "all",
             "linger.ms": 5,
             "message.timeout.ms": 60_000,
+            "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
         }
         conf.update(self.security.librdkafka())
         return conf

@@ -28,25 +28,13 @@ from psycopg import pq
 from psycopg.adapt import Dumper
 from consumers.batch import Batch, DeadLetter, Source, TableRows, TopicPartition
 from consumers.errors import FencedError, TransientError
+from consumers.pg_errors import DATA_ERRORS, translate
 from consumers.table_specs import RUN_COLUMN, SPECS, TableSpec
 from producers import tables
 
 log = logging.getLogger(__name__)
 
 errors = psycopg.errors
-
-#: SQLSTATE classes caused by the data of a row: isolate the row, dead-letter it.
-DATA_ERRORS: tuple[type[Exception], ...] = (
-    psycopg.DataError,  # class 22: invalid text, out of range, NUL byte...
-    psycopg.IntegrityError,  # class 23: NOT NULL, CHECK, FK, unique
-    errors.ProgramLimitExceeded,  # class 54: e.g. a value too large for a b-tree index
-)
-#: Failures that go away by themselves: retry the whole batch, never dead-letter.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    psycopg.OperationalError,  # connection lost, admin shutdown, cannot connect
-    errors.TransactionRollback,  # class 40: serialization failure, deadlock
-    psycopg.InterfaceError,  # connection already closed
-)
 
 PublishDead = Callable[[list[DeadLetter]], None]
 
@@ -72,6 +60,9 @@ class WriteResult:
     duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(tables.TABLES, 0))
     conflicts: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
+    #: How many of `dead` the batch held before loading (decode and validation failures);
+    #: the rest are rows PostgreSQL rejected.
+    held_dead: int = 0
 
 
 def _qcols(names: Iterable[str]) -> str:
@@ -93,9 +84,11 @@ def _insert_sql(spec: TableSpec) -> str:
 
 
 def _conflict_sql(spec: TableSpec) -> str:
+    """Staged rows whose key exists with different identifying columns (bookkeeping ignored)."""
     join = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
-    staged = _qcols(f"s.{c.select_expr}" for c in spec.columns)
-    stored = _qcols(f"t.{c}" for c in spec.column_names)
+    identity = [c for c in spec.columns if c.name in spec.identity]
+    staged = _qcols(f"s.{c.select_expr}" for c in identity)
+    stored = _qcols(f"t.{c.name}" for c in identity)
     key = " || '/' || ".join(f"s.{k}::text" for k in spec.key)
     return (
         f"SELECT s._seq, {key}, to_jsonb(s) - '_seq' FROM {spec.stage_table} s "
@@ -206,7 +199,11 @@ class PostgresSink:
 
     # -- connection ---------------------------------------------------------
     def connect(self) -> None:
-        """(Re)connect and create the staging tables; raises TransientError when unreachable."""
+        """(Re)connect and create the staging tables.
+
+        Raises TransientError when PostgreSQL is unreachable, ConfigurationError when
+        it refuses us for good (password, database, privileges).
+        """
         self.close()
         try:
             conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
@@ -220,9 +217,21 @@ class PostgresSink:
             for spec in SPECS.values():
                 cols = ", ".join(f"{c.name} {c.copy_type}" for c in spec.columns)
                 conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {spec.stage_table} ({cols}, _seq int4)")
-        except TRANSIENT_ERRORS as e:
-            raise TransientError(f"cannot connect to PostgreSQL: {e}") from e
+        except psycopg.Error as e:
+            raise translate(e, self._url, "cannot connect") from e
         self._conn = conn
+
+    def check_schema(self) -> None:
+        """Fail at once, with a hint, when a table or column the worker writes is missing."""
+        conn = self._connection()
+        try:
+            for spec in SPECS.values():
+                conn.execute(f"SELECT {_qcols(spec.column_names)} FROM {spec.name} LIMIT 0")
+            for table in ("ingest_offsets", "ingest_workers", "ingest_conflicts"):
+                conn.execute(f"SELECT * FROM {table} LIMIT 0")
+        except psycopg.Error as e:
+            self.close()
+            raise translate(e, self._url, "checking the tables") from e
 
     def close(self) -> None:
         """Close the connection (the next write reconnects)."""
@@ -248,9 +257,9 @@ class PostgresSink:
                 "(SELECT * FROM unnest(%s::text[], %s::int[]))",
                 (self._group, [t for t, _ in wanted], [p for _, p in wanted]),
             ).fetchall()
-        except TRANSIENT_ERRORS as e:
+        except psycopg.Error as e:
             self.close()
-            raise TransientError(f"cannot read stored offsets: {e}") from e
+            raise translate(e, self._url, "reading stored offsets") from e
         return {(t, p): o for t, p, o in rows}
 
     # -- writing ------------------------------------------------------------
@@ -263,15 +272,17 @@ class PostgresSink:
         """Load `batch` and store its offsets in one transaction (see module doc)."""
         try:
             return self._write(batch, expected, publish_dead)
-        except TRANSIENT_ERRORS as e:
+        except psycopg.Error as e:
+            # Data errors were isolated row by row in _load: what reaches here is about
+            # the connection or the deployment, never one record.
             self.close()
-            raise TransientError(f"PostgreSQL: {type(e).__name__}: {e}") from e
+            raise translate(e, self._url, "writing a batch") from e
 
     def _write(
         self, batch: Batch, expected: dict[TopicPartition, int | None], publish_dead: PublishDead
     ) -> WriteResult:
         conn = self._connection()
-        result = WriteResult(dead=list(batch.dead))
+        result = WriteResult(dead=list(batch.dead), held_dead=len(batch.dead))
         created = _Parents(set(), set())
         with conn.transaction():
             with conn.cursor() as cur:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from producers import tables
 
@@ -33,15 +34,48 @@ class TableSpec:
     key: tuple[str, ...]
     #: Guarded upsert (newest ``updated_at`` wins) instead of insert-if-absent.
     upsert: bool = False
+    #: Event-time and bookkeeping columns: a redelivery or a re-run step sends the same
+    #: fact with new values here, so they do not count when telling a duplicate from a
+    #: conflict. Every other column identifies the fact.
+    bookkeeping: tuple[str, ...] = ()
     column_names: tuple[str, ...] = field(init=False)
+    #: Columns that must match for a re-sent record to be a duplicate rather than a conflict.
+    identity: tuple[str, ...] = field(init=False)
     copy_types: list[str] = field(init=False)
     stage_table: str = field(init=False)
+
+    #: (index, name, type) of the int4 and float4 columns, for ``range_error``.
+    _numeric: tuple[tuple[int, str, str], ...] = field(init=False, repr=False)
+
+    def range_error(self, row: tuple[Any, ...]) -> str | None:
+        """Why a value of `row` does not fit its numeric column, or None.
+
+        Binary COPY writes a Python int into int4 modulo 2**32 and a float beyond
+        float4's range as infinity, silently; the worker checks rows the pydantic
+        models did not validate with this before loading them.
+        """
+        for i, name, kind in self._numeric:
+            v = row[i]
+            if v is None:
+                continue
+            if kind == INT:
+                if not INT4_MIN <= v <= INT4_MAX:
+                    return f"{self.name}.{name}: {v} is out of range for integer (int4)"
+            elif not (math.isfinite(v) and abs(v) <= REAL_MAX):
+                return f"{self.name}.{name}: {v} is out of range for real (float4)"
+        return None
 
     def __post_init__(self) -> None:
         # Read per row on the hot path: computed once.
         object.__setattr__(self, "column_names", tuple(c.name for c in self.columns))
+        unknown = set(self.bookkeeping) - set(self.column_names)
+        if unknown:
+            raise ValueError(f"{self.name}: bookkeeping columns {sorted(unknown)} are not columns")
+        object.__setattr__(self, "identity", tuple(c for c in self.column_names if c not in self.bookkeeping))
         object.__setattr__(self, "copy_types", [c.copy_type for c in self.columns])
         object.__setattr__(self, "stage_table", f"_stage_{self.name}")
+        numeric = tuple((i, c.name, c.table_type) for i, c in enumerate(self.columns) if c.table_type in (INT, REAL))
+        object.__setattr__(self, "_numeric", numeric)
 
 
 def _c(name: str, copy_type: str, table_type: str | None = None) -> Column:
@@ -49,6 +83,9 @@ def _c(name: str, copy_type: str, table_type: str | None = None) -> Column:
 
 
 UUID, TEXT, INT, TS, REAL = "uuid", "text", "int4", "timestamptz", "float4"
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+#: Largest finite float4 (PostgreSQL REAL).
+REAL_MAX: Final = 3.4028234663852886e38
 
 SPECS: Final[dict[str, TableSpec]] = {
     tables.SIMULATION_RUNS: TableSpec(
@@ -64,6 +101,7 @@ SPECS: Final[dict[str, TableSpec]] = {
         ),
         key=("run_id",),
         upsert=True,
+        bookkeeping=("updated_at",),
     ),
     tables.AGENTS: TableSpec(
         tables.AGENTS,
@@ -77,6 +115,7 @@ SPECS: Final[dict[str, TableSpec]] = {
         ),
         key=("creation_run_id", "agent_id_str"),
         upsert=True,
+        bookkeeping=("updated_at",),
     ),
     tables.AGENT_MEMORIES: TableSpec(
         tables.AGENT_MEMORIES,
@@ -92,6 +131,7 @@ SPECS: Final[dict[str, TableSpec]] = {
             _c("related_agent_id", TEXT),
         ),
         key=("memory_id",),
+        bookkeeping=("real_timestamp",),
     ),
     tables.MARKET_TRANSACTIONS: TableSpec(
         tables.MARKET_TRANSACTIONS,
@@ -111,6 +151,7 @@ SPECS: Final[dict[str, TableSpec]] = {
             _c("sell_order_id", TEXT),
         ),
         key=("simulation_run_id", "transaction_sim_id"),
+        bookkeeping=("real_timestamp",),
     ),
     tables.BANKING_TRANSACTIONS: TableSpec(
         tables.BANKING_TRANSACTIONS,
@@ -129,6 +170,7 @@ SPECS: Final[dict[str, TableSpec]] = {
             _c("reference_id", TEXT),
         ),
         key=("simulation_run_id", "transaction_sim_id"),
+        bookkeeping=("real_timestamp",),
     ),
     tables.SIMULATION_EVENTS: TableSpec(
         tables.SIMULATION_EVENTS,
@@ -144,6 +186,7 @@ SPECS: Final[dict[str, TableSpec]] = {
             _c("description", TEXT),
         ),
         key=("event_uid",),
+        bookkeeping=("real_timestamp",),
     ),
 }
 

@@ -11,12 +11,13 @@ committed. Offsets are committed to PostgreSQL with the rows (see
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from operator import itemgetter
+import os
 import random
 import signal
 import threading
 import time
+from datetime import datetime, timezone
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from consumers.batch import Batch, DeadLetter, Source
 from consumers.dlq import DeadLetterPublisher
-from consumers.errors import TransientError
+from consumers.dlq_limit import DeadLetterLimit
+from consumers.errors import FatalError, Interrupted, TransientError
 from consumers.settings import WorkerSettings
 from consumers.sink import PostgresSink, WriteResult
 from consumers.writer import BatchWriter, Job, Outcome
@@ -71,8 +73,12 @@ class Worker:
             settings.database_url.get_secret_value(), settings.group_id, settings.worker_id, self.stats
         )
         self._dlq = DeadLetterPublisher(
-            settings.producer_config(), tables.dlq_topic(settings.topic_prefix), settings.worker_id
+            settings.producer_config(), tables.dlq_topic(settings.topic_prefix), settings.worker_id, self._stop
         )
+        self._limit = DeadLetterLimit(settings.dead_letter_max_consecutive, settings.dead_letter_max_per_minute)
+        # Set once the worker stops on an error or past its shutdown deadline: from then on
+        # nothing more is written (a revoke during close must not flush).
+        self._giving_up = False
         self._consumer: Consumer | None = None
         self._writer: BatchWriter | None = None
         self._batch = Batch()
@@ -82,6 +88,7 @@ class Worker:
         self._linger_s = settings.linger_ms / 1000
         self._validate = settings.validate_records
         self._row_of = {t: itemgetter(*SPECS[t].column_names) for t in tables.TABLES}
+        self._range_error = {t: SPECS[t].range_error for t in tables.TABLES}
 
     # -- lifecycle ----------------------------------------------------------
     def stop(self) -> None:
@@ -97,8 +104,9 @@ class Worker:
 
         def handle(signum: int, _frame: Any) -> None:
             if self._stop.is_set():
-                log.warning("second %s: exiting without committing the batch in hand", signal.Signals(signum).name)
-                raise SystemExit(128 + signum)
+                log.warning("second %s: exiting now without committing the batch in hand", signal.Signals(signum).name)
+                logging.shutdown()
+                os._exit(128 + signum)
             log.info("%s: finishing the batch in hand", signal.Signals(signum).name)
             self.stop()
 
@@ -106,38 +114,70 @@ class Worker:
             signal.signal(sig, handle)
 
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
-        """Consume until ``stop()`` (or `idle_exit_s` without messages); return the stats."""
-        consumer = Consumer(self.settings.consumer_config())
-        self._consumer = consumer
+        """Consume until ``stop()`` (or `idle_exit_s` without messages); return the stats.
+
+        Raises FatalError (ConfigurationError, DeadLetterLimitError) when retrying cannot help.
+        """
         self._writer = BatchWriter(self._write)
-        consumer.subscribe(
-            list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
-        last_message = time.monotonic()
+        consumer: Consumer | None = None
         try:
-            while not self._stop.is_set():
-                messages = consumer.consume(self.settings.poll_batch, timeout=min(0.2, self._linger_s or 0.2))
-                for msg in messages:
-                    self._accept(msg)
-                if messages:
-                    last_message = time.monotonic()
-                if self._batch.due(self.settings.max_batch_rows, self.settings.max_batch_bytes, self._linger_s):
-                    self._hand_over()
-                self._handle(self._writer.outcomes())
-                idle = idle_exit_s is not None and not self._batch.next_offsets
-                if idle and time.monotonic() - last_message >= idle_exit_s:
-                    break
-            self._flush()
+            # Wrong password, missing database or tables: fail now, not at the first batch.
+            self._retry(self._sink.check_schema)
+            consumer = Consumer(self.settings.consumer_config())
+            self._consumer = consumer
+            consumer.subscribe(
+                list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+            self._loop(consumer, idle_exit_s)
+            self._flush(self.settings.shutdown_timeout_s)
+        except Interrupted as e:
+            self._giving_up = True
+            log.warning("stopped while %s; the uncommitted batch will be consumed again", e)
+        except FatalError:
+            # Commit what was handed over before the failure (bounded), nothing after it.
+            self._batch = Batch()
+            self._giving_up = True
+            self._drain_quietly()
+            raise
+        except BaseException:
+            self._giving_up = True
+            raise
         finally:
-            try:
-                consumer.close()  # revokes: flushes nothing new, the batch is empty
-            finally:
-                self._consumer = None
-                self._writer.close()
-                self._writer = None
-                self._dlq.close()
-                self._sink.close()
+            self._close(consumer)
         return self.stats
+
+    def _loop(self, consumer: Consumer, idle_exit_s: float | None) -> None:
+        last_message = time.monotonic()
+        while not self._stop.is_set():
+            messages = consumer.consume(self.settings.poll_batch, timeout=min(0.2, self._linger_s or 0.2))
+            for msg in messages:
+                self._accept(msg)
+            if messages:
+                last_message = time.monotonic()
+            if self._batch.due(self.settings.max_batch_rows, self.settings.max_batch_bytes, self._linger_s):
+                self._hand_over()
+            self._handle(self._writer.outcomes())
+            idle = idle_exit_s is not None and not self._batch.next_offsets
+            if idle and time.monotonic() - last_message >= idle_exit_s:
+                break
+
+    def _close(self, consumer: Consumer | None) -> None:
+        writer = self._writer
+        try:
+            if consumer is not None:
+                consumer.close()  # revokes: the batch is empty (or given up)
+        finally:
+            self._consumer = None
+            self._writer = None
+            writer.close(self.settings.shutdown_timeout_s)
+            self._dlq.close()
+            self._sink.close()
+
+    def _drain_quietly(self) -> None:
+        try:
+            self._drain(self.settings.shutdown_timeout_s)
+        except Exception as e:  # already failing: the first error is the one to report
+            log.warning("while stopping: %s", e)
 
     # -- rebalancing --------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -151,7 +191,9 @@ class Worker:
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._flush()  # commit what we hold while we still own the partitions
+        if not self._giving_up:
+            # Commit what we hold while we still own the partitions (bounded once stopping).
+            self._flush(self.settings.shutdown_timeout_s if self._stop.is_set() else None)
         for p in partitions:
             self._positions.pop((p.topic, p.partition), None)
         consumer.unassign()
@@ -190,13 +232,25 @@ class Worker:
                 raise MalformedRecordError(f"a {decoded.table} record on the {table} topic")
             fields = validate_record(table, decoded.record) if self._validate else decoded.record
         except (CodecError, InvalidRecordError) as e:
-            self._batch.add_dead(DeadLetter(source, table, type(e).__name__, str(e)))
+            self._dead(DeadLetter(source, table, type(e).__name__, str(e)))
             return
         if fields.get("real_timestamp", _ABSENT) is None and source.timestamp_ms is not None:
             # No event time sent: the time the producer sent the record is the closest
             # truth we have, closer than the database's NOW() at load time.
             fields["real_timestamp"] = datetime.fromtimestamp(source.timestamp_ms / 1000, timezone.utc)
-        self._batch.add(table, self._row_of[table](fields), source)
+        row = self._row_of[table](fields)
+        if not self._validate:
+            out_of_range = self._range_error[table](row)
+            if out_of_range is not None:
+                self._dead(DeadLetter(source, table, "NumericValueOutOfRange", out_of_range))
+                return
+        self._limit.good()
+        self._batch.add(table, row, source)
+
+    def _dead(self, letter: DeadLetter) -> None:
+        """Hold a dead letter for the batch, unless the dead-letter limit is passed (then raise)."""
+        self._limit.dead(f"{letter.error_class}: {letter.message}")
+        self._batch.add_dead(letter)
 
     # -- flushing -----------------------------------------------------------
     def _hand_over(self) -> None:
@@ -211,14 +265,19 @@ class Worker:
             if tp in self._positions:
                 self._positions[tp] = next_offset
 
-    def _flush(self) -> None:
+    def _flush(self, timeout: float | None = None) -> None:
         """Hand over the batch in hand and wait until everything is committed."""
         self._hand_over()
-        self._drain()
+        self._drain(timeout)
 
-    def _drain(self) -> None:
-        if self._writer is not None:
-            self._handle(self._writer.drain())
+    def _drain(self, timeout: float | None = None) -> None:
+        """Wait for the writer (at most `timeout`) and handle what it finished."""
+        if self._writer is None:
+            return
+        self._handle(self._writer.drain(timeout))
+        if self._writer.busy:
+            self._giving_up = True
+            raise Interrupted(f"the batch being written was not committed within {timeout}s")
 
     def _write(self, job: Job) -> WriteResult:
         """Runs in the writer thread: transient failures are retried there."""
@@ -227,6 +286,10 @@ class Worker:
     def _handle(self, outcomes: list[Outcome]) -> None:
         fenced = []
         for outcome in outcomes:
+            if isinstance(outcome.error, Interrupted):
+                # Stopping during an outage: this batch and those after it are given up.
+                self._giving_up = True
+                raise outcome.error
             if outcome.error is not None:
                 raise outcome.error
             if outcome.fenced is not None:
@@ -252,6 +315,9 @@ class Worker:
             s.duplicates[t] += result.duplicates[t]
         s.conflicts += result.conflicts
         s.dead_lettered += len(result.dead)
+        for d in result.dead[result.held_dead:]:
+            # Rows PostgreSQL rejected: already committed, but they count toward the rate.
+            self._limit.dead(f"{d.error_class}: {d.message}", consecutive=False)
         for d in result.dead:
             log.warning(
                 "dead-lettered %s[%d]@%d: %s: %s",
@@ -283,7 +349,12 @@ class Worker:
                 log.warning("cannot seek %s: %s", tp, e)
 
     def _retry(self, action: Any) -> Any:
-        """Run `action`, retrying TransientError with capped exponential backoff and full jitter."""
+        """Run `action`, retrying TransientError with capped exponential backoff and full jitter.
+
+        The backoff wakes on ``stop()``: a failure after a stop raises Interrupted
+        instead of waiting for the service (the work is consumed again later).
+        ConfigurationError and other errors are not retried.
+        """
         delay = self.settings.retry_initial_s
         while True:
             try:
@@ -292,8 +363,11 @@ class Worker:
                 self.stats.retries += 1
                 self.stats.degraded = True
                 self.stats.last_error = str(e)
+                if self._stop.is_set():
+                    raise Interrupted(f"waiting on a service that failed ({e})") from e
                 log.warning("transient failure, retrying in up to %.1fs: %s", delay, e)
-                time.sleep(random.uniform(0, delay))
+                if self._stop.wait(random.uniform(0, delay)):
+                    raise Interrupted(f"waiting on a service that failed ({e})") from e
                 delay = min(delay * 2, self.settings.retry_max_s)
                 continue
             if self.stats.degraded:

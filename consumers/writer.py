@@ -62,15 +62,27 @@ class BatchWriter:
             except queue.Empty:
                 return done
 
-    def drain(self) -> list[Outcome]:
-        """Wait until every submitted job is finished; return their outcomes."""
-        self._jobs.join()
+    def drain(self, timeout: float | None = None) -> list[Outcome]:
+        """Wait (at most `timeout`) until every submitted job is finished; return the outcomes so far."""
+        with self._jobs.all_tasks_done:
+            self._jobs.all_tasks_done.wait_for(lambda: not self._jobs.unfinished_tasks, timeout)
         return self.outcomes()
 
-    def close(self) -> list[Outcome]:
-        """Finish every job, stop the thread, return the last outcomes."""
-        self._jobs.put(None)
-        self._thread.join()
+    @property
+    def busy(self) -> bool:
+        """True while a submitted job is not finished."""
+        return bool(self._jobs.unfinished_tasks)
+
+    def close(self, timeout: float | None = None) -> list[Outcome]:
+        """Finish every job (at most `timeout`), stop the thread, return the last outcomes.
+
+        After a timeout the thread is left behind (a daemon): the job it is on is given up.
+        """
+        try:
+            self._jobs.put(None, timeout=timeout)
+        except queue.Full:
+            return self.outcomes()
+        self._thread.join(timeout)
         return self.outcomes()
 
     def _run(self) -> None:

@@ -137,7 +137,10 @@ class AvroCodec:
             raise MalformedRecordError("not Avro single-object encoding (bad marker or too short)")
         writer = self._by_fingerprint.get(data[2:HEADER_SIZE])
         if writer is None:
-            raise UnknownSchemaError(f"unknown schema fingerprint {data[2:HEADER_SIZE].hex()}")
+            raise UnknownSchemaError(
+                f"unknown schema fingerprint {data[2:HEADER_SIZE].hex()}: this worker lacks that schema "
+                f"version (deploy the newest schemas/)"
+            )
         reader = self.current[writer.table]
         fast = self._fast.get(writer.table) if reader is writer else None
         if fast is not None:
