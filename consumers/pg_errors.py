@@ -35,8 +35,8 @@ _FATAL_CLASSES = ("28", "3D", "3F", "42")
 
 # Server messages of fatal connection failures (the only place text is matched: see module doc).
 _CONNECT_FATAL = (
-    (re.compile(r"password authentication failed|no pg_hba\.conf entry|role \"[^\"]*\" does not exist"
-                r"|authentication failed"), "28000"),
+    (re.compile(r"password authentication failed"), "28P01"),
+    (re.compile(r"no pg_hba\.conf entry|role \"[^\"]*\" does not exist|authentication failed"), "28000"),
     (re.compile(r"database \"[^\"]*\" does not exist"), "3D000"),
     (re.compile(r"permission denied for database"), "42501"),
 )
@@ -106,8 +106,9 @@ def where(conninfo: str) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     # libpq prefixes connection failures with the address it tried; keep the server's reason.
-    reason = text.split("failed: ", 1)[-1] if "connection failed" in text else text
-    return reason.splitlines()[0].strip() if reason else type(e).__name__
+    reason = text.rsplit("failed: ", 1)[-1] if "connection failed" in text else text
+    reason = " ".join(reason.split())  # libpq pads "FATAL:  ..." and wraps hints over lines
+    return reason or type(e).__name__
 
 
 def translate(e: BaseException, conninfo: str, doing: str) -> TransientError | ConfigurationError:

@@ -73,6 +73,17 @@ class WorkerThread:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def failure(self, timeout: float = WAIT_TIMEOUT_S) -> BaseException:
+        """Wait until the worker ends on its own and return its error (fail if it does neither)."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"the worker kept running for {timeout}s")
+        error, self.error = self.error, None
+        if error is None:
+            raise AssertionError("the worker ended without an error")
+        self.stats = self.worker.stats
+        return error
+
     def stop(self, timeout: float = WAIT_TIMEOUT_S) -> WorkerStats:
         self.worker.stop()
         self._thread.join(timeout)

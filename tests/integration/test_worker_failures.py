@@ -1,0 +1,207 @@
+"""What the worker does when retrying cannot help, and when it must not wait forever.
+
+Configuration failures (wrong password, missing database, privileges or tables)
+stop it at once with one clear message; a dead-letter storm stops it before it
+empties a topic into the DLQ; a stop request ends every wait, even during an
+outage. All against the real services.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import shutil
+import time
+import uuid
+
+import fastavro
+import psycopg
+import pytest
+from confluent_kafka import Producer
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from consumers import dead_letters
+from consumers.errors import ConfigurationError, DeadLetterLimitError
+from producers import AvroCodec, tables
+from producers.codec import MAGIC, default_schema_dir
+from support.db import count, fetch
+from support.pipeline import WorkerThread, drain, producer, wait_for, worker_settings
+
+pytestmark = pytest.mark.integration
+
+#: A worker that fails for good must say so quickly (a hang guard, not a timing test).
+FAIL_FAST_S = 20.0
+SECRET = "n0t-the-Passw0rd"
+
+
+def _url(database_url: str, **changes: str) -> str:
+    params = conninfo_to_dict(database_url)
+    params.update(changes)
+    return make_conninfo(**params)
+
+
+def _error_of(settings) -> BaseException:
+    """Run a worker until it fails; return its error (fail if it keeps running)."""
+    with WorkerThread(settings) as w:
+        return w.failure(timeout=FAIL_FAST_S)
+
+
+def _login_role(database_url: str, *grants: str) -> str:
+    """A new login role with a password and only `grants`; returns its URL."""
+    name = f"t_role_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw-{name}'")
+        for grant in grants:
+            conn.execute(grant.format(role=name))
+    return _url(database_url, user=name, password=f"pw-{name}")
+
+
+def test_wrong_password_is_fatal_and_never_shown(services, database_url, topic_prefix):
+    bad = _url(database_url, password=SECRET)
+    try:
+        psycopg.connect(bad, connect_timeout=5).close()
+    except psycopg.OperationalError:
+        pass
+    else:
+        pytest.fail("this PostgreSQL accepts any password (trust authentication): the test needs password auth")
+    error = _error_of(worker_settings(services.bootstrap, bad, topic_prefix))
+    assert isinstance(error, ConfigurationError), repr(error)
+    assert "password authentication failed" in str(error) and "DATABASE_URL" in str(error)
+    assert SECRET not in str(error)
+
+
+def test_missing_database_is_fatal(services, database_url, topic_prefix):
+    error = _error_of(worker_settings(services.bootstrap, _url(database_url, dbname="no_such_db"), topic_prefix))
+    assert isinstance(error, ConfigurationError), repr(error)
+    assert 'database "no_such_db" does not exist' in str(error) and "/no_such_db" in str(error)
+
+
+def test_missing_tables_is_fatal_with_the_fix(services, database_url, topic_prefix):
+    empty = f"t_empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_url(database_url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {empty}")
+    try:
+        error = _error_of(worker_settings(services.bootstrap, _url(database_url, dbname=empty), topic_prefix))
+    finally:
+        with psycopg.connect(_url(database_url, dbname="postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {empty} WITH (FORCE)")
+    assert isinstance(error, ConfigurationError), repr(error)
+    assert "does not exist" in str(error) and "society-ingest migrate" in str(error)
+
+
+def test_missing_read_privileges_are_fatal(services, database_url, topic_prefix):
+    url = _login_role(database_url)
+    error = _error_of(worker_settings(services.bootstrap, url, topic_prefix))
+    assert isinstance(error, ConfigurationError), repr(error)
+    assert "permission denied" in str(error) and "grant" in str(error)
+
+
+def test_missing_insert_privilege_is_fatal_at_the_first_batch(services, database_url, topic_prefix):
+    url = _login_role(database_url, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+    p.record_memory("agent_0", "hello", 1)
+    p.close()
+    error = _error_of(worker_settings(services.bootstrap, url, topic_prefix))
+    assert isinstance(error, ConfigurationError), repr(error)
+    assert "permission denied" in str(error)
+    assert count(database_url, "agent_memories") == 0
+    assert fetch(database_url, "SELECT count(*) FROM ingest_offsets")[0][0] == 0
+
+
+def test_stop_during_an_outage_ends_the_retry_at_once(services, topic_prefix):
+    # Nothing listens on port 1: the worker retries (transient), and stop() must end that wait.
+    unreachable = "postgresql://postgres:x@127.0.0.1:1/society"
+    settings = worker_settings(services.bootstrap, unreachable, topic_prefix, retry_initial_s=30, retry_max_s=60)
+    w = WorkerThread(settings)
+    with w:
+        wait_for(lambda: w.worker.stats.retries >= 1, "a retry")
+        assert w.worker.stats.degraded
+        started = time.monotonic()
+        w.stop(timeout=FAIL_FAST_S)
+    assert time.monotonic() - started < 5.0  # the backoff was 0-30 s: the stop flag ended it
+
+
+def _unknown_schema_codec(tmp_path) -> AvroCodec:
+    old = tmp_path / "schemas"
+    shutil.copytree(default_schema_dir(), old)
+    (old / "agent_memories" / "v2.avsc").unlink()
+    return AvroCodec(old)
+
+
+def test_dead_letter_limit_stops_before_emptying_the_topic(services, database_url, topic_prefix, tmp_path):
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+    for i in range(50):
+        p.record_memory("agent_0", f"memory {i}", i)
+    p.end_run()
+    p.close()
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix, dead_letter_max_consecutive=10)
+    with WorkerThread(settings, codec=_unknown_schema_codec(tmp_path)) as w:
+        error = w.failure()
+    assert isinstance(error, DeadLetterLimitError), repr(error)
+    assert "more than 10 dead letters in a row" in str(error)
+    assert "this worker lacks that schema version" in str(error)
+    assert dead_letters.read_dead_letters(services.bootstrap, topic_prefix) == []
+    stored = fetch(database_url, "SELECT topic, next_offset FROM ingest_offsets")
+    assert all(not t.endswith("agent_memories") for t, _ in stored), stored
+    # A worker with the newest schemas loads every record the stopped one left.
+    drain(worker_settings(services.bootstrap, database_url, topic_prefix),
+          lambda: count(database_url, "agent_memories") == 50, "all 50 memories")
+
+
+def test_dead_letter_rate_limit(services, database_url, topic_prefix):
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+    raw = Producer({"bootstrap.servers": services.bootstrap})
+    topic = tables.topic_for(topic_prefix, "agent_memories")
+    for i in range(40):  # good and bad alternate: never two in a row, but 20 a minute
+        p.record_memory("agent_0", f"memory {i}", i)
+        p.flush()
+        raw.produce(topic, b"garbage", key=b"agent_0")
+        assert raw.flush(30) == 0
+    p.close()
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix, dead_letter_max_per_minute=5)
+    with WorkerThread(settings) as w:
+        error = w.failure()
+    assert isinstance(error, DeadLetterLimitError), repr(error)
+    assert "more than 5 dead letters within a minute" in str(error)
+
+
+def _memory_with_long_step(codec: AvroCodec, run_id: uuid.UUID, step: int) -> bytes:
+    """A v2 memory whose int field holds more than 32 bits (Avro int and long share the varint encoding)."""
+    current = codec.current["agent_memories"]
+    schema = copy.deepcopy(current.raw)
+    for f in schema["fields"]:
+        if f["name"] == "step_timestamp":
+            f["type"] = "long"
+    buf = io.BytesIO()
+    record = {
+        "memory_id": str(uuid.uuid4()), "agent_id_str": "agent_0", "simulation_run_id": str(run_id),
+        "step_timestamp": step, "real_timestamp": None, "content": f"step {step}", "importance": 0.5,
+        "tags": None, "related_agent_id": None,
+    }
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return MAGIC + current.fingerprint + buf.getvalue()
+
+
+def test_out_of_range_integers_are_dead_lettered_without_validation(services, database_url, topic_prefix):
+    codec = AvroCodec()
+    p = producer(services.bootstrap, topic_prefix)
+    run_id = p.start_run()
+    p.record_memory("agent_0", "fine", 1)
+    p.close()
+    raw = Producer({"bootstrap.servers": services.bootstrap})
+    steps = [2**31, 2**32 + 7, 2**40 + 3, 2**31 - 1]
+    for step in steps:
+        raw.produce(tables.topic_for(topic_prefix, "agent_memories"),
+                    _memory_with_long_step(codec, run_id, step), key=b"agent_0")
+    assert raw.flush(30) == 0
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix, validate_records=False)
+    drain(settings, lambda: len(dead_letters.read_dead_letters(services.bootstrap, topic_prefix)) == 3
+          and count(database_url, "agent_memories") == 2, "3 dead letters and 2 rows")
+    stored = sorted(s for (s,) in fetch(database_url, "SELECT step_timestamp FROM agent_memories"))
+    assert stored == [1, 2**31 - 1]
+    letters = dead_letters.read_dead_letters(services.bootstrap, topic_prefix)
+    assert {d.error_class for d in letters} == {"NumericValueOutOfRange"}
+    assert all("agent_memories.step_timestamp" in d.message for d in letters)
