@@ -113,3 +113,38 @@ def test_children_before_their_run_still_land(services, database_url, topic_pref
         "the stale run state",
     )
     assert fetch(database_url, "SELECT status, end_time FROM simulation_runs") == [("completed", end_time)]
+
+
+def test_a_rerun_step_is_a_duplicate_not_a_conflict(services, database_url, topic_prefix):
+    # A re-run step sends the same facts under the same ids, recorded at a later time.
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+
+    def record_step(content: str = "sold bread") -> tuple:
+        mid = p.record_memory("agent_1", content, 3, importance=0.5, tags=["trade"], memory_id=memory_id)
+        uid = p.record_event("TRADE", 3, agent_id_primary="agent_1", details={"q": 4}, event_uid=event_uid)
+        p.record_market_transaction("mt_1", 3, market_id="m", resource_type="food", buyer_id="agent_1",
+                                    seller_id="agent_2", quantity=4, price_per_unit=2.5, total_cost=10.0)
+        p.record_bank_transaction("bt_1", 3, account_id="acct_1", agent_id="agent_1", transaction_type="deposit",
+                                  amount=10.0, balance_after=10.0)
+        p.flush()
+        return mid, uid
+
+    memory_id, event_uid = uuid.uuid4(), uuid.uuid4()
+    record_step()
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix)
+    drain(settings, lambda: all(count(database_url, t) == 1 for t in CHILD_TABLES), "the step")
+    first_times = fetch(database_url, "SELECT real_timestamp FROM agent_memories")
+
+    record_step()  # the re-run: every real_timestamp differs
+    rerun = drain(settings, lambda: fetch(database_url, "SELECT sum(next_offset) FROM ingest_offsets")[0][0]
+                  == 1 + 2 * len(CHILD_TABLES), "the re-run step")
+    assert {t: rerun.duplicates[t] for t in CHILD_TABLES} == dict.fromkeys(CHILD_TABLES, 1)
+    assert rerun.conflicts == 0 and count(database_url, "ingest_conflicts") == 0
+    assert fetch(database_url, "SELECT real_timestamp FROM agent_memories") == first_times  # the first one stays
+
+    # A different fact under an existing id is still a conflict.
+    record_step("sold fish")
+    drain(settings, lambda: count(database_url, "ingest_conflicts") == 1, "the conflicting memory")
+    assert fetch(database_url, "SELECT table_name FROM ingest_conflicts") == [("agent_memories",)]
+    p.close()

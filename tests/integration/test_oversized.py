@@ -1,0 +1,80 @@
+"""No single message, however large, stops a worker: too large to dead-letter whole, it goes by reference."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+from consumers import dead_letters, dlq
+from consumers.topics import admin_client
+from producers import tables
+from support.db import count
+from support.pipeline import drain, producer, worker_settings
+
+pytestmark = pytest.mark.integration
+
+GOOD = 30
+
+
+def _stream_with_poison(services, prefix: str, poison: bytes) -> None:
+    """GOOD memories, the poison in the middle of the memories topic, then GOOD more."""
+    p = producer(services.bootstrap, prefix)
+    p.start_run()
+    raw = Producer({"bootstrap.servers": services.bootstrap, "message.max.bytes": 2_000_000})
+    for i in range(2 * GOOD):
+        if i == GOOD:
+            p.flush()
+            raw.produce(tables.topic_for(prefix, "agent_memories"), poison, key=b"agent_0")
+            assert raw.flush(30) == 0
+        p.record_memory("agent_0", f"memory {i}", i)
+    p.end_run()
+    p.close()
+
+
+def _check_reference(letter: dead_letters.StoredDeadLetter, poison: bytes, prefix: str) -> None:
+    h = letter.headers
+    assert letter.value is None
+    assert h[dlq.H_BY_REFERENCE] == "true"
+    assert int(h[dlq.H_SIZE]) == len(poison)
+    assert h[dlq.H_SHA256] == hashlib.sha256(poison).hexdigest()
+    assert h[dlq.H_HEAD] == poison[: dlq.HEAD_BYTES].hex()
+    assert h[dlq.H_TOPIC] == tables.topic_for(prefix, "agent_memories")
+    assert h[dlq.H_OFFSET].isdigit() and letter.error_class == "MalformedRecordError"
+
+
+def test_a_message_too_large_to_dead_letter_goes_by_reference(services, database_url, topic_prefix):
+    # 1,020,000 bytes: the broker's default limit (1,048,588) accepts it on the table topic,
+    # the dead-letter producer's (1,000,000) cannot send it whole.
+    poison = os.urandom(1_020_000)
+    _stream_with_poison(services, topic_prefix, poison)
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix)
+    stats = drain(settings, lambda: count(database_url, "agent_memories") == 2 * GOOD
+                  and len(dead_letters.read_dead_letters(services.bootstrap, topic_prefix)) == 1,
+                  "every good memory loaded and one dead letter")
+    assert stats.dead_lettered == 1
+    [letter] = dead_letters.read_dead_letters(services.bootstrap, topic_prefix)
+    _check_reference(letter, poison, topic_prefix)
+
+
+def test_a_dead_letter_topic_with_a_smaller_limit_gets_a_reference(services, database_url, topic_prefix):
+    # The broker refuses the letter (the DLQ topic allows 50,000 bytes): the worker sends a reference.
+    admin = admin_client(services.bootstrap)
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC, tables.dlq_topic(topic_prefix),
+        incremental_configs=[ConfigEntry("max.message.bytes", "50000",
+                                         incremental_operation=AlterConfigOpType.SET)],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+    poison = b"\x00" * 10 + os.urandom(200_000)
+    _stream_with_poison(services, topic_prefix, poison)
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix)
+    drain(settings, lambda: count(database_url, "agent_memories") == 2 * GOOD
+          and len(dead_letters.read_dead_letters(services.bootstrap, topic_prefix)) == 1,
+          "every good memory loaded and one dead letter")
+    [letter] = dead_letters.read_dead_letters(services.bootstrap, topic_prefix)
+    _check_reference(letter, poison, topic_prefix)
