@@ -4,10 +4,13 @@ Commit order of ``PostgresSink.write`` (the contract that makes loading
 exactly-once):
 
 1. create stub parents (runs, agents) that children reference;
-2. load runs and agents with a guarded upsert, then the child tables with
-   binary COPY into a temp staging table + ``INSERT … ON CONFLICT DO NOTHING``;
-   a chunk that raises a data error is bisected down to the bad rows, which
-   become dead letters while the rest loads;
+2. load runs and agents with a guarded upsert (through a staging table), then
+   the child tables with plain binary COPY; only when a key already exists
+   (a replay, a re-run step) does a table go through staging +
+   ``INSERT … ON CONFLICT DO NOTHING`` for a while, where a key that exists
+   with different identifying columns is kept in ``ingest_conflicts``. A chunk
+   that raises a data error is bisected down to the bad rows, which become
+   dead letters while the rest loads;
 3. store each partition's next offset, compare-and-set against the offset
    this worker read at assignment (another worker's commit fences us out);
 4. publish dead letters and wait for the broker to acknowledge them;
