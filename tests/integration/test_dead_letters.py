@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import uuid
 
 import pytest
@@ -12,9 +11,9 @@ from confluent_kafka import Producer
 
 from consumers import dead_letters, dlq
 from producers import AvroCodec, tables
-from producers.codec import MAGIC, default_schema_dir
+from producers.codec import MAGIC
 from support.db import count
-from support.pipeline import drain, producer, worker_settings
+from support.pipeline import codec_lacking_newest_memory_schema, drain, producer, record_memories, worker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -102,18 +101,10 @@ def test_poison_records_are_isolated(services, database_url, topic_prefix, valid
 
 def test_redrive_after_a_fix(services, database_url, topic_prefix, tmp_path):
     # A worker deployed without the newest memory schema dead-letters v2 records...
-    old_schemas = tmp_path / "schemas"
-    shutil.copytree(default_schema_dir(), old_schemas)
-    (old_schemas / "agent_memories" / "v2.avsc").unlink()
-    p = producer(services.bootstrap, topic_prefix)
-    p.start_run()
-    for i in range(20):
-        p.record_memory("agent_0", f"memory {i}", i)
-    p.end_run()
-    p.close()
+    record_memories(services.bootstrap, topic_prefix, 20)
     settings = worker_settings(services.bootstrap, database_url, topic_prefix)
     drain(settings, lambda: len(dead_letters.read_dead_letters(services.bootstrap, topic_prefix)) == 20,
-          "20 dead letters", codec=AvroCodec(old_schemas))
+          "20 dead letters", codec=codec_lacking_newest_memory_schema(tmp_path))
     assert count(database_url, "agent_memories") == 0
 
     dry = dead_letters.redrive(services.bootstrap, database_url, topic_prefix, dry_run=True)

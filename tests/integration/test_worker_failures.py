@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import io
-import shutil
 import time
 import uuid
 
@@ -23,9 +22,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from consumers import dead_letters
 from consumers.errors import ConfigurationError, DeadLetterLimitError
 from producers import AvroCodec, tables
-from producers.codec import MAGIC, default_schema_dir
+from producers.codec import MAGIC
 from support.db import count, fetch
-from support.pipeline import WorkerThread, drain, producer, wait_for, worker_settings
+from support.pipeline import (
+    WorkerThread, codec_lacking_newest_memory_schema, drain, producer, record_memories, wait_for, worker_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,22 +123,10 @@ def test_stop_during_an_outage_ends_the_retry_at_once(services, topic_prefix):
     assert time.monotonic() - started < 5.0  # the backoff was 0-30 s: the stop flag ended it
 
 
-def _unknown_schema_codec(tmp_path) -> AvroCodec:
-    old = tmp_path / "schemas"
-    shutil.copytree(default_schema_dir(), old)
-    (old / "agent_memories" / "v2.avsc").unlink()
-    return AvroCodec(old)
-
-
 def test_dead_letter_limit_stops_before_emptying_the_topic(services, database_url, topic_prefix, tmp_path):
-    p = producer(services.bootstrap, topic_prefix)
-    p.start_run()
-    for i in range(50):
-        p.record_memory("agent_0", f"memory {i}", i)
-    p.end_run()
-    p.close()
+    record_memories(services.bootstrap, topic_prefix, 50)
     settings = worker_settings(services.bootstrap, database_url, topic_prefix, dead_letter_max_consecutive=10)
-    with WorkerThread(settings, codec=_unknown_schema_codec(tmp_path)) as w:
+    with WorkerThread(settings, codec=codec_lacking_newest_memory_schema(tmp_path)) as w:
         error = w.failure()
     assert isinstance(error, DeadLetterLimitError), repr(error)
     assert "more than 10 dead letters in a row" in str(error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 from consumers.settings import WorkerSettings
 from consumers.worker import Worker, WorkerStats
 from producers import AvroCodec, ProducerSettings, SocietyProducer
+from producers.codec import default_schema_dir
 
 #: Upper bound for any wait on the pipeline in tests (a hang fails, never passes).
 WAIT_TIMEOUT_S = 90.0
@@ -35,6 +37,24 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT_TIME
 
 def producer(bootstrap: str, prefix: str, **overrides: Any) -> SocietyProducer:
     return SocietyProducer(ProducerSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, **overrides))
+
+
+def record_memories(bootstrap: str, prefix: str, n: int) -> None:
+    """A run of `n` memories of agent_0 (steps 0..n-1), delivered."""
+    p = producer(bootstrap, prefix)
+    p.start_run()
+    for i in range(n):
+        p.record_memory("agent_0", f"memory {i}", i)
+    p.end_run()
+    p.close()
+
+
+def codec_lacking_newest_memory_schema(tmp_path: Path) -> AvroCodec:
+    """The codec of a worker deployed without the newest agent_memories schema."""
+    old = tmp_path / "schemas"
+    shutil.copytree(default_schema_dir(), old)
+    (old / "agent_memories" / "v2.avsc").unlink()
+    return AvroCodec(old)
 
 
 def worker_settings(bootstrap: str, database_url: str, prefix: str, **overrides: Any) -> WorkerSettings:
