@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 errors = psycopg.errors
 
+#: Give up connecting after 10 s; TCP keepalives notice a server that vanished without
+#: closing the connection (a statement would otherwise wait on it for hours).
+CONNECT_OPTIONS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                   "keepalives_interval": 10, "keepalives_count": 3}
+
 PublishDead = Callable[[list[DeadLetter]], None]
 
 #: After a chunk hit an existing key, load this many chunks of that table through
@@ -209,7 +214,7 @@ class PostgresSink:
         """
         self.close()
         try:
-            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            conn = psycopg.connect(self._url, autocommit=True, **CONNECT_OPTIONS)
             jsonb_oid = conn.adapters.types["jsonb"].oid
             dumper = type("JsonTextDumper", (_JsonTextBinaryDumper,), {"oid": jsonb_oid})
             conn.adapters.register_dumper(_JsonText, dumper)

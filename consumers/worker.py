@@ -260,7 +260,7 @@ class Worker:
             return
         expected = {tp: self._positions.get(tp) for tp in batch.next_offsets}
         self._batch = Batch()
-        self._writer.submit(Job(batch, expected))
+        self._writer.submit(Job(batch, expected), self._stop)
         for tp, next_offset in batch.next_offsets.items():
             if tp in self._positions:
                 self._positions[tp] = next_offset

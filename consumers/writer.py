@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from consumers.batch import Batch, TopicPartition
-from consumers.errors import FencedError
+from consumers.errors import FencedError, Interrupted
 from consumers.sink import WriteResult
 
 #: Batches waiting behind the one being written; the consumer blocks beyond that (backpressure).
 MAX_QUEUED_BATCHES = 1
+#: How often a blocked hand-over looks at the stop flag.
+_WAKE_S = 0.2
 
 
 @dataclass(slots=True)
@@ -49,9 +51,18 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
-        """Queue a job; blocks while the writer is busy and the queue is full."""
-        self._jobs.put(job)
+    def submit(self, job: Job, stop: threading.Event | None = None) -> None:
+        """Queue a job; blocks while the writer is busy and the queue is full.
+
+        Raises Interrupted when `stop` is set while waiting.
+        """
+        while True:
+            try:
+                self._jobs.put(job, timeout=_WAKE_S)
+                return
+            except queue.Full:
+                if stop is not None and stop.is_set():
+                    raise Interrupted("handing a batch to a writer that is still busy") from None
 
     def outcomes(self) -> list[Outcome]:
         """Outcomes finished so far, oldest first."""

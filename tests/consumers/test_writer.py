@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from consumers.batch import Batch
-from consumers.errors import FencedError
+from consumers.errors import FencedError, Interrupted
 from consumers.sink import WriteResult
 from consumers.writer import BatchWriter, Job
 
@@ -65,3 +67,16 @@ def test_drain_and_close_are_bounded_when_a_write_hangs():
     [outcome] = writer.drain(timeout=30)
     assert outcome.result is not None and not writer.busy
     assert writer.close(timeout=30) == []
+
+
+def test_a_blocked_hand_over_wakes_on_stop():
+    release = threading.Event()
+    stop = threading.Event()
+    writer = BatchWriter(lambda job: release.wait(30) and WriteResult())
+    writer.submit(_job(0), stop)  # being written
+    writer.submit(_job(1), stop)  # queued: the queue is now full
+    stop.set()
+    with pytest.raises(Interrupted):
+        writer.submit(_job(2), stop)
+    release.set()
+    assert len(writer.drain(timeout=30)) == 2
