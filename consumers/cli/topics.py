@@ -6,7 +6,8 @@ import dataclasses
 from typing import Annotated
 
 from consumers import topics as ops
-from consumers.cli._options import DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, print_json, print_table, typer
+from consumers.cli._options import DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, Timeout, print_json, print_table, typer
+from consumers.cli._services import DEFAULT_TIMEOUT_S, kafka
 
 app = typer.Typer(help="Create and inspect the table and dead-letter topics.", no_args_is_help=True)
 
@@ -33,9 +34,11 @@ def create(
     replication_factor: Annotated[int, typer.Option(min=1, help="Replicas per partition.")] = 1,
     retention_ms: Annotated[int, typer.Option(help="Retention; long enough to replay a run.")] = ops.DEFAULT_RETENTION_MS,
     compression: Annotated[str, typer.Option(help="Topic compression.type.")] = "producer",
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Create missing topics (idempotent) and show partitions, replication and retention."""
+    kafka(bootstrap_servers, timeout)
     admin = ops.admin_client(bootstrap_servers)
     infos = ops.create_topics(
         admin, topic_prefix, bootstrap_servers, partitions=partitions, replication=replication_factor,
@@ -45,9 +48,15 @@ def create(
 
 
 @app.command("list")
-def list_(bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP, topic_prefix: Prefix = "society", as_json: Json = False) -> None:
+def list_(
+    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    topic_prefix: Prefix = "society",
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
+    as_json: Json = False,
+) -> None:
     """List this prefix's topics that exist."""
-    _show(ops.list_topics(ops.admin_client(bootstrap_servers), topic_prefix), as_json, "topics")
+    kafka(bootstrap_servers, timeout)
+    _show(ops.list_topics(ops.admin_client(bootstrap_servers), topic_prefix, timeout), as_json, "topics")
 
 
 @app.command()
@@ -55,9 +64,11 @@ def describe(
     names: Annotated[list[str] | None, typer.Argument(help="Topics (default: all of the prefix).")] = None,
     bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
     topic_prefix: Prefix = "society",
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Describe topics: partitions, replication, retention, compression."""
+    kafka(bootstrap_servers, timeout)
     admin = ops.admin_client(bootstrap_servers)
     wanted = names or ops.all_topics(topic_prefix)
-    _show(ops.describe_topics(admin, wanted), as_json, "topics")
+    _show(ops.describe_topics(admin, wanted, timeout), as_json, "topics")
