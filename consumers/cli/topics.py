@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated
 
+from confluent_kafka.admin import AdminClient
+
 from consumers import topics as ops
 from consumers.cli._options import DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, Timeout, print_json, print_table, typer
 from consumers.cli._services import DEFAULT_TIMEOUT_S, kafka
@@ -12,6 +14,12 @@ from consumers.cli._services import DEFAULT_TIMEOUT_S, kafka
 app = typer.Typer(help="Create and inspect the table and dead-letter topics.", no_args_is_help=True)
 
 _COLUMNS = ["topic", "partitions", "replication", "retention.ms", "compression"]
+
+
+def _admin(bootstrap_servers: str, timeout: float) -> AdminClient:
+    """An admin client, once a broker answered within `timeout`."""
+    kafka(bootstrap_servers, timeout)
+    return ops.admin_client(bootstrap_servers)
 
 
 def _show(infos: list[ops.TopicInfo], as_json: bool, title: str) -> None:
@@ -38,11 +46,9 @@ def create(
     as_json: Json = False,
 ) -> None:
     """Create missing topics (idempotent) and show partitions, replication and retention."""
-    kafka(bootstrap_servers, timeout)
-    admin = ops.admin_client(bootstrap_servers)
     infos = ops.create_topics(
-        admin, topic_prefix, bootstrap_servers, partitions=partitions, replication=replication_factor,
-        retention_ms=retention_ms, compression=compression,
+        _admin(bootstrap_servers, timeout), topic_prefix, bootstrap_servers, partitions=partitions,
+        replication=replication_factor, retention_ms=retention_ms, compression=compression,
     )
     _show(infos, as_json, "topics")
 
@@ -55,8 +61,7 @@ def list_(
     as_json: Json = False,
 ) -> None:
     """List this prefix's topics that exist."""
-    kafka(bootstrap_servers, timeout)
-    _show(ops.list_topics(ops.admin_client(bootstrap_servers), topic_prefix, timeout), as_json, "topics")
+    _show(ops.list_topics(_admin(bootstrap_servers, timeout), topic_prefix, timeout), as_json, "topics")
 
 
 @app.command()
@@ -68,7 +73,5 @@ def describe(
     as_json: Json = False,
 ) -> None:
     """Describe topics: partitions, replication, retention, compression."""
-    kafka(bootstrap_servers, timeout)
-    admin = ops.admin_client(bootstrap_servers)
     wanted = names or ops.all_topics(topic_prefix)
-    _show(ops.describe_topics(admin, wanted, timeout), as_json, "topics")
+    _show(ops.describe_topics(_admin(bootstrap_servers, timeout), wanted, timeout), as_json, "topics")
