@@ -11,6 +11,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from consumers import dlq
 from consumers._deps import psycopg
 from consumers.errors import TransientError
+from consumers.kafka_clients import with_logging
 from producers import tables
 from producers.codec import AvroCodec
 from producers.errors import CodecError
@@ -47,23 +48,28 @@ class StoredDeadLetter:
         return self.headers.get(dlq.H_ERROR_MESSAGE, "")
 
 
-def read_dead_letters(bootstrap_servers: str, prefix: str, extra: dict[str, Any] | None = None) -> list[StoredDeadLetter]:
-    """Every dead letter currently in ``<prefix>.dlq``, once per original record."""
+def read_dead_letters(
+    bootstrap_servers: str, prefix: str, extra: dict[str, Any] | None = None, *, timeout_s: float = READ_TIMEOUT_S
+) -> list[StoredDeadLetter]:
+    """Every dead letter currently in ``<prefix>.dlq``, once per original record.
+
+    Each request to the broker (metadata, watermarks, a poll) may take `timeout_s`.
+    """
     topic = tables.dlq_topic(prefix)
-    consumer = Consumer({
+    consumer = Consumer(with_logging({
         "bootstrap.servers": bootstrap_servers,
         "group.id": f"{prefix}-dlq-reader",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         **(extra or {}),
-    })
+    }))
     try:
-        meta = consumer.list_topics(topic, timeout=READ_TIMEOUT_S).topics[topic]
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
         if meta.error is not None:
             return []
         ends = {}
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=READ_TIMEOUT_S)
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
             if high > low:
                 ends[p] = high
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
@@ -71,7 +77,7 @@ def read_dead_letters(bootstrap_servers: str, prefix: str, extra: dict[str, Any]
         seen: set[tuple[str, str, str]] = set()
         remaining = set(ends)
         while remaining:
-            msg = consumer.poll(READ_TIMEOUT_S)
+            msg = consumer.poll(timeout_s)
             if msg is None:
                 raise TransientError(f"timed out reading {topic}")
             if msg.error():
@@ -124,6 +130,7 @@ def redrive(
     table: str | None = None,
     error_class: str | None = None,
     dry_run: bool = False,
+    timeout_s: float = READ_TIMEOUT_S,
 ) -> RedriveResult:
     """Send dead letters back to their original topics, each at most once.
 
@@ -133,7 +140,7 @@ def redrive(
     """
     dlq_topic = tables.dlq_topic(prefix)
     letters = [
-        d for d in read_dead_letters(bootstrap_servers, prefix)
+        d for d in read_dead_letters(bootstrap_servers, prefix, timeout_s=timeout_s)
         if (table is None or d.table == table) and (error_class is None or d.error_class == error_class)
     ]
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -146,7 +153,9 @@ def redrive(
         todo = [d for d in letters if (d.partition, d.offset) not in done and d.origin[0]]
         if dry_run or not todo:
             return RedriveResult(len(letters), len(letters) - len(todo), 0)
-        producer = Producer({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all"})
+        producer = Producer(
+            with_logging({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all"})
+        )
         failed: list[str] = []
         for d in todo:
             producer.produce(

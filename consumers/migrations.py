@@ -67,6 +67,13 @@ def load_migrations(ddl_dir: Path | None = None) -> list[Migration]:
     return found
 
 
+def _reason(e: psycopg.Error) -> str:
+    """The server's one-line message and SQLSTATE (without LINE/HINT lines or the statement)."""
+    if e.sqlstate:
+        return f"{e.diag.message_primary} (SQLSTATE {e.sqlstate})"
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
 def migrate(database_url: str, ddl_dir: Path | None = None) -> list[Migration]:
     """Apply pending migrations in order; return those applied now (empty when up to date)."""
     migrations = load_migrations(ddl_dir)
@@ -95,7 +102,7 @@ def migrate(database_url: str, ddl_dir: Path | None = None) -> list[Migration]:
                             (m.version, m.name, m.checksum),
                         )
                 except psycopg.Error as e:
-                    raise MigrationError(f"migration {m.version:04d}_{m.name}.sql failed: {e}") from e
+                    raise MigrationError(f"migration {m.version:04d}_{m.name}.sql failed: {_reason(e)}") from e
                 applied_now.append(m)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))

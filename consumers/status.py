@@ -9,10 +9,13 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from consumers._deps import psycopg
+from consumers.kafka_clients import with_logging
 from consumers.table_specs import RUN_COLUMN
 from producers import tables
 
 RUN_KEY_COLUMN = {tables.SIMULATION_RUNS: "run_id", **RUN_COLUMN}
+#: How long each metadata or watermark request may take.
+KAFKA_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,13 @@ def worker_health(database_url: str) -> list[WorkerHealth]:
 
 
 def consumer_lag(
-    bootstrap_servers: str, database_url: str, prefix: str, group: str, extra: dict[str, Any] | None = None
+    bootstrap_servers: str,
+    database_url: str,
+    prefix: str,
+    group: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    timeout_s: float = KAFKA_TIMEOUT_S,
 ) -> list[PartitionLag]:
     """Lag of `group` per partition, from the offsets stored in PostgreSQL (the truth)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -76,16 +85,18 @@ def consumer_lag(
                 (group,),
             )
         }
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"{group}-status", **(extra or {})})
+    consumer = Consumer(
+        with_logging({"bootstrap.servers": bootstrap_servers, "group.id": f"{group}-status", **(extra or {})})
+    )
     try:
-        meta = consumer.list_topics(timeout=30).topics
+        meta = consumer.list_topics(timeout=timeout_s).topics
         out = []
         for table in tables.TABLES:
             topic = tables.topic_for(prefix, table)
             if topic not in meta:
                 continue
             for p in sorted(meta[topic].partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
                 done = stored.get((topic, p))
                 lag = high - max(done if done is not None else low, low)
                 out.append(PartitionLag(topic, p, done, high, lag))

@@ -10,6 +10,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from consumers.kafka_clients import with_logging
 from producers import tables
 
 #: Default retention: long enough to replay a multi-day run (30 days).
@@ -39,8 +40,8 @@ def all_topics(prefix: str) -> list[str]:
 
 
 def admin_client(bootstrap_servers: str, extra: dict[str, Any] | None = None) -> AdminClient:
-    """An AdminClient for `bootstrap_servers`."""
-    return AdminClient({"bootstrap.servers": bootstrap_servers, **(extra or {})})
+    """An AdminClient for `bootstrap_servers`, logging through Python logging."""
+    return AdminClient(with_logging({"bootstrap.servers": bootstrap_servers, **(extra or {})}))
 
 
 def create_topics(
@@ -85,7 +86,7 @@ def wait_until_usable(
     answers closes that window.
     """
     deadline = time.monotonic() + timeout
-    probe = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "society-ingest-topic-probe"})
+    probe = Consumer(with_logging({"bootstrap.servers": bootstrap_servers, "group.id": "society-ingest-topic-probe"}))
     try:
         while True:
             pending = _unusable(admin, probe, partitions)
@@ -114,14 +115,14 @@ def _unusable(admin: AdminClient, probe: Consumer, partitions: dict[str, int]) -
     return pending
 
 
-def describe_topics(admin: AdminClient, names: list[str]) -> list[TopicInfo]:
-    """Partitions, replication, retention and compression of existing `names`."""
-    meta = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+def describe_topics(admin: AdminClient, names: list[str], timeout_s: float = ADMIN_TIMEOUT_S) -> list[TopicInfo]:
+    """Partitions, replication, retention and compression of existing `names` (each request within `timeout_s`)."""
+    meta = admin.list_topics(timeout=timeout_s).topics
     present = [n for n in names if n in meta]
     configs: dict[str, dict[str, Any]] = {}
     if present:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in present]
-        for res, future in admin.describe_configs(resources, request_timeout=ADMIN_TIMEOUT_S).items():
+        for res, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
             configs[res.name] = {k: v.value for k, v in future.result().items()}
     out = []
     for n in present:
@@ -132,6 +133,6 @@ def describe_topics(admin: AdminClient, names: list[str]) -> list[TopicInfo]:
     return out
 
 
-def list_topics(admin: AdminClient, prefix: str) -> list[TopicInfo]:
+def list_topics(admin: AdminClient, prefix: str, timeout_s: float = ADMIN_TIMEOUT_S) -> list[TopicInfo]:
     """The project's topics that exist for `prefix`."""
-    return describe_topics(admin, all_topics(prefix))
+    return describe_topics(admin, all_topics(prefix), timeout_s)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from consumers.cli import bench, consume, dlq, migrate, simulate, status, topics
-from consumers.cli._options import typer
+from consumers.cli._failures import context, run
+from consumers.cli._options import setup_logging, typer
 
 app = typer.Typer(
     name="society-ingest",
@@ -11,6 +14,21 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", envvar="SOCIETY_DEBUG", help="On a failure, print the traceback too (passwords hidden)."),
+    ] = False,
+) -> None:
+    context.debug = debug
+    context.command = ctx.invoked_subcommand
+    setup_logging()
+
+
 app.command()(migrate.migrate)
 app.add_typer(topics.app, name="topics")
 app.command()(consume.consume)
@@ -23,5 +41,5 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: failures exit 1 with one line on stderr (see ``_failures``)."""
+    run(app)

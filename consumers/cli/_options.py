@@ -8,10 +8,13 @@ import sys
 from typing import Annotated, Any, NoReturn
 
 from consumers._deps import require
+from consumers.cli._redact import ScrubFilter, secrets
+from consumers.kafka_clients import LIBRDKAFKA_LOGGER
 
 typer = require("typer", "cli")
 rich_console = require("rich.console", "cli")
 rich_table = require("rich.table", "cli")
+rich_text = require("rich.text", "cli")
 
 console = rich_console.Console()
 err_console = rich_console.Console(stderr=True)
@@ -29,22 +32,37 @@ Prefix = Annotated[
 ]
 Group = Annotated[str, typer.Option("--group", "-g", envvar="SOCIETY_CONSUMER_GROUP", help="Consumer group.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+Timeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout", envvar="SOCIETY_TIMEOUT", min=1,
+        help="Give up after this many seconds when Kafka or PostgreSQL does not answer.",
+    ),
+]
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr with timestamps (the worker's only output besides its final stats)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: int = logging.WARNING) -> None:
+    """Log to stderr with timestamps and without passwords; librdkafka's own lines from WARNING (INFO below INFO)."""
+    root = logging.getLogger()
+    if not any(isinstance(f, ScrubFilter) for h in root.handlers for f in h.filters):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(ScrubFilter(secrets))
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.INFO if level < logging.INFO else logging.WARNING)
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr, on one line however wide the message."""
+    err_console.print(rich_text.Text("error: ", style="bold red") + rich_text.Text(message), soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Exit non-zero with one clear line."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    print_error(message)
     raise typer.Exit(code)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from consumers.bench import run_bench
-from consumers.cli._options import DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, print_json, print_table, typer
+from consumers.cli._options import (
+    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, Timeout, print_json, print_table, typer,
+)
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka, require_schema
 
 _BASELINE = {
     "copy": "copy",
@@ -22,9 +25,12 @@ def bench(
     bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
     rows: Annotated[int, typer.Option(min=1000, help="Agent memories per measurement.")] = 100_000,
     repeats: Annotated[int, typer.Option(min=1, help="Repeat every measurement; figures are medians.")] = 3,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Measure producer and worker throughput against raw baselines on the same rows."""
+    require_schema(database(database_url, timeout))
+    kafka(bootstrap_servers, timeout)
     result = run_bench(bootstrap_servers, database_url, rows, repeats)
     data = {
         name: {

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Annotated
 
 from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Group, Prefix, print_json, setup_logging, typer,
+    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Group, Prefix, Timeout, print_json, setup_logging, typer,
 )
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka, require_schema
+from consumers.kafka_clients import with_logging
 from consumers.settings import DEFAULT_GROUP, WorkerSettings
 from consumers.worker import Worker
 from producers.tables import TABLES
@@ -33,10 +36,17 @@ def consume(
         list[str] | None,
         typer.Option("--consumer-property", "-X", help="Extra librdkafka consumer property KEY=VALUE (repeat)."),
     ] = None,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run a worker: load the table topics into PostgreSQL until SIGTERM/SIGINT."""
-    setup_logging(verbose)
+    """Run a worker: load the table topics into PostgreSQL until SIGTERM/SIGINT.
+
+    Before it starts, PostgreSQL must accept the connection and hold every
+    migration, and a Kafka broker must answer, each within --timeout; after
+    that the worker rides out outages (it retries) and stops only on a fatal
+    error (wrong password, missing tables, too many dead letters).
+    """
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
     chosen = tuple(tables or TABLES)
     unknown = set(chosen) - set(TABLES)
     if unknown:
@@ -47,6 +57,8 @@ def consume(
         if not sep:
             raise typer.BadParameter(f"{prop!r} is not KEY=VALUE", param_hint="--consumer-property")
         extra[key.strip()] = value.strip()
+    require_schema(database(database_url, timeout))
+    kafka(bootstrap_servers, timeout, extra)
     settings = WorkerSettings(
         bootstrap_servers=bootstrap_servers,
         database_url=database_url,
@@ -56,7 +68,7 @@ def consume(
         max_batch_rows=max_batch_rows,
         linger_ms=linger_ms,
         validate_records=validate,
-        consumer_extra=extra,
+        consumer_extra=with_logging(extra),
     )
     worker = Worker(settings)
     worker.install_signal_handlers()

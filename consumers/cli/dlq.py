@@ -7,8 +7,9 @@ from typing import Annotated
 
 from consumers import dead_letters as ops
 from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, Prefix, console, print_json, print_table, typer,
+    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, Prefix, Timeout, console, print_json, print_table, typer,
 )
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka
 from producers.codec import AvroCodec
 
 app = typer.Typer(help="Inspect and redrive dead letters.", no_args_is_help=True)
@@ -18,9 +19,15 @@ ErrorClass = Annotated[str | None, typer.Option("--error-class", help="Only dead
 
 
 @app.command("list")
-def list_(bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP, topic_prefix: Prefix = "society", as_json: Json = False) -> None:
+def list_(
+    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    topic_prefix: Prefix = "society",
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
+    as_json: Json = False,
+) -> None:
     """Count dead letters by table and reason."""
-    rows = ops.summarize(ops.read_dead_letters(bootstrap_servers, topic_prefix))
+    kafka(bootstrap_servers, timeout)
+    rows = ops.summarize(ops.read_dead_letters(bootstrap_servers, topic_prefix, timeout_s=timeout))
     if as_json:
         print_json([{"table": t, "error_class": e, "count": n} for t, e, n in rows])
         return
@@ -34,12 +41,14 @@ def show(
     table: Table = None,
     error_class: ErrorClass = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 20,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Show dead letters decoded, with their reasons and origins."""
+    kafka(bootstrap_servers, timeout)
     codec = AvroCodec()
     letters = [
-        d for d in ops.read_dead_letters(bootstrap_servers, topic_prefix)
+        d for d in ops.read_dead_letters(bootstrap_servers, topic_prefix, timeout_s=timeout)
         if (table is None or d.table == table) and (error_class is None or d.error_class == error_class)
     ][:limit]
     items = [
@@ -68,11 +77,14 @@ def redrive(
     table: Table = None,
     error_class: ErrorClass = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be sent.")] = False,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Send dead letters back to their original topics (each at most once)."""
+    db = database(database_url, timeout)
+    kafka(bootstrap_servers, timeout)
     result = ops.redrive(
-        bootstrap_servers, database_url, topic_prefix, table=table, error_class=error_class, dry_run=dry_run
+        bootstrap_servers, db, topic_prefix, table=table, error_class=error_class, dry_run=dry_run, timeout_s=timeout
     )
     if as_json:
         print_json({**dataclasses.asdict(result), "dry_run": dry_run})

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from consumers.cli._options import DatabaseUrl, fail, console
-from consumers.errors import MigrationError
+from consumers.cli._options import DatabaseUrl, Timeout, console
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database
 from consumers.migrations import migrate as apply
 
 
-def migrate(database_url: DatabaseUrl) -> None:
+def migrate(database_url: DatabaseUrl, timeout: Timeout = DEFAULT_TIMEOUT_S) -> None:
     """Apply pending migrations from ddl/ in order (no-op when up to date)."""
-    try:
-        applied = apply(database_url)
-    except MigrationError as e:
-        fail(str(e))
+    applied = apply(database(database_url, timeout))
     if not applied:
         console.print("schema is up to date")
     for m in applied:

@@ -8,8 +8,9 @@ import uuid
 from typing import Annotated
 
 from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, console, fail, print_json, print_table, typer,
+    DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, Timeout, console, fail, print_json, print_table, typer,
 )
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka
 from consumers.simulate import run_society
 from consumers.status import row_counts
 from producers.handler import KafkaDatabaseHandler
@@ -29,13 +30,21 @@ def simulate(
         typer.Option(help="Then wait up to this many seconds until PostgreSQL holds every recorded row."),
     ] = None,
     database_url: Annotated[
-        str | None, typer.Option("--database-url", "-d", envvar="DATABASE_URL", help="Needed by --wait-loaded.")
+        str | None,
+        typer.Option(
+            "--database-url", "-d", envvar="DATABASE_URL", help="Needed by --wait-loaded.", show_default=False
+        ),
     ] = None,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Simulate a society and report what it recorded per table."""
-    if wait_loaded is not None and not database_url:
-        fail("--wait-loaded needs --database-url or DATABASE_URL")
+    db = None
+    if wait_loaded is not None:
+        if not database_url:
+            fail("--wait-loaded needs --database-url or DATABASE_URL")
+        db = database(database_url, timeout)
+    kafka(bootstrap_servers, timeout)
     handler = KafkaDatabaseHandler(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
     report = asyncio.run(run_society(handler, agents, steps, seed))
     handler.producer.close()
@@ -46,7 +55,7 @@ def simulate(
         deadline = start + wait_loaded
         run = uuid.UUID(report.run_id)
         while True:
-            loaded = row_counts(database_url, run)
+            loaded = row_counts(db, run)
             if loaded == report.recorded or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_INTERVAL_S)

@@ -6,8 +6,9 @@ import dataclasses
 
 from consumers import status as ops
 from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Group, Json, Prefix, print_json, print_table,
+    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Group, Json, Prefix, Timeout, print_json, print_table,
 )
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka
 from consumers.settings import DEFAULT_GROUP
 
 
@@ -16,12 +17,15 @@ def status(
     bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
     topic_prefix: Prefix = "society",
     group: Group = DEFAULT_GROUP,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Show rows per table, the group's lag per partition, and its workers' last commits."""
-    counts = ops.row_counts(database_url)
-    lags = ops.consumer_lag(bootstrap_servers, database_url, topic_prefix, group)
-    workers = [w for w in ops.worker_health(database_url) if w.consumer_group == group]
+    db = database(database_url, timeout)
+    counts = ops.row_counts(db)
+    workers = [w for w in ops.worker_health(db) if w.consumer_group == group]
+    kafka(bootstrap_servers, timeout)
+    lags = ops.consumer_lag(bootstrap_servers, db, topic_prefix, group, timeout_s=timeout)
     if as_json:
         print_json({
             "rows": counts,

@@ -5,12 +5,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated
 
+from confluent_kafka.admin import AdminClient
+
 from consumers import topics as ops
-from consumers.cli._options import DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, print_json, print_table, typer
+from consumers.cli._options import DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, Timeout, print_json, print_table, typer
+from consumers.cli._services import DEFAULT_TIMEOUT_S, kafka
 
 app = typer.Typer(help="Create and inspect the table and dead-letter topics.", no_args_is_help=True)
 
 _COLUMNS = ["topic", "partitions", "replication", "retention.ms", "compression"]
+
+
+def _admin(bootstrap_servers: str, timeout: float) -> AdminClient:
+    """An admin client, once a broker answered within `timeout`."""
+    kafka(bootstrap_servers, timeout)
+    return ops.admin_client(bootstrap_servers)
 
 
 def _show(infos: list[ops.TopicInfo], as_json: bool, title: str) -> None:
@@ -33,21 +42,26 @@ def create(
     replication_factor: Annotated[int, typer.Option(min=1, help="Replicas per partition.")] = 1,
     retention_ms: Annotated[int, typer.Option(help="Retention; long enough to replay a run.")] = ops.DEFAULT_RETENTION_MS,
     compression: Annotated[str, typer.Option(help="Topic compression.type.")] = "producer",
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Create missing topics (idempotent) and show partitions, replication and retention."""
-    admin = ops.admin_client(bootstrap_servers)
     infos = ops.create_topics(
-        admin, topic_prefix, bootstrap_servers, partitions=partitions, replication=replication_factor,
-        retention_ms=retention_ms, compression=compression,
+        _admin(bootstrap_servers, timeout), topic_prefix, bootstrap_servers, partitions=partitions,
+        replication=replication_factor, retention_ms=retention_ms, compression=compression,
     )
     _show(infos, as_json, "topics")
 
 
 @app.command("list")
-def list_(bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP, topic_prefix: Prefix = "society", as_json: Json = False) -> None:
+def list_(
+    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    topic_prefix: Prefix = "society",
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
+    as_json: Json = False,
+) -> None:
     """List this prefix's topics that exist."""
-    _show(ops.list_topics(ops.admin_client(bootstrap_servers), topic_prefix), as_json, "topics")
+    _show(ops.list_topics(_admin(bootstrap_servers, timeout), topic_prefix, timeout), as_json, "topics")
 
 
 @app.command()
@@ -55,9 +69,9 @@ def describe(
     names: Annotated[list[str] | None, typer.Argument(help="Topics (default: all of the prefix).")] = None,
     bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
     topic_prefix: Prefix = "society",
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Describe topics: partitions, replication, retention, compression."""
-    admin = ops.admin_client(bootstrap_servers)
     wanted = names or ops.all_topics(topic_prefix)
-    _show(ops.describe_topics(admin, wanted), as_json, "topics")
+    _show(ops.describe_topics(_admin(bootstrap_servers, timeout), wanted, timeout), as_json, "topics")

@@ -1,0 +1,116 @@
+"""Kafka clients that log through Python logging, and a bounded reachability probe.
+
+librdkafka writes its own log lines to stderr from its threads unless a client
+is given a ``logger``; then the lines are queued and handed to that
+``logging.Logger`` whenever the client is polled (``poll``, ``consume``,
+``flush``). A broker that is down makes librdkafka retry the connection about
+20 times a second and log every failure, so the logger drops repeats: each kind
+of line passes once per :data:`REPEAT_INTERVAL_S`, and the next one that passes
+says how many were dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from consumers.errors import TransientError
+
+#: The logger every client's librdkafka lines go to.
+LIBRDKAFKA_LOGGER = "society_ingest.librdkafka"
+#: One line of each kind per minute is enough to see that an outage goes on.
+REPEAT_INTERVAL_S = 60.0
+#: Kinds remembered at once; beyond that the memory starts again (a few extra lines).
+MAX_KINDS = 512
+
+_NUMBERS = re.compile(r"\d+")
+
+
+class KafkaUnreachableError(TransientError):
+    """No broker answered a metadata request within the wait."""
+
+
+class RepeatFilter(logging.Filter):
+    """Passes each kind of record once per `interval_s`; the next to pass counts the dropped ones.
+
+    A record's kind is its message with numbers blanked out, so "after 0ms" and
+    "after 3ms", or "9 identical error(s) suppressed" and "12 …", are alike.
+    """
+
+    def __init__(self, interval_s: float = REPEAT_INTERVAL_S) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        # kind -> (monotonic time it last passed, records dropped since)
+        self._kinds: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = _NUMBERS.sub("#", record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            passed_at, dropped = self._kinds.get(kind, (None, 0))
+            if passed_at is not None and now - passed_at < self._interval_s:
+                self._kinds[kind] = (passed_at, dropped + 1)
+                return False
+            if len(self._kinds) >= MAX_KINDS:
+                self._kinds.clear()
+            self._kinds[kind] = (now, 0)
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} alike dropped in the last {now - passed_at:.0f}s)"
+        return True
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger of librdkafka's own lines, with repeats dropped."""
+    logger = logging.getLogger(LIBRDKAFKA_LOGGER)
+    if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+        logger.addFilter(RepeatFilter())
+    return logger
+
+
+def with_logging(conf: dict[str, Any]) -> dict[str, Any]:
+    """`conf` plus a ``logger``: librdkafka's lines go to Python logging (a ``logger`` already there wins)."""
+    return {"logger": librdkafka_logger(), **conf}
+
+
+def _silent_logger() -> logging.Logger:
+    # The probe reports its failure itself; librdkafka's lines about it would only repeat it.
+    logger = logging.getLogger(f"{LIBRDKAFKA_LOGGER}.probe")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    return logger
+
+
+#: What the last error librdkafka reported during a failed probe means for a person.
+_REASONS = {
+    KafkaError._RESOLVE: "its host name does not resolve",
+    KafkaError._AUTHENTICATION: "authentication failed",
+    KafkaError._SSL: "the TLS handshake failed",
+}
+
+
+def probe(bootstrap_servers: str, timeout_s: float, extra: dict[str, Any] | None = None) -> None:
+    """Return once a broker answers a metadata request; raise KafkaUnreachableError after `timeout_s`."""
+    errors: list[KafkaError] = []
+    admin = AdminClient({
+        "bootstrap.servers": bootstrap_servers,
+        **(extra or {}),
+        "logger": _silent_logger(),
+        "error_cb": errors.append,
+    })
+    try:
+        admin.list_topics(timeout=timeout_s)
+        return
+    except KafkaException:
+        admin.poll(0)  # serves the error callbacks queued meanwhile
+    reason = next(
+        (_REASONS[e.code()] for e in reversed(errors) if e.code() in _REASONS), "is it running?"
+    )
+    raise KafkaUnreachableError(f"cannot reach Kafka at {bootstrap_servers} within {timeout_s:g}s: {reason}")
