@@ -36,6 +36,11 @@ class StoredDeadLetter:
         return (h.get(dlq.H_TOPIC, ""), h.get(dlq.H_PARTITION, ""), h.get(dlq.H_OFFSET, ""))
 
     @property
+    def by_reference(self) -> bool:
+        """True for a letter of a record too large to dead-letter whole (it has no value)."""
+        return self.headers.get(dlq.H_BY_REFERENCE) == "true"
+
+    @property
     def table(self) -> str:
         return self.headers.get(dlq.H_TABLE, "")
 
@@ -120,6 +125,8 @@ class RedriveResult:
     selected: int
     already_redriven: int
     sent: int
+    #: Letters sent by reference: their bytes are only in the original topic, so they are not redriven.
+    by_reference: int = 0
 
 
 def redrive(
@@ -150,9 +157,10 @@ def redrive(
                 "SELECT dlq_partition, dlq_offset FROM dlq_redrives WHERE dlq_topic = %s", (dlq_topic,)
             )
         }
-        todo = [d for d in letters if (d.partition, d.offset) not in done and d.origin[0]]
+        by_reference = sum(d.by_reference for d in letters)
+        todo = [d for d in letters if (d.partition, d.offset) not in done and d.origin[0] and not d.by_reference]
         if dry_run or not todo:
-            return RedriveResult(len(letters), len(letters) - len(todo), 0)
+            return RedriveResult(len(letters), len(letters) - len(todo) - by_reference, 0, by_reference)
         producer = Producer(
             with_logging({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all"})
         )
@@ -173,4 +181,4 @@ def redrive(
                     "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     [(dlq_topic, d.partition, d.offset, d.origin[0]) for d in todo],
                 )
-    return RedriveResult(len(letters), len(letters) - len(todo), len(todo))
+    return RedriveResult(len(letters), len(letters) - len(todo) - by_reference, len(todo), by_reference)

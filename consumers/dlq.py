@@ -164,6 +164,10 @@ class DeadLetterPublisher:
             if not pending or time.monotonic() >= deadline or self._stop.is_set():
                 return pending
 
+    def poll(self) -> None:
+        """Serve the producer's callbacks and log lines (an idle producer's would pile up)."""
+        self._producer.poll(0)
+
     def close(self) -> None:
         """Wait (bounded, and not past a stop) for anything still in flight."""
         self._flush(DLQ_FLUSH_TIMEOUT_S)

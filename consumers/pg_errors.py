@@ -78,7 +78,8 @@ def classify(e: BaseException) -> Kind:
     return Kind.FATAL
 
 
-def _hint(state: str) -> str:
+def hint(state: str) -> str:
+    """What to do about a fatal SQLSTATE, for people."""
     if state.startswith("28"):
         return "check the user and password in DATABASE_URL"
     if state == "3D000":
@@ -104,7 +105,9 @@ def where(conninfo: str) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    # A statement error's str() adds LINE and caret lines; the primary message is the reason.
+    primary = getattr(getattr(e, "diag", None), "message_primary", None)
+    text = (primary or str(e)).strip()
     # libpq prefixes connection failures with the address it tried; keep the server's reason.
     reason = text.rsplit("failed: ", 1)[-1] if "connection failed" in text else text
     reason = " ".join(reason.split())  # libpq pads "FATAL:  ..." and wraps hints over lines
@@ -117,4 +120,4 @@ def translate(e: BaseException, conninfo: str, doing: str) -> TransientError | C
     message = f"PostgreSQL at {where(conninfo)}: {doing}: {_first_line(e)}"
     if classify(e) is Kind.TRANSIENT:
         return TransientError(message)
-    return ConfigurationError(f"{message} ({state or type(e).__name__}); {_hint(state or '')}")
+    return ConfigurationError(f"{message} ({state or type(e).__name__}); {hint(state or '')}")

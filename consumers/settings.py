@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from consumers.dlq import DLQ_MAX_MESSAGE_BYTES
+from consumers.kafka_clients import with_logging
 from producers.settings import KafkaSecurity
 from producers.tables import DEFAULT_TOPIC_PREFIX, TABLES
 
@@ -72,7 +73,7 @@ class WorkerSettings(BaseModel):
         }
         conf.update(self.security.librdkafka())
         conf.update(self.consumer_extra)
-        return conf
+        return with_logging(conf)
 
     def producer_config(self) -> dict[str, Any]:
         """librdkafka settings of the dead-letter producer."""
@@ -86,4 +87,4 @@ class WorkerSettings(BaseModel):
             "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
         }
         conf.update(self.security.librdkafka())
-        return conf
+        return with_logging(conf)

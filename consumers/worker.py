@@ -157,6 +157,7 @@ class Worker:
             if self._batch.due(self.settings.max_batch_rows, self.settings.max_batch_bytes, self._linger_s):
                 self._hand_over()
             self._handle(self._writer.outcomes())
+            self._dlq.poll()
             idle = idle_exit_s is not None and not self._batch.next_offsets
             if idle and time.monotonic() - last_message >= idle_exit_s:
                 break

@@ -10,7 +10,6 @@ from consumers.cli._options import (
     DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Group, Prefix, Timeout, print_json, setup_logging, typer,
 )
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka, require_schema
-from consumers.kafka_clients import with_logging
 from consumers.settings import DEFAULT_GROUP, WorkerSettings
 from consumers.worker import Worker
 from producers.tables import TABLES
@@ -36,6 +35,15 @@ def consume(
         list[str] | None,
         typer.Option("--consumer-property", "-X", help="Extra librdkafka consumer property KEY=VALUE (repeat)."),
     ] = None,
+    dead_letter_max_consecutive: Annotated[
+        int, typer.Option(min=0, help="Stop after more than this many dead letters in a row (0: no limit).")
+    ] = 1_000,
+    dead_letter_max_per_minute: Annotated[
+        int, typer.Option(min=0, help="Stop after more than this many dead letters within a minute (0: no limit).")
+    ] = 10_000,
+    shutdown_timeout: Annotated[
+        float, typer.Option(min=0.1, help="On SIGTERM, give up a batch not committed within this many seconds.")
+    ] = 30.0,
     timeout: Timeout = DEFAULT_TIMEOUT_S,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -68,7 +76,10 @@ def consume(
         max_batch_rows=max_batch_rows,
         linger_ms=linger_ms,
         validate_records=validate,
-        consumer_extra=with_logging(extra),
+        dead_letter_max_consecutive=dead_letter_max_consecutive,
+        dead_letter_max_per_minute=dead_letter_max_per_minute,
+        shutdown_timeout_s=shutdown_timeout,
+        consumer_extra=extra,
     )
     worker = Worker(settings)
     worker.install_signal_handlers()

@@ -89,9 +89,13 @@ def redrive(
     if as_json:
         print_json({**dataclasses.asdict(result), "dry_run": dry_run})
         return
-    todo = result.selected - result.already_redriven
+    todo = result.selected - result.already_redriven - result.by_reference
     verb = "would send" if dry_run else "sent"
+    skipped = (
+        f", {result.by_reference} by reference (too large; the original is in its topic at original.offset)"
+        if result.by_reference else ""
+    )
     console.print(
-        f"{result.selected} selected, {result.already_redriven} already redriven, "
+        f"{result.selected} selected, {result.already_redriven} already redriven{skipped}, "
         f"{verb} {todo if dry_run else result.sent}"
     )

@@ -79,7 +79,8 @@ def test_simulate_consume_status_and_dlq(services, database_url, topic_prefix, s
     shown = json.loads(cli(services, database_url, "dlq", "show", "--topic-prefix", topic_prefix, "--json").stdout)
     assert shown[0]["error_class"] == "MalformedRecordError" and "undecodable" in shown[0]["record"]
     dry = cli(services, database_url, "dlq", "redrive", "--topic-prefix", topic_prefix, "--dry-run", "--json")
-    assert json.loads(dry.stdout) == {"selected": 1, "already_redriven": 0, "sent": 0, "dry_run": True}
+    assert json.loads(dry.stdout) == {"selected": 1, "already_redriven": 0, "sent": 0, "by_reference": 0,
+                                      "dry_run": True}
     stats = worker.terminate()
     assert stats["dead_lettered"] == 1
 

@@ -58,6 +58,9 @@ def test_a_message_too_large_to_dead_letter_goes_by_reference(services, database
     assert stats.dead_lettered == 1
     [letter] = dead_letters.read_dead_letters(services.bootstrap, topic_prefix)
     _check_reference(letter, poison, topic_prefix)
+    # Its bytes are only in the original topic: a redrive leaves it alone rather than send an empty message.
+    result = dead_letters.redrive(services.bootstrap, database_url, topic_prefix)
+    assert (result.selected, result.by_reference, result.sent) == (1, 1, 0)
 
 
 def test_a_dead_letter_topic_with_a_smaller_limit_gets_a_reference(services, database_url, topic_prefix):
