@@ -17,13 +17,12 @@ import fastavro
 import psycopg
 import pytest
 from confluent_kafka import Producer
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumers import dead_letters
 from consumers.errors import ConfigurationError, DeadLetterLimitError
 from producers import AvroCodec, tables
 from producers.codec import MAGIC
-from support.db import count, fetch
+from support.db import count, fetch, url_with, wrong_password_url
 from support.pipeline import (
     WorkerThread, codec_lacking_newest_memory_schema, drain, producer, record_memories, wait_for, worker_settings,
 )
@@ -33,12 +32,6 @@ pytestmark = pytest.mark.integration
 #: A worker that fails for good must say so quickly (a hang guard, not a timing test).
 FAIL_FAST_S = 20.0
 SECRET = "n0t-the-Passw0rd"
-
-
-def _url(database_url: str, **changes: str) -> str:
-    params = conninfo_to_dict(database_url)
-    params.update(changes)
-    return make_conninfo(**params)
 
 
 def _error_of(settings) -> BaseException:
@@ -54,17 +47,11 @@ def _login_role(database_url: str, *grants: str) -> str:
         conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw-{name}'")
         for grant in grants:
             conn.execute(grant.format(role=name))
-    return _url(database_url, user=name, password=f"pw-{name}")
+    return url_with(database_url, user=name, password=f"pw-{name}")
 
 
 def test_wrong_password_is_fatal_and_never_shown(services, database_url, topic_prefix):
-    bad = _url(database_url, password=SECRET)
-    try:
-        psycopg.connect(bad, connect_timeout=5).close()
-    except psycopg.OperationalError:
-        pass
-    else:
-        pytest.fail("this PostgreSQL accepts any password (trust authentication): the test needs password auth")
+    bad = wrong_password_url(database_url, SECRET)
     error = _error_of(worker_settings(services.bootstrap, bad, topic_prefix))
     assert isinstance(error, ConfigurationError), repr(error)
     assert "password authentication failed" in str(error) and "DATABASE_URL" in str(error)
@@ -72,19 +59,19 @@ def test_wrong_password_is_fatal_and_never_shown(services, database_url, topic_p
 
 
 def test_missing_database_is_fatal(services, database_url, topic_prefix):
-    error = _error_of(worker_settings(services.bootstrap, _url(database_url, dbname="no_such_db"), topic_prefix))
+    error = _error_of(worker_settings(services.bootstrap, url_with(database_url, dbname="no_such_db"), topic_prefix))
     assert isinstance(error, ConfigurationError), repr(error)
     assert 'database "no_such_db" does not exist' in str(error) and "/no_such_db" in str(error)
 
 
 def test_missing_tables_is_fatal_with_the_fix(services, database_url, topic_prefix):
     empty = f"t_empty_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_url(database_url, dbname="postgres"), autocommit=True) as conn:
+    with psycopg.connect(url_with(database_url, dbname="postgres"), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {empty}")
     try:
-        error = _error_of(worker_settings(services.bootstrap, _url(database_url, dbname=empty), topic_prefix))
+        error = _error_of(worker_settings(services.bootstrap, url_with(database_url, dbname=empty), topic_prefix))
     finally:
-        with psycopg.connect(_url(database_url, dbname="postgres"), autocommit=True) as conn:
+        with psycopg.connect(url_with(database_url, dbname="postgres"), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {empty} WITH (FORCE)")
     assert isinstance(error, ConfigurationError), repr(error)
     assert "does not exist" in str(error) and "society-ingest migrate" in str(error)

@@ -12,10 +12,25 @@ from consumers.migrations import migrate
 TEMPLATE = "society_test_template"
 
 
-def _with_db(url: str, dbname: str) -> str:
+def url_with(url: str, **changes: str) -> str:
+    """`url` with some connection parameters changed (a key=value conninfo)."""
     params = conninfo_to_dict(url)
-    params["dbname"] = dbname
+    params.update(changes)
     return make_conninfo(**params)
+
+
+def _with_db(url: str, dbname: str) -> str:
+    return url_with(url, dbname=dbname)
+
+
+def wrong_password_url(url: str, wrong: str) -> str:
+    """`url` with a wrong password; fails the test if the server does not check passwords."""
+    bad = url_with(url, password=wrong)
+    try:
+        psycopg.connect(bad, connect_timeout=5).close()
+    except psycopg.OperationalError:
+        return bad
+    raise AssertionError("this PostgreSQL accepts any password (trust authentication): the test needs password auth")
 
 
 def _admin(url: str) -> psycopg.Connection:
