@@ -4,22 +4,22 @@ Same constructor and async methods as the simulation's own handler, but each
 call only validates and enqueues a record (microseconds) instead of running a
 synchronous database transaction on the event loop. Data the simulation passes
 loosely (enum members, epoch-second floats, numpy numbers, extra dict keys) is
-normalized here; the typed SocietyProducer underneath stays strict.
+normalized here; the typed SocietyProducer underneath stays strict. The
+``details`` and ``config_snapshot`` values go through the same converter as
+the typed producer's (``producers._json``): it never changes a value silently.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import enum
-import json
-import math
 import os
 import uuid
 from typing import Any, Mapping
 
 from producers import tables
+from producers._json import json_text
 from producers.errors import InvalidRecordError
 from producers.producer import SocietyProducer
 from producers.settings import ProducerSettings
@@ -42,32 +42,6 @@ def _plain(value: Any) -> Any:
 def _text(value: Any) -> str | None:
     value = _plain(value)
     return None if value is None else str(value) if not isinstance(value, str) else value
-
-
-def to_json_value(value: Any) -> Any:
-    """Turn simulation data (enums, tuples, sets, numpy, datetimes, dataclasses) into JSON values."""
-    value = _plain(value)
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(_plain(k)): to_json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_json_value(v) for v in value]
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_json_value(dataclasses.asdict(value))
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return to_json_value(dump())
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist):
-        return to_json_value(tolist())
-    return str(value)
 
 
 def _timestamp(value: Any, table: str = "record") -> dt.datetime | None:
@@ -159,7 +133,7 @@ class KafkaDatabaseHandler:
     async def start_simulation_run(self, config_snapshot: Mapping[str, Any] | None = None) -> str:
         """Record the start of a run; return its id (text, like the original)."""
         snapshot = config_snapshot if config_snapshot is not None else self.config_snapshot
-        run_id = self.producer.start_run(to_json_value(snapshot) if snapshot is not None else None)
+        run_id = self.producer.start_run(snapshot)
         self._current_run_id = str(run_id)
         return self._current_run_id
 
@@ -237,13 +211,19 @@ class KafkaDatabaseHandler:
         details: Any = None,
         description: Any = None,
     ) -> str:
-        """Record one event; non-JSON details (enums, tuples, numpy, datetimes) are converted."""
+        """Record one event.
+
+        `details` may be any JSON-representable value (a str is a JSON string,
+        not JSON text); enums, tuples, numpy, datetimes, dataclasses... are
+        converted as listed in ``producers._json``, anything else raises
+        InvalidRecordError naming the path inside `details`.
+        """
         uid = self.producer.record_event(
             _text(event_type),
             _plain(step),
             agent_id_primary=_text(agent_id_primary),
             agent_id_secondary=_text(agent_id_secondary),
-            details=None if details is None else json.dumps(to_json_value(details), separators=(",", ":")),
+            details=None if details is None else json_text(details, tables.SIMULATION_EVENTS, "details"),
             description=_text(description),
         )
         return str(uid)

@@ -8,7 +8,6 @@ failures are counted and reported by ``flush()``/``close()``, never dropped.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any, Mapping
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from producers import ids, tables
+from producers._json import json_text
 from producers.codec import AvroCodec
 from producers.errors import DeliveryError, ProducerError, QueueFullError
 from producers.models import validate_record
@@ -62,10 +62,11 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _json_text(value: Any) -> str | None:
+def _json_field(value: Any, table: str, field: str) -> str | None:
+    """A jsonb field: text is taken as JSON text, other values are converted (see ``producers._json``)."""
     if value is None or isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return json_text(value, table, field)
 
 
 class SocietyProducer:
@@ -99,17 +100,22 @@ class SocietyProducer:
 
     def start_run(
         self,
-        config_snapshot: Mapping[str, Any] | str | None = None,
+        config_snapshot: Any = None,
         *,
         run_id: uuid.UUID | None = None,
         notes: str | None = None,
         start_time: datetime | None = None,
     ) -> uuid.UUID:
-        """Start a run (status ``running``) and return its id."""
+        """Start a run (status ``running``) and return its id.
+
+        `config_snapshot` is JSON text (a str) or a JSON-representable value,
+        converted as listed in ``producers._json`` (enums, numpy, datetimes,
+        dataclasses...); anything else raises InvalidRecordError naming the path.
+        """
         now = _now()
         run = {
             "run_id": run_id or uuid.uuid4(),
-            "config_snapshot": _json_text(config_snapshot),
+            "config_snapshot": _json_field(config_snapshot, tables.SIMULATION_RUNS, "config_snapshot"),
             "start_time": start_time or now,
             "end_time": None,
             "status": "running",
@@ -258,12 +264,16 @@ class SocietyProducer:
         *,
         agent_id_primary: str | None = None,
         agent_id_secondary: str | None = None,
-        details: Mapping[str, Any] | str | None = None,
+        details: Any = None,
         description: str | None = None,
         timestamp: datetime | None = None,
         event_uid: uuid.UUID | None = None,
     ) -> uuid.UUID:
-        """Record one simulation event; return its idempotency id."""
+        """Record one simulation event; return its idempotency id.
+
+        `details` is JSON text (a str) or a JSON-representable value, converted
+        like ``start_run``'s `config_snapshot`.
+        """
         run_id = self._require_run()["run_id"]
         subject = agent_id_primary or ""
         if event_uid is None:
@@ -276,7 +286,7 @@ class SocietyProducer:
             "event_type": event_type,
             "agent_id_primary": agent_id_primary,
             "agent_id_secondary": agent_id_secondary,
-            "details": _json_text(details),
+            "details": _json_field(details, tables.SIMULATION_EVENTS, "details"),
             "description": description,
         }
         key = f"{self._run_key}/{agent_id_primary}" if agent_id_primary else self._run_key
