@@ -19,10 +19,10 @@ from typing import Any, Mapping
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from producers import ids, tables
+from producers import _sequences, ids, tables
 from producers._json import json_text
 from producers.codec import AvroCodec
-from producers.errors import DeliveryError, ProducerError, QueueFullError
+from producers.errors import DeliveryError, InvalidRecordError, ProducerError, QueueFullError
 from producers.models import validate_record
 from producers.settings import ProducerSettings
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: How many delivery failures are kept for the report (all are counted).
 MAX_KEPT_FAILURES = 1000
+#: Stands in for a memory or event id until the record validated and its number is taken.
+_UNNUMBERED = ids.NAMESPACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,11 @@ class SocietyProducer:
 
     Use as a context manager, or call ``close()``; thread-safe. Ids that the
     simulation does not give (memories, events) are derived deterministically
-    from run, agent, step and a per-step sequence number.
+    from run, agent (an event's primary agent, or none), step and a sequence
+    number counted per (agent, step) in the order records are enqueued, in
+    any order of steps (late asyncio tasks may record for an earlier step).
+    Counters live for the ``sequence_steps`` most recently used steps; see
+    ``restart_step`` for re-running a step.
     """
 
     def __init__(self, settings: ProducerSettings, codec: AvroCodec | None = None) -> None:
@@ -88,8 +94,7 @@ class SocietyProducer:
         self._failures_reported = 0
         self._run: dict[str, Any] | None = None
         self._run_key = ""  # str(run_id), formatted once: keys and ids use it per record
-        self._memory_seq: dict[str, tuple[int, int]] = {}
-        self._event_seq: dict[str, tuple[int, int]] = {}
+        self._sequences = _sequences.StepSequences(settings.sequence_steps)
         self._closed = False
 
     # -- runs ---------------------------------------------------------------
@@ -125,8 +130,7 @@ class SocietyProducer:
         fields = self._send(tables.SIMULATION_RUNS, run, str(run["run_id"]))
         self._run = fields
         self._run_key = str(fields["run_id"])
-        self._memory_seq.clear()
-        self._event_seq.clear()
+        self._sequences.clear()
         return fields["run_id"]
 
     def end_run(self, status: str = "completed", *, end_time: datetime | None = None, notes: str | None = None) -> None:
@@ -137,6 +141,24 @@ class SocietyProducer:
         if notes is not None:
             run["notes"] = notes
         self._run = self._send(tables.SIMULATION_RUNS, run, str(run["run_id"]))
+
+    def restart_step(self, step: int) -> None:
+        """Forget `step`'s id counters, to re-run the step in this process with the same ids.
+
+        Memory and event ids are UUIDv5 of run, agent, step and the number of
+        records that agent already recorded at that step, counted only for
+        records enqueued (a call that raised takes no number). A re-run of a
+        step with the same calls in the same order therefore yields the same
+        ids, whether it happens in a fresh producer given the same ``run_id``
+        or here after ``restart_step(step)``; the workers then count the
+        re-sent records as duplicates. Counters are kept for the
+        ``sequence_steps`` most recently used steps (ProducerSettings); going
+        back to an older step without ``restart_step`` logs a warning and
+        restarts its numbering at 0 too.
+        """
+        if type(step) is not int:
+            raise InvalidRecordError("restart_step", "step", step, "must be an int")
+        self._sequences.restart(step)
 
     # -- records ------------------------------------------------------------
     def record_agent(
@@ -173,10 +195,8 @@ class SocietyProducer:
     ) -> uuid.UUID:
         """Record one memory of `agent_id`; return its id."""
         run_id = self._require_run()["run_id"]
-        if memory_id is None:
-            memory_id = ids.memory_id(self._run_key, agent_id, step, self._next_seq(self._memory_seq, agent_id, step))
         record = {
-            "memory_id": memory_id,
+            "memory_id": _UNNUMBERED if memory_id is None else memory_id,
             "agent_id_str": agent_id,
             "simulation_run_id": run_id,
             "step_timestamp": step,
@@ -186,8 +206,11 @@ class SocietyProducer:
             "tags": tags,
             "related_agent_id": related_agent_id,
         }
-        self._send(tables.AGENT_MEMORIES, record, f"{self._run_key}/{agent_id}")
-        return memory_id
+        key = f"{self._run_key}/{agent_id}"
+        if memory_id is not None:
+            self._send(tables.AGENT_MEMORIES, record, key)
+            return memory_id
+        return self._send_numbered(tables.AGENT_MEMORIES, record, key, _sequences.MEMORIES)
 
     def record_market_transaction(
         self,
@@ -275,11 +298,8 @@ class SocietyProducer:
         like ``start_run``'s `config_snapshot`.
         """
         run_id = self._require_run()["run_id"]
-        subject = agent_id_primary or ""
-        if event_uid is None:
-            event_uid = ids.event_uid(self._run_key, step, subject, self._next_seq(self._event_seq, subject, step))
         record = {
-            "event_uid": event_uid,
+            "event_uid": _UNNUMBERED if event_uid is None else event_uid,
             "simulation_run_id": run_id,
             "step_timestamp": step,
             "real_timestamp": timestamp or _now(),
@@ -290,8 +310,10 @@ class SocietyProducer:
             "description": description,
         }
         key = f"{self._run_key}/{agent_id_primary}" if agent_id_primary else self._run_key
-        self._send(tables.SIMULATION_EVENTS, record, key)
-        return event_uid
+        if event_uid is not None:
+            self._send(tables.SIMULATION_EVENTS, record, key)
+            return event_uid
+        return self._send_numbered(tables.SIMULATION_EVENTS, record, key, _sequences.EVENTS)
 
     def send(self, table: str, record: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
         """Validate and send a complete record of `table` (used by backfills and tests)."""
@@ -367,13 +389,6 @@ class SocietyProducer:
             raise ProducerError("no run started: call start_run() first")
         return self._run
 
-    def _next_seq(self, counters: dict[str, tuple[int, int]], subject: str, step: int) -> int:
-        # Locked: two threads recording for one agent and step must not share an id.
-        with self._lock:
-            last_step, seq = counters.get(subject, (step, -1))
-            seq = seq + 1 if last_step == step else 0
-            counters[subject] = (step, seq)
-            return seq
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         with self._lock:
@@ -390,11 +405,39 @@ class SocietyProducer:
         if self._closed:
             raise ProducerError("producer is closed")
         fields = validate_record(table, record)
+        self._enqueue(table, fields, key)
+        return fields
+
+    def _send_numbered(self, table: str, record: dict[str, Any], key: str, kind: int) -> uuid.UUID:
+        """Send a memory or event whose id is derived from the next number of its (subject, step).
+
+        The number is taken only after the record validated, and given back
+        when encoding or enqueueing fails, so a failed call leaves no gap.
+        """
+        if self._closed:
+            raise ProducerError("producer is closed")
+        fields = validate_record(table, record)
+        step = fields["step_timestamp"]
+        if kind == _sequences.MEMORIES:
+            subject = fields["agent_id_str"]
+            numbers, seq = self._sequences.take(kind, subject, step)
+            uid = fields["memory_id"] = ids.memory_id(self._run_key, subject, step, seq)
+        else:
+            subject = fields["agent_id_primary"] or ""
+            numbers, seq = self._sequences.take(kind, subject, step)
+            uid = fields["event_uid"] = ids.event_uid(self._run_key, step, subject, seq)
+        try:
+            self._enqueue(table, fields, key)
+        except BaseException:
+            self._sequences.give_back(numbers, subject, seq)
+            raise
+        return uid
+
+    def _enqueue(self, table: str, fields: dict[str, Any], key: str | None) -> None:
         value = self._codec.encode(table, fields)
         self._produce(self._topics[table], key, value)
         with self._lock:
             self._stats.sent[table] += 1
-        return fields
 
     def _produce(self, topic: str, key: str | None, value: bytes) -> None:
         deadline = None

@@ -52,6 +52,10 @@ class ProducerSettings(BaseModel):
     message_timeout_ms: int = Field(default=300_000, ge=1)
     # How long a call may block when the local queue is full before QueueFullError.
     max_block_seconds: float = Field(default=5.0, ge=0)
+    #: Memory and event ids count records per (agent, step); counters are kept for this many most
+    #: recently used steps (a few KB each at 2,500 agents). Recording for a step that fell out
+    #: restarts its numbering at 0 and logs a warning: ids may repeat (see SocietyProducer).
+    sequence_steps: int = Field(default=64, ge=1)
     security: KafkaSecurity = KafkaSecurity()
     #: Extra librdkafka properties, applied last (an escape hatch for tuning).
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,86 @@
+"""What the producer and the handler put on real Kafka topics: ids, prefixes, backpressure, lifecycle."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from producers import AvroCodec, InvalidRecordError, QueueFullError, SocietyProducer, ids, tables
+from support.pipeline import producer
+
+pytestmark = pytest.mark.integration
+
+
+def read_records(bootstrap: str, prefix: str, table: str) -> list[dict[str, Any]]:
+    """Every record on `<prefix>.<table>`, decoded, read until each partition's end offset."""
+    topic = tables.topic_for(prefix, table)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}-read", "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+        remaining = {p: end for p, end in ends.items() if end > 0}
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        codec = AvroCodec()
+        out = []
+        while remaining:
+            msg = c.poll(30)
+            assert msg is not None, f"{topic}: nothing to read before the end offsets {ends}"
+            assert msg.error() is None, msg.error()
+            out.append(codec.decode(msg.value()).record)
+            if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
+                remaining.pop(msg.partition(), None)
+        return out
+    finally:
+        c.close()
+
+
+# --- ids (issue 6, cases 1 and 2) ---------------------------------------------------------------
+
+
+def step_seven(p: SocietyProducer, queue_full: bool = False) -> list[uuid.UUID]:
+    """One step with rejected calls in between; the ids of the records accepted."""
+    got = [p.record_memory("a", "one", 7), p.record_memory("b", "two", 7)]
+    if queue_full:  # the local queue holds 2 records and Kafka waits linger_ms: full now
+        with pytest.raises(QueueFullError):
+            p.record_memory("a", "three", 7)
+    p.flush()
+    with pytest.raises(InvalidRecordError):
+        p.record_memory("a", "bad\x00", 7)
+    got.append(p.record_memory("a", "three", 7))
+    got.append(p.record_event("tick", 7))
+    p.flush()
+    got.append(p.record_memory("a", "late", 6))
+    got.append(p.record_memory("a", "four", 7))  # step 7 again after step 6: numbering continues
+    return got
+
+
+def test_reruns_of_a_step_send_the_same_ids(services, topic_prefix):
+    run_id = uuid.uuid4()
+    first = producer(services.bootstrap, topic_prefix, queue_max_messages=2, linger_ms=60_000, max_block_seconds=0)
+    first.start_run(run_id=run_id)
+    first.flush()
+    sent = step_seven(first, queue_full=True)
+    first.close()
+    assert sent == [
+        ids.memory_id(run_id, "a", 7, 0), ids.memory_id(run_id, "b", 7, 0), ids.memory_id(run_id, "a", 7, 1),
+        ids.event_uid(run_id, 7, "", 0), ids.memory_id(run_id, "a", 6, 0), ids.memory_id(run_id, "a", 7, 2),
+    ]
+    again = producer(services.bootstrap, topic_prefix)  # a fresh process re-running the step
+    again.start_run(run_id=run_id)
+    assert step_seven(again) == sent
+    again.restart_step(7)
+    again.restart_step(6)
+    assert step_seven(again) == sent  # the same process, after restart_step
+    again.close()
+
+    memories = read_records(services.bootstrap, topic_prefix, tables.AGENT_MEMORIES)
+    events = read_records(services.bootstrap, topic_prefix, tables.SIMULATION_EVENTS)
+    assert len(memories) == 15 and len(events) == 3  # three runs of the step, nothing else sent
+    assert {m["memory_id"] for m in memories} | {e["event_uid"] for e in events} == set(sent)
+    by_id = {m["memory_id"]: (m["agent_id_str"], m["step_timestamp"], m["content"]) for m in memories}
+    assert [by_id.get(i) for i in sent] == [
+        ("a", 7, "one"), ("b", 7, "two"), ("a", 7, "three"), None, ("a", 6, "late"), ("a", 7, "four"),
+    ]
