@@ -4,7 +4,10 @@ Same constructor and async methods as the simulation's own handler, but each
 call only validates and enqueues a record (microseconds) instead of running a
 synchronous database transaction on the event loop. Data the simulation passes
 loosely (enum members, epoch-second floats, numpy numbers, extra dict keys) is
-normalized here; the typed SocietyProducer underneath stays strict. The
+normalized here; the typed SocietyProducer underneath stays strict. Text
+fields take str, or an int, float, UUID or enum member (converted to text);
+anything else (a list, bytes, an arbitrary object) is an InvalidRecordError
+naming the field, never its str(). The
 ``details`` and ``config_snapshot`` values go through the same converter as
 the typed producer's (``producers._json``): it never changes a value silently.
 """
@@ -33,15 +36,30 @@ def _plain(value: Any) -> Any:
     """Enum members become their value; numpy scalars become Python numbers."""
     if isinstance(value, enum.Enum):
         return value.value
-    # numpy scalars (and 0-d arrays) have ndim 0; larger arrays become lists in to_json_value.
+    # numpy scalars (and 0-d arrays) have ndim 0.
     if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
         return value.item()
     return value
 
 
-def _text(value: Any) -> str | None:
+def _text(value: Any, table: str, field: str) -> str | None:
+    """Text as is; enum members, numpy scalars, ints, floats and UUIDs as their text; nothing else."""
+    if value is None or type(value) is str:
+        return value
     value = _plain(value)
-    return None if value is None else str(value) if not isinstance(value, str) else value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, (int, float, uuid.UUID)) and not isinstance(value, bool):
+        return str(value)
+    if value is None:
+        return None
+    raise InvalidRecordError(table, field, value, "must be text (str; an int, float, UUID or enum member is converted)")
+
+
+def _mapping(value: Any, table: str, argument: str) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    raise InvalidRecordError(table, argument, value, "must be a mapping (a dict of the record's fields)")
 
 
 def _timestamp(value: Any, table: str = "record") -> dt.datetime | None:
@@ -61,13 +79,23 @@ def _timestamp(value: Any, table: str = "record") -> dt.datetime | None:
     raise InvalidRecordError(table, "real_timestamp", raw, "must be epoch seconds, ISO text or a datetime")
 
 
-def _tags(value: Any) -> list[str] | None:
+def _tags(value: Any, table: str) -> list[str] | None:
+    """One str or a list (tuple, numpy array) of texts; a set is refused: it has no order."""
+    if type(value) is list:
+        return [_text(t, table, f"tags.{i}") for i, t in enumerate(value)]  # None stays, and is invalid
     value = _plain(value)
     if value is None:
         return None
     if isinstance(value, str):
-        return [value]
-    return [t if t is None else str(_plain(t)) for t in value]  # None stays invalid
+        return [str.__str__(value)]
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 1:
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_text(t, table, f"tags.{i}") for i, t in enumerate(value)]
+    reason = "must be a list of texts (or one str)"
+    if isinstance(value, (set, frozenset)):
+        reason += ": a set has no order, pass a sorted list"
+    raise InvalidRecordError(table, "tags", value, reason)
 
 
 def _config_get(config: Any, *path: str) -> Any:
@@ -141,7 +169,7 @@ class KafkaDatabaseHandler:
         """Record the run's final status and wait (off the event loop) until everything is delivered."""
         if self._current_run_id is None:
             return
-        self.producer.end_run(status=_text(status) or "completed")
+        self.producer.end_run(status=_text(status, tables.SIMULATION_RUNS, "status") or "completed")
         await self.flush()
 
     async def flush(self) -> None:
@@ -156,50 +184,54 @@ class KafkaDatabaseHandler:
 
     async def save_agent_memory(self, agent_id: Any, memory_data: Mapping[str, Any], step: int) -> str:
         """Record one memory; ``memory_data`` carries content, importance, tags, related_agent_id, timestamp."""
+        t = tables.AGENT_MEMORIES
+        d = _mapping(memory_data, t, "memory_data")
         memory_id = self.producer.record_memory(
-            _text(agent_id),
-            _text(memory_data.get("content")),
+            _text(agent_id, t, "agent_id_str"),
+            _text(d.get("content"), t, "content"),
             _plain(step),
-            importance=_plain(memory_data.get("importance")),
-            tags=_tags(memory_data.get("tags")),
-            related_agent_id=_text(memory_data.get("related_agent_id")),
-            timestamp=_timestamp(memory_data.get("timestamp"), tables.AGENT_MEMORIES),
+            importance=_plain(d.get("importance")),
+            tags=_tags(d.get("tags"), t),
+            related_agent_id=_text(d.get("related_agent_id"), t, "related_agent_id"),
+            timestamp=_timestamp(d.get("timestamp"), t),
         )
         return str(memory_id)
 
     async def save_market_transaction(self, transaction_data: Mapping[str, Any], step: int) -> None:
         """Record one trade from the market's transaction dict."""
-        d = transaction_data
+        t = tables.MARKET_TRANSACTIONS
+        d = _mapping(transaction_data, t, "transaction_data")
         self.producer.record_market_transaction(
-            _text(d.get("transaction_id")),
+            _text(d.get("transaction_id"), t, "transaction_sim_id"),
             _plain(step),
-            market_id=_text(d.get("market_id")),
-            resource_type=_text(d.get("resource_type")),
-            buyer_id=_text(d.get("buyer_id")),
-            seller_id=_text(d.get("seller_id")),
+            market_id=_text(d.get("market_id"), t, "market_id"),
+            resource_type=_text(d.get("resource_type"), t, "resource_type"),
+            buyer_id=_text(d.get("buyer_id"), t, "buyer_agent_id"),
+            seller_id=_text(d.get("seller_id"), t, "seller_agent_id"),
             quantity=_plain(d.get("quantity")),
             price_per_unit=_plain(d.get("price_per_unit")),
             total_cost=_plain(d.get("total_cost")),
-            buy_order_id=_text(d.get("buy_order_id")),
-            sell_order_id=_text(d.get("sell_order_id")),
-            timestamp=_timestamp(d.get("timestamp"), tables.MARKET_TRANSACTIONS),
+            buy_order_id=_text(d.get("buy_order_id"), t, "buy_order_id"),
+            sell_order_id=_text(d.get("sell_order_id"), t, "sell_order_id"),
+            timestamp=_timestamp(d.get("timestamp"), t),
         )
 
     async def save_banking_transaction(self, transaction_data: Mapping[str, Any], step: int, agent_id: Any) -> None:
         """Record one banking transaction of `agent_id`."""
-        d = transaction_data
+        t = tables.BANKING_TRANSACTIONS
+        d = _mapping(transaction_data, t, "transaction_data")
         self.producer.record_bank_transaction(
-            _text(d.get("transaction_id")),
+            _text(d.get("transaction_id"), t, "transaction_sim_id"),
             _plain(step),
-            account_id=_text(d.get("account_id")),
-            agent_id=_text(agent_id),
-            transaction_type=_text(d.get("transaction_type")),
+            account_id=_text(d.get("account_id"), t, "account_id"),
+            agent_id=_text(agent_id, t, "agent_id_str"),
+            transaction_type=_text(d.get("transaction_type"), t, "transaction_type"),
             amount=_plain(d.get("amount")),
             balance_after=_plain(d.get("balance_after")),
-            description=_text(d.get("description")),
-            counterparty_id=_text(d.get("counterparty_id")),
-            reference_id=_text(d.get("reference_id")),
-            timestamp=_timestamp(d.get("timestamp"), tables.BANKING_TRANSACTIONS),
+            description=_text(d.get("description"), t, "description"),
+            counterparty_id=_text(d.get("counterparty_id"), t, "counterparty_id"),
+            reference_id=_text(d.get("reference_id"), t, "reference_id"),
+            timestamp=_timestamp(d.get("timestamp"), t),
         )
 
     async def save_simulation_event(
@@ -218,12 +250,13 @@ class KafkaDatabaseHandler:
         converted as listed in ``producers._json``, anything else raises
         InvalidRecordError naming the path inside `details`.
         """
+        t = tables.SIMULATION_EVENTS
         uid = self.producer.record_event(
-            _text(event_type),
+            _text(event_type, t, "event_type"),
             _plain(step),
-            agent_id_primary=_text(agent_id_primary),
-            agent_id_secondary=_text(agent_id_secondary),
-            details=None if details is None else json_text(details, tables.SIMULATION_EVENTS, "details"),
-            description=_text(description),
+            agent_id_primary=_text(agent_id_primary, t, "agent_id_primary"),
+            agent_id_secondary=_text(agent_id_secondary, t, "agent_id_secondary"),
+            details=None if details is None else json_text(details, t, "details"),
+            description=_text(description, t, "description"),
         )
         return str(uid)

@@ -88,6 +88,14 @@ def _json_text(value: str) -> str:
     return value
 
 
+def _ordered(value: Any) -> Any:
+    # pydantic would list a set in hash order, which differs between processes:
+    # a re-run would then send different tags for the same id (a conflict).
+    if isinstance(value, (set, frozenset)):
+        raise ValueError("a set has no order: pass a sorted list")
+    return value
+
+
 def _varchar(n: int) -> Any:
     return Annotated[StrictStr, Field(max_length=n), AfterValidator(_no_nul)]
 
@@ -103,6 +111,7 @@ Step = Annotated[StrictInt, Field(ge=0, le=INT4_MAX)]
 Real = Annotated[float, BeforeValidator(_number), AfterValidator(_real)]
 Importance = Annotated[float, BeforeValidator(_number), Field(ge=0, le=1)]
 UtcTime = Annotated[AwareDatetime, AfterValidator(_utc)]
+Tags = Annotated[list[Str255], BeforeValidator(_ordered)]
 
 
 class _Record(BaseModel):
@@ -142,7 +151,7 @@ class AgentMemory(_Record):
     real_timestamp: UtcTime | None = None
     content: Text
     importance: Importance | None = None
-    tags: list[Str255] | None = None
+    tags: Tags | None = None
     related_agent_id: Str255 | None = None
 
 

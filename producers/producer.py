@@ -317,6 +317,12 @@ class SocietyProducer:
 
     def send(self, table: str, record: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
         """Validate and send a complete record of `table` (used by backfills and tests)."""
+        if not isinstance(table, str) or table not in self._topics:
+            raise InvalidRecordError("send", "table", table, f"unknown table; expected one of {', '.join(tables.TABLES)}")
+        if not isinstance(record, Mapping):
+            raise InvalidRecordError(table, "record", record, "must be a mapping of field names to values")
+        if key is not None and not isinstance(key, str):
+            raise InvalidRecordError(table, "key", key, "must be a str or None")
         return self._send(table, dict(record), key)
 
     # -- delivery -----------------------------------------------------------

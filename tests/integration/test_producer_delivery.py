@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import datetime as dt
+import enum
 import uuid
+from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from producers import AvroCodec, InvalidRecordError, QueueFullError, SocietyProducer, ids, tables
+from producers import (
+    AvroCodec,
+    InvalidRecordError,
+    KafkaDatabaseHandler,
+    QueueFullError,
+    SocietyProducer,
+    ids,
+    tables,
+)
 from support.pipeline import producer
 
 pytestmark = pytest.mark.integration
@@ -84,3 +98,32 @@ def test_reruns_of_a_step_send_the_same_ids(services, topic_prefix):
     assert [by_id.get(i) for i in sent] == [
         ("a", 7, "one"), ("b", 7, "two"), ("a", 7, "three"), None, ("a", 6, "late"), ("a", 7, "four"),
     ]
+
+
+# --- details and config_snapshot (issue 6, case 8) -------------------------------------------
+
+
+class Mood(enum.Enum):
+    CALM = "calm"
+
+
+@dataclasses.dataclass
+class Offer:
+    price: Decimal
+    at: dt.datetime
+
+
+def test_typed_producer_and_handler_send_converted_json(services, topic_prefix):
+    at = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+    details = {"offer": Offer(Decimal("2.50"), at), "mood": Mood.CALM, "pos": (3, 4), 7: np.int64(2)}
+    expected = '{"offer":{"price":2.50,"at":"2024-05-01T12:00:00+00:00"},"mood":"calm","pos":[3,4],"7":2}'
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run({"seed": Decimal("7"), "started": at.date()})
+    typed = p.record_event("offer", 1, details=details)
+    handler = KafkaDatabaseHandler(producer=p)
+    from_handler = uuid.UUID(asyncio.run(handler.save_simulation_event("offer", 1, details=details)))
+    p.close()
+    (run,) = read_records(services.bootstrap, topic_prefix, tables.SIMULATION_RUNS)
+    assert run["config_snapshot"] == '{"seed":7,"started":"2024-05-01"}'
+    sent = {e["event_uid"]: e["details"] for e in read_records(services.bootstrap, topic_prefix, tables.SIMULATION_EVENTS)}
+    assert sent == {typed: expected, from_handler: expected}

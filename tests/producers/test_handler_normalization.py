@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from producers.errors import InvalidRecordError
 from producers._json import MAX_DEPTH, json_text
-from producers.handler import BOOTSTRAP_ENV, _timestamp, resolve_bootstrap
+from producers.handler import BOOTSTRAP_ENV, _tags, _text, _timestamp, resolve_bootstrap
 
 UTC = dt.timezone.utc
 
@@ -320,6 +320,43 @@ def test_result_is_strict_json_or_an_invalid_record(value: Any) -> None:
 
 def _no_constant(name: str) -> Any:
     raise AssertionError(f"{name} in the converter's output")
+
+
+# --- text fields and tags --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("agent_7", "agent_7"), (None, None), (Kind.TRADE, "trade"), (Level.HIGH, "2"), (np.str_("a"), "a"),
+     (np.int64(7), "7"), (7, "7"), (2.5, "2.5"), (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001")],
+)
+def test_text_fields_take_text_and_convert_numbers_enums_and_uuids(value: Any, expected: str | None) -> None:
+    out = _text(value, "agent_memories", "agent_id_str")
+    assert out == expected and type(out) is type(expected)
+
+
+@pytest.mark.parametrize("value", [["agent_0"], ("a",), {"a": 1}, b"agent", True, object(), Position(1, 2)])
+def test_other_text_values_are_rejected_not_stringified(value: Any) -> None:
+    # Used to be sent as their str(): "['agent_0']", "b'agent'", "True"...
+    with pytest.raises(InvalidRecordError) as info:
+        _text(value, "agent_memories", "agent_id_str")
+    assert (info.value.table, info.value.field) == ("agent_memories", "agent_id_str")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("trade", ["trade"]), (["a", Kind.TRADE], ["a", "trade"]), (("a", "b"), ["a", "b"]),
+     (np.array(["x", "y"]), ["x", "y"]), ([None], [None])],
+)
+def test_tags_are_a_str_or_an_ordered_sequence(value: Any, expected: list | None) -> None:
+    assert _tags(value, "agent_memories") == expected
+
+
+@pytest.mark.parametrize(("value", "field"), [({"b", "a"}, "tags"), (7, "tags"), (["ok", b"x"], "tags.1")])
+def test_other_tags_are_rejected_naming_the_field(value: Any, field: str) -> None:
+    with pytest.raises(InvalidRecordError) as info:
+        _tags(value, "agent_memories")
+    assert info.value.field == field
 
 
 # --- _timestamp -----------------------------------------------------------------------------
