@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: How many delivery failures are kept for the report (all are counted).
 MAX_KEPT_FAILURES = 1000
+#: librdkafka's largest per-record overhead (RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD: length, attributes,
+#: timestamp and offset deltas, key and value lengths, header count), counted in message.max.bytes.
+RECORD_FRAMING_BYTES = 36
 #: Stands in for a memory or event id until the record validated and its number is taken.
 _UNNUMBERED = ids.NAMESPACE
 
@@ -64,6 +67,15 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _text_bytes(value: Any) -> int:
+    """UTF-8 size of a text field or a list of texts (0 for other fields): to name the biggest."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, list):
+        return sum(_text_bytes(v) for v in value)
+    return 0
+
+
 def _json_field(value: Any, table: str, field: str) -> str | None:
     """A jsonb field: text is taken as JSON text, other values are converted (see ``producers._json``)."""
     if value is None or isinstance(value, str):
@@ -95,6 +107,7 @@ class SocietyProducer:
         self._run: dict[str, Any] | None = None
         self._run_key = ""  # str(run_id), formatted once: keys and ids use it per record
         self._sequences = _sequences.StepSequences(settings.sequence_steps)
+        self._max_payload = settings.max_message_bytes - RECORD_FRAMING_BYTES  # value + key
         self._closed = False
 
     # -- runs ---------------------------------------------------------------
@@ -441,9 +454,27 @@ class SocietyProducer:
 
     def _enqueue(self, table: str, fields: dict[str, Any], key: str | None) -> None:
         value = self._codec.encode(table, fields)
+        # A key is at most 4 UTF-8 bytes a character: measure exactly only near the limit.
+        if len(value) + (len(key) << 2 if key else 0) > self._max_payload:
+            self._check_size(table, fields, key, value)
         self._produce(self._topics[table], key, value)
         with self._lock:
             self._stats.sent[table] += 1
+
+    def _check_size(self, table: str, fields: dict[str, Any], key: str | None, value: bytes) -> None:
+        """Raise InvalidRecordError when the record would exceed librdkafka's message.max.bytes."""
+        size = len(value) + (len(key.encode("utf-8")) if key else 0) + RECORD_FRAMING_BYTES
+        limit = self.settings.max_message_bytes
+        if size <= limit:
+            return
+        biggest, biggest_size = max(((name, _text_bytes(v)) for name, v in fields.items()), key=lambda f: f[1])
+        raise InvalidRecordError(
+            table,
+            "<record>",
+            fields[biggest],
+            f"encoded record is {size:,} bytes, over the {limit:,}-byte message limit (max_message_bytes); "
+            f"largest field: {biggest} ({biggest_size:,} bytes)",
+        )
 
     def _produce(self, topic: str, key: str | None, value: bytes) -> None:
         deadline = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from producers.tables import DEFAULT_TOPIC_PREFIX
 
@@ -50,6 +50,11 @@ class ProducerSettings(BaseModel):
     queue_max_kbytes: int = Field(default=512 * 1024, ge=1)
     # How long a record is held (and retried) before it counts as undeliverable.
     message_timeout_ms: int = Field(default=300_000, ge=1)
+    #: Largest record accepted, in bytes on the wire: Avro value + key + Kafka's per-record framing.
+    #: Checked at the call site (InvalidRecordError naming the table and the size) and passed to
+    #: librdkafka as message.max.bytes. The default is librdkafka's; the broker's limit (1 MiB by
+    #: default) applies to compressed batches, so raise both together.
+    max_message_bytes: int = Field(default=1_000_000, ge=1000, le=1_000_000_000)
     # How long a call may block when the local queue is full before QueueFullError.
     max_block_seconds: float = Field(default=5.0, ge=0)
     #: Memory and event ids count records per (agent, step); counters are kept for this many most
@@ -59,6 +64,13 @@ class ProducerSettings(BaseModel):
     security: KafkaSecurity = KafkaSecurity()
     #: Extra librdkafka properties, applied last (an escape hatch for tuning).
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _no_shadowed_limit(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        if "message.max.bytes" in extra:
+            raise ValueError("set max_message_bytes, not extra['message.max.bytes']: the producer checks it per call")
+        return extra
 
     def librdkafka(self) -> dict[str, Any]:
         """The confluent-kafka Producer configuration."""
@@ -72,6 +84,7 @@ class ProducerSettings(BaseModel):
             "queue.buffering.max.messages": self.queue_max_messages,
             "queue.buffering.max.kbytes": self.queue_max_kbytes,
             "message.timeout.ms": self.message_timeout_ms,
+            "message.max.bytes": self.max_message_bytes,
         }
         conf.update(self.security.librdkafka())
         conf.update(self.extra)

@@ -67,6 +67,8 @@ def end_offsets(bootstrap: str, prefix: str) -> dict[str, int]:
         (lambda p: p.record_event("E", 1, details=deep(5000)), "details"),  # RecursionError
         (lambda p: p.record_event("E", 1, details={"when": object()}), "details"),
         (lambda p: p.send("nope", {}), "table"),  # KeyError
+        # Case 4b: valid fields, but over Kafka's message size (was librdkafka's MSG_SIZE_TOO_LARGE).
+        (lambda p: p.record_memory("agent_0", "x", 1, tags=["t" * 255] * 10_000), "<record>"),
         (lambda p: p.send(["agent_memories"], {}), "table"),
         (lambda p: p.send("agent_memories", ["x"]), "record"),
     ],
@@ -78,6 +80,9 @@ def test_bad_record_raises_and_sends_nothing(services, topic_prefix, call, field
         call(p)
     assert info.value.field == field
     assert field.split(".")[0] in str(info.value)
+    if field == "<record>":
+        assert re.search(r"encoded record is [\d,]{9,} bytes, over the 1,000,000-byte message limit "
+                         r"\(max_message_bytes\); largest field: tags", str(info.value))
     p.flush()
     assert sum(p.stats().sent.values()) == 1  # the run start only
     assert end_offsets(services.bootstrap, topic_prefix) == {**dict.fromkeys(tables.TABLES, 0), "simulation_runs": 1}
