@@ -2,7 +2,9 @@
 
 Same constructor and async methods as the simulation's own handler, but each
 call only validates and enqueues a record (microseconds) instead of running a
-synchronous database transaction on the event loop. Data the simulation passes
+synchronous database transaction on the event loop. It never blocks the loop:
+when the local queue is full a call waits with ``await`` (other tasks keep
+running) for at most ``max_block_seconds``, then raises QueueFullError. Data the simulation passes
 loosely (enum members, epoch-second floats, numpy numbers, extra dict keys) is
 normalized here; the typed SocietyProducer underneath stays strict. Text
 fields take str, or an int, float, UUID or enum member (converted to text);
@@ -19,17 +21,24 @@ import datetime as dt
 import enum
 import os
 import uuid
-from typing import Any, Mapping
+from functools import partial
+from typing import Any, Callable, Mapping, TypeVar
 
 from producers import tables
 from producers._json import json_text
-from producers.errors import InvalidRecordError
-from producers.producer import SocietyProducer
+from producers.errors import InvalidRecordError, QueueFullError
+from producers.producer import SocietyProducer, without_waiting
 from producers.settings import ProducerSettings
+
+#: Pause between two attempts to enqueue into a full local queue. Only the first waiting call
+#: polls (the others wait their turn on a lock), so waiting costs ~100 cheap attempts a second.
+QUEUE_FULL_RETRY_SECONDS = 0.01
 
 #: Environment variable read when neither arguments nor config name a broker.
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 KAFKA_URL_SCHEME = "kafka://"
+
+T = TypeVar("T")
 
 
 def _plain(value: Any) -> Any:
@@ -156,12 +165,41 @@ class KafkaDatabaseHandler:
         self.config_snapshot = config_snapshot
         self.flush_timeout = flush_timeout
         self._current_run_id: str | None = None
+        # Held by the call waiting for queue space; later calls queue up behind it, in order.
+        self._waiting = asyncio.Lock()
+
+    async def _enqueue(self, call: Callable[[], T]) -> T:
+        """Run a producer call without ever blocking the event loop.
+
+        When the local queue is full the call is retried after ``await``-ed
+        pauses, for at most the producer's ``max_block_seconds``, then
+        QueueFullError. A failed attempt takes no sequence number, so the
+        record keeps the id it would have had without the wait.
+        """
+        if not self._waiting.locked():
+            try:
+                return without_waiting(call)
+            except QueueFullError:
+                pass
+        bound = self.producer.settings.max_block_seconds
+        self.producer._count_queue_full_wait()
+        try:
+            async with asyncio.timeout(bound), self._waiting:
+                while True:
+                    try:
+                        return without_waiting(call)
+                    except QueueFullError:
+                        await asyncio.sleep(QUEUE_FULL_RETRY_SECONDS)
+        except TimeoutError:
+            raise QueueFullError(
+                f"local queue full for {bound}s ({self.producer.stats().in_queue} records waiting for the broker)"
+            ) from None
 
     # The simulation's own handler exposes these two coroutines for runs.
     async def start_simulation_run(self, config_snapshot: Mapping[str, Any] | None = None) -> str:
         """Record the start of a run; return its id (text, like the original)."""
         snapshot = config_snapshot if config_snapshot is not None else self.config_snapshot
-        run_id = self.producer.start_run(snapshot)
+        run_id = await self._enqueue(partial(self.producer.start_run, snapshot))
         self._current_run_id = str(run_id)
         return self._current_run_id
 
@@ -169,7 +207,8 @@ class KafkaDatabaseHandler:
         """Record the run's final status and wait (off the event loop) until everything is delivered."""
         if self._current_run_id is None:
             return
-        self.producer.end_run(status=_text(status, tables.SIMULATION_RUNS, "status") or "completed")
+        status = _text(status, tables.SIMULATION_RUNS, "status") or "completed"
+        await self._enqueue(partial(self.producer.end_run, status=status))
         await self.flush()
 
     async def flush(self) -> None:
@@ -186,7 +225,8 @@ class KafkaDatabaseHandler:
         """Record one memory; ``memory_data`` carries content, importance, tags, related_agent_id, timestamp."""
         t = tables.AGENT_MEMORIES
         d = _mapping(memory_data, t, "memory_data")
-        memory_id = self.producer.record_memory(
+        memory_id = await self._enqueue(partial(
+            self.producer.record_memory,
             _text(agent_id, t, "agent_id_str"),
             _text(d.get("content"), t, "content"),
             _plain(step),
@@ -194,14 +234,15 @@ class KafkaDatabaseHandler:
             tags=_tags(d.get("tags"), t),
             related_agent_id=_text(d.get("related_agent_id"), t, "related_agent_id"),
             timestamp=_timestamp(d.get("timestamp"), t),
-        )
+        ))
         return str(memory_id)
 
     async def save_market_transaction(self, transaction_data: Mapping[str, Any], step: int) -> None:
         """Record one trade from the market's transaction dict."""
         t = tables.MARKET_TRANSACTIONS
         d = _mapping(transaction_data, t, "transaction_data")
-        self.producer.record_market_transaction(
+        await self._enqueue(partial(
+            self.producer.record_market_transaction,
             _text(d.get("transaction_id"), t, "transaction_sim_id"),
             _plain(step),
             market_id=_text(d.get("market_id"), t, "market_id"),
@@ -214,13 +255,14 @@ class KafkaDatabaseHandler:
             buy_order_id=_text(d.get("buy_order_id"), t, "buy_order_id"),
             sell_order_id=_text(d.get("sell_order_id"), t, "sell_order_id"),
             timestamp=_timestamp(d.get("timestamp"), t),
-        )
+        ))
 
     async def save_banking_transaction(self, transaction_data: Mapping[str, Any], step: int, agent_id: Any) -> None:
         """Record one banking transaction of `agent_id`."""
         t = tables.BANKING_TRANSACTIONS
         d = _mapping(transaction_data, t, "transaction_data")
-        self.producer.record_bank_transaction(
+        await self._enqueue(partial(
+            self.producer.record_bank_transaction,
             _text(d.get("transaction_id"), t, "transaction_sim_id"),
             _plain(step),
             account_id=_text(d.get("account_id"), t, "account_id"),
@@ -232,7 +274,7 @@ class KafkaDatabaseHandler:
             counterparty_id=_text(d.get("counterparty_id"), t, "counterparty_id"),
             reference_id=_text(d.get("reference_id"), t, "reference_id"),
             timestamp=_timestamp(d.get("timestamp"), t),
-        )
+        ))
 
     async def save_simulation_event(
         self,
@@ -251,12 +293,13 @@ class KafkaDatabaseHandler:
         InvalidRecordError naming the path inside `details`.
         """
         t = tables.SIMULATION_EVENTS
-        uid = self.producer.record_event(
+        uid = await self._enqueue(partial(
+            self.producer.record_event,
             _text(event_type, t, "event_type"),
             _plain(step),
             agent_id_primary=_text(agent_id_primary, t, "agent_id_primary"),
             agent_id_secondary=_text(agent_id_secondary, t, "agent_id_secondary"),
             details=None if details is None else json_text(details, t, "details"),
             description=_text(description, t, "description"),
-        )
+        ))
         return str(uid)

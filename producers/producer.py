@@ -13,9 +13,10 @@ import threading
 import time
 import uuid
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -27,6 +28,21 @@ from producers.models import validate_record
 from producers.settings import ProducerSettings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Set around a call by ``without_waiting``: a full local queue then raises QueueFullError at
+#: once instead of blocking the thread (the asyncio handler waits with ``await`` instead).
+_NO_WAIT: ContextVar[bool] = ContextVar("society_ingest_no_wait", default=False)
+
+
+def without_waiting(call: Callable[[], T]) -> T:
+    """Run `call` (a SocietyProducer call) so that a full local queue raises QueueFullError at once."""
+    token = _NO_WAIT.set(True)
+    try:
+        return call()
+    finally:
+        _NO_WAIT.reset(token)
 
 #: How many delivery failures are kept for the report (all are counted).
 MAX_KEPT_FAILURES = 1000
@@ -409,6 +425,10 @@ class SocietyProducer:
         return self._run
 
 
+    def _count_queue_full_wait(self) -> None:
+        with self._lock:
+            self._stats.queue_full_waits += 1
+
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         with self._lock:
             if err is None:
@@ -483,11 +503,13 @@ class SocietyProducer:
                 self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
                 break
             except BufferError:
+                if _NO_WAIT.get():
+                    self._producer.poll(0)  # serve delivery reports: that is what frees the queue
+                    raise QueueFullError(f"local queue full ({len(self._producer)} records waiting for the broker)") from None
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.settings.max_block_seconds
-                    with self._lock:
-                        self._stats.queue_full_waits += 1
+                    self._count_queue_full_wait()
                 elif now >= deadline:
                     raise QueueFullError(
                         f"local queue full for {self.settings.max_block_seconds}s "

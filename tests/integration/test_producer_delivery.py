@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import enum
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -127,3 +128,45 @@ def test_typed_producer_and_handler_send_converted_json(services, topic_prefix):
     assert run["config_snapshot"] == '{"seed":7,"started":"2024-05-01"}'
     sent = {e["event_uid"]: e["details"] for e in read_records(services.bootstrap, topic_prefix, tables.SIMULATION_EVENTS)}
     assert sent == {typed: expected, from_handler: expected}
+
+
+# --- the handler under backpressure (issue 6, case 9) ------------------------------------------
+
+
+def test_handler_waits_for_kafka_to_drain_the_queue_and_keeps_order(services, topic_prefix):
+    # Two records fill the local queue; Kafka takes them after linger_ms. Meanwhile three calls
+    # wait with await (the loop keeps ticking), then go through in call order with their own ids.
+    p = producer(services.bootstrap, topic_prefix, queue_max_messages=2, linger_ms=400, max_block_seconds=30)
+    handler = KafkaDatabaseHandler(producer=p)
+    memory = {"content": "m"}
+
+    async def scenario() -> tuple[str, list[str], float, int]:
+        run_id = await handler.start_simulation_run()
+        await handler.save_agent_memory("agent_0", memory, 1)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        started = time.monotonic()
+        waited = await asyncio.gather(*(
+            handler.save_agent_memory("agent_0", {"content": f"waited {i}"}, 1) for i in range(3)))
+        elapsed = time.monotonic() - started
+        ticking.cancel()
+        await handler.close()
+        return run_id, waited, elapsed, ticks
+
+    run_id, waited, elapsed, ticks = asyncio.run(scenario())
+    assert waited == [str(ids.memory_id(run_id, "agent_0", 1, n)) for n in (1, 2, 3)]
+    assert elapsed >= 0.2  # they really waited for Kafka (linger_ms)...
+    assert ticks >= 10  # ...without freezing the event loop
+    assert p.stats().queue_full_waits >= 1
+    memories = read_records(services.bootstrap, topic_prefix, tables.AGENT_MEMORIES)
+    assert sorted((str(m["memory_id"]), m["content"]) for m in memories) == sorted(
+        [(str(ids.memory_id(run_id, "agent_0", 1, 0)), "m")]
+        + [(waited[i], f"waited {i}") for i in range(3)]
+    )
