@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import enum
 import os
+import re
 import uuid
 from functools import partial
 from typing import Any, Callable, Mapping, TypeVar
@@ -36,6 +37,9 @@ QUEUE_FULL_RETRY_SECONDS = 0.01
 
 #: Environment variable read when neither arguments nor config name a broker.
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+#: Environment variable read when neither arguments nor the kafka:// URL name a topic prefix
+#: (the same variable the workers and the CLI read).
+TOPIC_PREFIX_ENV = "SOCIETY_TOPIC_PREFIX"
 KAFKA_URL_SCHEME = "kafka://"
 
 T = TypeVar("T")
@@ -115,16 +119,25 @@ def _config_get(config: Any, *path: str) -> Any:
     return config
 
 
+def _kafka_url(db_url: Any, config: Any) -> tuple[str, str, str | None] | None:
+    """The first kafka:// URL (argument, then config) as (url, brokers, path prefix or None)."""
+    for url in (db_url, _config_get(config, "output", "database_url")):
+        if isinstance(url, str) and url.startswith(KAFKA_URL_SCHEME):
+            servers, _, path = url[len(KAFKA_URL_SCHEME) :].partition("/")
+            return url, servers, path.strip("/") or None
+    return None
+
+
 def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> str:
     """Pick the broker: explicit argument, a kafka:// URL (argument, then config), else the environment."""
     if explicit:
         return explicit
-    for url in (db_url, _config_get(config, "output", "database_url")):
-        if isinstance(url, str) and url.startswith(KAFKA_URL_SCHEME):
-            servers = url[len(KAFKA_URL_SCHEME) :].strip("/")
-            if not servers:
-                raise ValueError(f"{url!r} names no broker: expected 'kafka://host:port[,host:port]'")
-            return servers
+    found = _kafka_url(db_url, config)
+    if found is not None:
+        url, servers, _ = found
+        if not servers:
+            raise ValueError(f"{url!r} names no broker: expected 'kafka://host:port[,host:port][/prefix]'")
+        return servers
     # The simulation builds its handler without Kafka settings, so this
     # drop-in (unlike the rest of the library) falls back to the environment.
     from_env = os.environ.get(BOOTSTRAP_ENV)
@@ -136,12 +149,44 @@ def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> 
     )
 
 
+def resolve_topic_prefix(db_url: str | None, config: Any, explicit: str | None) -> str:
+    """Pick the topic prefix: explicit argument, the kafka:// URL's path, the environment, else "society".
+
+    The URL is the one that names the broker (``kafka://host:port/<prefix>``,
+    from `db_url`, then ``config.output.database_url``). Raises ValueError
+    for a prefix Kafka topic names cannot carry, naming where it came from.
+    """
+    found = _kafka_url(db_url, config)
+    candidates = (
+        (explicit, "topic_prefix="),
+        (found[2] if found else None, f"the path of {found[0]!r}" if found else ""),
+        (os.environ.get(TOPIC_PREFIX_ENV) or None, TOPIC_PREFIX_ENV),
+    )
+    for prefix, source in candidates:
+        if prefix is not None:
+            if not isinstance(prefix, str) or not re.match(tables.TOPIC_PREFIX_PATTERN, prefix):
+                raise ValueError(
+                    f"invalid topic prefix {prefix!r} from {source}: use letters, digits, '.', '_' or '-'"
+                )
+            return prefix
+    return tables.DEFAULT_TOPIC_PREFIX
+
+
 class KafkaDatabaseHandler:
     """Drop-in for the simulation's DatabaseHandler, writing through Kafka.
 
     Construct it like the original: ``KafkaDatabaseHandler(db_url, config, config_snapshot)``.
     Keyword arguments name Kafka settings explicitly (``bootstrap_servers``,
     ``topic_prefix`` and any ProducerSettings field), or pass a ready ``producer``.
+
+    Where the settings come from, first match wins (this drop-in is the one
+    part of the library that reads the environment, because the simulation
+    constructs it without Kafka settings):
+
+    - broker: ``bootstrap_servers=``, a ``kafka://host:port[/prefix]`` URL in
+      `db_url` or ``config.output.database_url``, ``KAFKA_BOOTSTRAP_SERVERS``;
+    - topic prefix: ``topic_prefix=``, that URL's path, ``SOCIETY_TOPIC_PREFIX``,
+      else ``"society"``.
     """
 
     def __init__(
@@ -152,12 +197,16 @@ class KafkaDatabaseHandler:
         *,
         producer: SocietyProducer | None = None,
         bootstrap_servers: str | None = None,
+        topic_prefix: str | None = None,
         flush_timeout: float = 60.0,
         **settings: Any,
     ) -> None:
         if producer is None:
             settings["bootstrap_servers"] = resolve_bootstrap(db_url, config, bootstrap_servers)
+            settings["topic_prefix"] = resolve_topic_prefix(db_url, config, topic_prefix)
             producer = SocietyProducer(ProducerSettings(**settings))
+        elif bootstrap_servers is not None or topic_prefix is not None or settings:
+            raise ValueError("pass either producer= or Kafka settings, not both: the producer has its own settings")
         self.producer = producer
         #: Truthy like the original handler's SQLAlchemy engine, which the simulation checks.
         self.engine = producer

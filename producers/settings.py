@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from producers.tables import DEFAULT_TOPIC_PREFIX
+from producers.tables import DEFAULT_TOPIC_PREFIX, TOPIC_PREFIX_PATTERN
 
 
 class KafkaSecurity(BaseModel):
@@ -40,7 +40,7 @@ class ProducerSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap_servers: str = Field(min_length=1)
-    topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9._-]+$")
+    topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=TOPIC_PREFIX_PATTERN)
     client_id: str = "society-ingest-producer"
     # Batching: a few ms of linger turns per-record calls into large compressed batches.
     linger_ms: int = Field(default=20, ge=0)

@@ -170,3 +170,37 @@ def test_handler_waits_for_kafka_to_drain_the_queue_and_keeps_order(services, to
         [(str(ids.memory_id(run_id, "agent_0", 1, 0)), "m")]
         + [(waited[i], f"waited {i}") for i in range(3)]
     )
+
+
+# --- the handler's topic prefix (issue 6, case 10) ---------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["keyword", "db_url path", "config url path", "environment"])
+def test_handler_sends_to_the_configured_prefix(services, topic_prefix, source, monkeypatch):
+    # The simulation constructs the handler itself: a deployment's prefix must reach it.
+    monkeypatch.delenv("SOCIETY_TOPIC_PREFIX", raising=False)
+    url = f"kafka://{services.bootstrap}/{topic_prefix}"
+    if source == "keyword":
+        handler = KafkaDatabaseHandler("sqlite:///society.db", None, bootstrap_servers=services.bootstrap,
+                                       topic_prefix=topic_prefix)
+    elif source == "db_url path":
+        handler = KafkaDatabaseHandler(url, None)
+    elif source == "config url path":
+        handler = KafkaDatabaseHandler(None, {"output": {"database_url": url}})
+    else:
+        monkeypatch.setenv("SOCIETY_TOPIC_PREFIX", topic_prefix)
+        handler = KafkaDatabaseHandler(f"kafka://{services.bootstrap}", None)
+    assert handler.producer.settings.topic_prefix == topic_prefix
+
+    async def scenario() -> str:
+        await handler.start_simulation_run({"agents": 1})
+        memory_id = await handler.save_agent_memory("agent_0", {"content": "where am I?"}, 1)
+        await handler.end_simulation_run("completed")
+        await handler.close()
+        return memory_id
+
+    memory_id = asyncio.run(scenario())
+    (memory,) = read_records(services.bootstrap, topic_prefix, tables.AGENT_MEMORIES)
+    assert str(memory["memory_id"]) == memory_id
+    assert [r["status"] for r in read_records(services.bootstrap, topic_prefix, tables.SIMULATION_RUNS)] == [
+        "running", "completed"]

@@ -1,4 +1,4 @@
-"""The drop-in handler's normalization of loose simulation data, the JSON converter, and broker resolution."""
+"""The drop-in handler's normalization of loose simulation data, the JSON converter, broker and prefix resolution."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import datetime as dt
 import enum
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,15 @@ from pydantic import BaseModel
 
 from producers.errors import InvalidRecordError
 from producers._json import MAX_DEPTH, json_text
-from producers.handler import BOOTSTRAP_ENV, _tags, _text, _timestamp, resolve_bootstrap
+from producers.handler import (
+    BOOTSTRAP_ENV,
+    TOPIC_PREFIX_ENV,
+    _tags,
+    _text,
+    _timestamp,
+    resolve_bootstrap,
+    resolve_topic_prefix,
+)
 
 UTC = dt.timezone.utc
 
@@ -533,3 +542,64 @@ def test_env_value_is_read_at_call_time(no_env: pytest.MonkeyPatch) -> None:
     no_env.setenv(BOOTSTRAP_ENV, "late:9092")
     assert resolve_bootstrap(None, None, None) == "late:9092"
 
+
+
+# --- resolve_topic_prefix -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_prefix_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv(TOPIC_PREFIX_ENV, raising=False)
+    return monkeypatch
+
+
+def test_prefix_explicit_wins_over_url_and_env(no_prefix_env: pytest.MonkeyPatch) -> None:
+    no_prefix_env.setenv(TOPIC_PREFIX_ENV, "from-env")
+    assert resolve_topic_prefix("kafka://h:9092/from-url", None, "explicit") == "explicit"
+
+
+@pytest.mark.parametrize("shape", CONFIG_SHAPES, ids=SHAPE_IDS)
+def test_prefix_from_the_path_of_the_url_that_names_the_broker(shape: Any, no_prefix_env: pytest.MonkeyPatch) -> None:
+    no_prefix_env.setenv(TOPIC_PREFIX_ENV, "from-env")
+    assert resolve_topic_prefix("kafka://h:9092/arg.p", shape("kafka://c:9092/cfg_p"), None) == "arg.p"
+    assert resolve_topic_prefix(None, shape("kafka://c:9092/cfg_p/"), None) == "cfg_p"
+    assert resolve_topic_prefix("sqlite:///x.db", shape("kafka://c:9092/cfg_p"), None) == "cfg_p"
+    # The broker's URL has no path: the environment decides, not another URL.
+    assert resolve_topic_prefix("kafka://h:9092/", shape("kafka://c:9092/cfg_p"), None) == "from-env"
+    assert resolve_bootstrap("kafka://h1:9092,h2:9092/arg.p", None, None) == "h1:9092,h2:9092"
+
+
+def test_prefix_from_the_environment_else_the_default(no_prefix_env: pytest.MonkeyPatch) -> None:
+    assert resolve_topic_prefix("postgresql://u@db/society", None, None) == "society"
+    no_prefix_env.setenv(TOPIC_PREFIX_ENV, "")
+    assert resolve_topic_prefix(None, None, None) == "society"
+    no_prefix_env.setenv(TOPIC_PREFIX_ENV, "staging")
+    assert resolve_topic_prefix("kafka://h:9092", None, None) == "staging"
+
+
+@pytest.mark.parametrize(
+    ("db_url", "explicit", "env", "source"),
+    [
+        (None, "bad prefix", None, "topic_prefix="),
+        (None, "", None, "topic_prefix="),
+        ("kafka://h:9092/a/b", None, None, "the path of 'kafka://h:9092/a/b'"),
+        ("kafka://h:9092/caf\u00e9", None, None, "the path of"),
+        (None, None, "no/slashes", TOPIC_PREFIX_ENV),
+    ],
+)
+def test_an_invalid_prefix_is_a_clear_value_error(
+    db_url: str | None, explicit: str | None, env: str | None, source: str, no_prefix_env: pytest.MonkeyPatch
+) -> None:
+    if env is not None:
+        no_prefix_env.setenv(TOPIC_PREFIX_ENV, env)
+    with pytest.raises(ValueError, match=f"invalid topic prefix .* from {re.escape(source)}"):
+        resolve_topic_prefix(db_url, None, explicit)
+
+
+def test_handler_takes_either_a_producer_or_settings() -> None:
+    from producers import KafkaDatabaseHandler, ProducerSettings, SocietyProducer
+
+    p = SocietyProducer(ProducerSettings(bootstrap_servers="127.0.0.1:9"))
+    with pytest.raises(ValueError, match="not both"):
+        KafkaDatabaseHandler(producer=p, topic_prefix="other")
+    p.abort()
