@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ def without_waiting(call: Callable[[], T]) -> T:
 
 #: How many delivery failures are kept for the report (all are counted).
 MAX_KEPT_FAILURES = 1000
+#: How long a producer dropped without close() (or alive at interpreter exit) tries to deliver
+#: what it still holds: long enough for a reachable broker, short enough not to hang an exit.
+ABANDONED_FLUSH_SECONDS = 5.0
 #: librdkafka's largest per-record overhead (RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD: length, attributes,
 #: timestamp and offset deltas, key and value lengths, header count), counted in message.max.bytes.
 RECORD_FRAMING_BYTES = 36
@@ -77,6 +81,57 @@ class ProducerStats:
     def total_sent(self) -> int:
         """Records accepted, all tables together."""
         return sum(self.sent.values())
+
+
+class _Deliveries:
+    """Delivery counters and failures, shared by a producer, librdkafka's callbacks and its finalizer."""
+
+    __slots__ = ("lock", "stats", "failures", "reported")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.stats = ProducerStats()
+        self.failures: deque[DeliveryFailure] = deque(maxlen=MAX_KEPT_FAILURES)
+        self.reported = 0  # failures already raised in a DeliveryError
+
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        """librdkafka's delivery report (served by poll/flush)."""
+        with self.lock:
+            if err is None:
+                self.stats.delivered += 1
+                return
+            self.stats.failed += 1
+            key = msg.key()
+            self.failures.append(DeliveryFailure(msg.topic(), key.decode("utf-8", "replace") if key else None, err.str()))
+
+    def take_unreported(self) -> tuple[int, list[DeliveryFailure]]:
+        """How many failures were not reported yet, and those of them still kept; they count as reported now."""
+        with self.lock:
+            new = self.stats.failed - self.reported
+            self.reported = self.stats.failed
+            return new, list(self.failures)[-new:] if new else []
+
+
+def _flush_abandoned(producer: Producer, deliveries: _Deliveries) -> None:
+    """Finalizer of a SocietyProducer dropped (or left at exit) without close(): deliver, then say so."""
+    stats = deliveries.stats
+    with deliveries.lock:
+        held = stats.total_sent - stats.delivered - stats.failed
+        delivered_before = stats.delivered
+    if held:
+        producer.flush(ABANDONED_FLUSH_SECONDS)
+    unreported, _ = deliveries.take_unreported()
+    if held or unreported:
+        delivered = stats.delivered - delivered_before
+        log.warning(
+            "SocietyProducer dropped without close(): flushed %d undelivered record(s) for up to %ss; "
+            "%d delivered, %d undelivered (failed or still queued); %d delivery failure(s) never reported",
+            held,
+            ABANDONED_FLUSH_SECONDS,
+            delivered,
+            held - delivered,
+            unreported,
+        )
 
 
 def _now() -> datetime:
@@ -114,17 +169,21 @@ class SocietyProducer:
     def __init__(self, settings: ProducerSettings, codec: AvroCodec | None = None) -> None:
         self.settings = settings
         self._codec = codec or AvroCodec()
-        self._producer = Producer(settings.librdkafka())
+        # Delivery reports go to a separate object, not to self: librdkafka's queued records
+        # then hold no reference to this producer, so a producer dropped without close() is
+        # collected and its finalizer can deliver what it still holds.
+        self._deliveries = deliveries = _Deliveries()
+        self._producer = Producer({**settings.librdkafka(), "on_delivery": deliveries.on_delivery})
         self._topics = {t: tables.topic_for(settings.topic_prefix, t) for t in tables.TABLES}
-        self._lock = threading.Lock()
-        self._stats = ProducerStats()
-        self._failures: deque[DeliveryFailure] = deque(maxlen=MAX_KEPT_FAILURES)
-        self._failures_reported = 0
+        self._lock = deliveries.lock
+        self._stats = deliveries.stats
+        self._failures = deliveries.failures
         self._run: dict[str, Any] | None = None
         self._run_key = ""  # str(run_id), formatted once: keys and ids use it per record
         self._sequences = _sequences.StepSequences(settings.sequence_steps)
         self._max_payload = settings.max_message_bytes - RECORD_FRAMING_BYTES  # value + key
         self._closed = False
+        self._finalizer = weakref.finalize(self, _flush_abandoned, self._producer, deliveries)
 
     # -- runs ---------------------------------------------------------------
     @property
@@ -367,10 +426,7 @@ class SocietyProducer:
         """
         pending = self._producer.flush(timeout)
         stats = self.stats()
-        with self._lock:
-            new_failures = stats.failed - self._failures_reported
-            self._failures_reported = stats.failed
-            kept = list(self._failures)[-new_failures:] if new_failures else []
+        new_failures, kept = self._deliveries.take_unreported()
         if pending or new_failures:
             raise DeliveryError(
                 f"{new_failures} record(s) failed delivery and {pending} still queued after {timeout}s"
@@ -381,13 +437,23 @@ class SocietyProducer:
         return stats
 
     def close(self, timeout: float = 30.0) -> ProducerStats:
-        """Flush and stop accepting records (raises DeliveryError like ``flush``)."""
+        """Flush and stop accepting records (raises DeliveryError like ``flush``).
+
+        Idempotent: a second call returns the stats at once and does not raise
+        again for what the first one reported. A producer dropped without
+        ``close()`` (or left at interpreter exit) still flushes for up to
+        ABANDONED_FLUSH_SECONDS and logs a warning with what it delivered.
+        """
+        if self._closed:
+            return self.stats()
         self._closed = True
+        self._finalizer.detach()
         return self.flush(timeout)
 
     def abort(self) -> int:
         """Close without waiting: drop what is still queued and return how many records that was."""
         self._closed = True
+        self._finalizer.detach()
         dropped = len(self._producer)
         self._producer.purge()
         self._producer.flush(0)
@@ -428,17 +494,6 @@ class SocietyProducer:
     def _count_queue_full_wait(self) -> None:
         with self._lock:
             self._stats.queue_full_waits += 1
-
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        with self._lock:
-            if err is None:
-                self._stats.delivered += 1
-                return
-            self._stats.failed += 1
-            key = msg.key()
-            self._failures.append(
-                DeliveryFailure(msg.topic(), key.decode("utf-8", "replace") if key else None, err.str())
-            )
 
     def _send(self, table: str, record: dict[str, Any], key: str | None) -> dict[str, Any]:
         if self._closed:
@@ -500,7 +555,7 @@ class SocietyProducer:
         deadline = None
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key)
                 break
             except BufferError:
                 if _NO_WAIT.get():

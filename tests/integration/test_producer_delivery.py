@@ -6,6 +6,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import enum
+import gc
+import logging
+import subprocess
+import sys
 import time
 import uuid
 from decimal import Decimal
@@ -17,6 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from producers import (
     AvroCodec,
+    DeliveryError,
     InvalidRecordError,
     KafkaDatabaseHandler,
     QueueFullError,
@@ -204,3 +209,76 @@ def test_handler_sends_to_the_configured_prefix(services, topic_prefix, source, 
     assert str(memory["memory_id"]) == memory_id
     assert [r["status"] for r in read_records(services.bootstrap, topic_prefix, tables.SIMULATION_RUNS)] == [
         "running", "completed"]
+
+
+# --- a producer dropped without close (issue 6, case 12) ---------------------------------------
+
+
+@pytest.mark.parametrize("through", ["producer", "handler"])
+def test_a_dropped_producer_delivers_what_it_held_and_warns(services, topic_prefix, through, caplog):
+    # linger_ms keeps the records in the local queue: only a flush sends them now.
+    if through == "producer":
+        p = producer(services.bootstrap, topic_prefix, linger_ms=60_000)
+        p.start_run()
+        p.record_memory("agent_0", "said before the end", 1)
+        del p
+    else:
+        handler = KafkaDatabaseHandler(bootstrap_servers=services.bootstrap, topic_prefix=topic_prefix,
+                                       linger_ms=60_000)
+
+        async def scenario() -> None:
+            await handler.start_simulation_run()
+            await handler.save_agent_memory("agent_0", {"content": "said before the end"}, 1)
+
+        asyncio.run(scenario())
+        del handler
+    with caplog.at_level(logging.WARNING, logger="producers"):
+        gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "SocietyProducer dropped without close(): flushed 2 undelivered record(s) for up to 5.0s; "
+        "2 delivered, 0 undelivered (failed or still queued); 0 delivery failure(s) never reported"
+    ]
+    assert len(read_records(services.bootstrap, topic_prefix, tables.SIMULATION_RUNS)) == 1
+    (memory,) = read_records(services.bootstrap, topic_prefix, tables.AGENT_MEMORIES)
+    assert memory["content"] == "said before the end"
+
+
+EXITS_WITHOUT_CLOSE = """
+import logging, sys
+from producers import ProducerSettings, SocietyProducer
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+p = SocietyProducer(ProducerSettings(bootstrap_servers=sys.argv[1], topic_prefix=sys.argv[2], linger_ms=60_000))
+p.start_run()
+p.record_memory("agent_0", "said at exit", 1)
+"""
+
+
+def test_a_producer_alive_at_interpreter_exit_delivers_and_warns(services, topic_prefix):
+    done = subprocess.run([sys.executable, "-c", EXITS_WITHOUT_CLOSE, services.bootstrap, topic_prefix],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "WARNING producers.producer SocietyProducer dropped without close(): flushed 2 undelivered" in done.stderr
+    (memory,) = read_records(services.bootstrap, topic_prefix, tables.AGENT_MEMORIES)
+    assert memory["content"] == "said at exit"
+
+
+def test_close_is_idempotent(services, topic_prefix):
+    # Nothing listens on port 9: the records stay queued and the first close reports them.
+    p = producer("127.0.0.1:9", topic_prefix)
+    p.start_run()
+    p.record_memory("agent_0", "never delivered", 1)
+    with pytest.raises(DeliveryError, match="2 still queued") as info:
+        p.close(timeout=0.2)
+    assert info.value.pending == 2
+    started = time.monotonic()
+    stats = p.close()  # reported already: no second wait, no second error
+    assert time.monotonic() - started < 1.0
+    assert (stats.total_sent, stats.delivered, stats.in_queue) == (2, 0, 2)
+    assert p.close() == stats
+    assert p.abort() == 2
+
+    q = producer(services.bootstrap, topic_prefix)
+    q.start_run()
+    first = q.close()
+    assert (first.total_sent, first.delivered) == (1, 1)
+    assert q.close() == first
