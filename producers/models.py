@@ -74,16 +74,20 @@ def _reject_constant(name: str) -> Any:
 
 def _json_text(value: str) -> str:
     # Stricter than json.loads: only what PostgreSQL's jsonb accepts.
+    # Text with a raw lone surrogate never gets here (StrictStr refuses it), so one can only come
+    # from a \u escape: the re-encoding that finds it runs only when the text has escapes.
+    escaped = "\\u" in value
     try:
         parsed = json.loads(value, parse_constant=_reject_constant)
-        json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
+        if escaped:
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
     except RecursionError as e:
         raise ValueError("is nested too deeply") from e
     except UnicodeEncodeError as e:
         raise ValueError("contains a lone surrogate escape, which jsonb cannot store") from e
     except ValueError as e:
         raise ValueError(f"is not valid JSON text: {e}") from e
-    if _JSON_NUL_ESCAPE.search(value):
+    if escaped and _JSON_NUL_ESCAPE.search(value):
         raise ValueError("contains a \\u0000 escape, which PostgreSQL jsonb cannot store")
     return value
 
