@@ -135,11 +135,7 @@ def _container(value: Any, out: list[str], active: set[int], items: Mapping[Any,
         for i, item in enumerate(value):
             if i:
                 out.append(",")
-            try:
-                _write(item, out, active)
-            except _Unrepresentable as e:
-                e.path.append(f"[{i}]")
-                raise
+            _write_at(i, item, out, active)
         out.append("]")
     else:
         out.append("{")
@@ -159,13 +155,18 @@ def _container(value: Any, out: list[str], active: set[int], items: Mapping[Any,
                 out.append(",")
             out.append(_string(text))
             out.append(":")
-            try:
-                _write(item, out, active)
-            except _Unrepresentable as e:
-                e.path.append(f"[{encode_basestring_ascii(text)}]")
-                raise
+            _write_at(text, item, out, active)
         out.append("}")
     active.discard(ident)
+
+
+def _write_at(where: int | str, item: Any, out: list[str], active: set[int]) -> None:
+    """Write the item at index or key `where` of a container, adding that step to an error's path."""
+    try:
+        _write(item, out, active)
+    except _Unrepresentable as e:
+        e.path.append(f"[{where}]" if type(where) is int else f"[{encode_basestring_ascii(where)}]")
+        raise
 
 
 def _key(key: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +26,7 @@ from producers import (
     DeliveryError,
     InvalidRecordError,
     KafkaDatabaseHandler,
+    ProducerSettings,
     QueueFullError,
     SocietyProducer,
     ids,
@@ -137,33 +140,69 @@ def test_typed_producer_and_handler_send_converted_json(services, topic_prefix):
 
 # --- the handler under backpressure (issue 6, case 9) ------------------------------------------
 
+#: No broker listens here: records stay in the local queue.
+NOWHERE = "127.0.0.1:9"
+
+
+@contextlib.asynccontextmanager
+async def loop_ticks() -> AsyncIterator[list[int]]:
+    """Count 10 ms ticks of another task while the block runs: few ticks mean a frozen event loop."""
+    ticks = [0]
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            ticks[0] += 1
+
+    task = asyncio.create_task(tick())
+    await asyncio.sleep(0)  # the ticker is running
+    try:
+        yield ticks
+    finally:
+        task.cancel()
+
+
+def test_handler_waits_for_queue_space_without_blocking_the_event_loop():
+    p = SocietyProducer(ProducerSettings(bootstrap_servers=NOWHERE, queue_max_messages=10, max_block_seconds=0.3))
+    handler = KafkaDatabaseHandler(producer=p)
+    memory = {"content": "m", "importance": 0.5}
+
+    async def scenario() -> None:
+        run_id = await handler.start_simulation_run()
+        for i in range(9):
+            await handler.save_agent_memory("agent_0", memory, i)
+        async with loop_ticks() as ticks:
+            started = time.monotonic()
+            with pytest.raises(QueueFullError, match="queue full for 0.3s"):
+                await handler.save_agent_memory("agent_0", memory, 10)
+            waited = time.monotonic() - started
+        assert 0.3 <= waited < 2.0
+        assert ticks[0] >= 10  # the loop kept running while the call waited (it used to freeze for 0.3 s)
+        # Space again (the held records are given up): the same id as without the failed attempts.
+        assert p._producer.purge() is None and p.poll(0) is None
+        assert await handler.save_agent_memory("agent_0", memory, 10) == str(ids.memory_id(run_id, "agent_0", 10, 0))
+
+    asyncio.run(scenario())
+    assert p.stats().queue_full_waits == 1
+    p.abort()
+
 
 def test_handler_waits_for_kafka_to_drain_the_queue_and_keeps_order(services, topic_prefix):
     # Two records fill the local queue; Kafka takes them after linger_ms. Meanwhile three calls
     # wait with await (the loop keeps ticking), then go through in call order with their own ids.
     p = producer(services.bootstrap, topic_prefix, queue_max_messages=2, linger_ms=400, max_block_seconds=30)
     handler = KafkaDatabaseHandler(producer=p)
-    memory = {"content": "m"}
 
     async def scenario() -> tuple[str, list[str], float, int]:
         run_id = await handler.start_simulation_run()
-        await handler.save_agent_memory("agent_0", memory, 1)
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticking = asyncio.create_task(ticker())
-        started = time.monotonic()
-        waited = await asyncio.gather(*(
-            handler.save_agent_memory("agent_0", {"content": f"waited {i}"}, 1) for i in range(3)))
-        elapsed = time.monotonic() - started
-        ticking.cancel()
+        await handler.save_agent_memory("agent_0", {"content": "m"}, 1)
+        async with loop_ticks() as ticks:
+            started = time.monotonic()
+            waited = await asyncio.gather(*(
+                handler.save_agent_memory("agent_0", {"content": f"waited {i}"}, 1) for i in range(3)))
+            elapsed = time.monotonic() - started
         await handler.close()
-        return run_id, waited, elapsed, ticks
+        return run_id, waited, elapsed, ticks[0]
 
     run_id, waited, elapsed, ticks = asyncio.run(scenario())
     assert waited == [str(ids.memory_id(run_id, "agent_0", 1, n)) for n in (1, 2, 3)]
@@ -264,7 +303,7 @@ def test_a_producer_alive_at_interpreter_exit_delivers_and_warns(services, topic
 
 def test_close_is_idempotent(services, topic_prefix):
     # Nothing listens on port 9: the records stay queued and the first close reports them.
-    p = producer("127.0.0.1:9", topic_prefix)
+    p = producer(NOWHERE, topic_prefix)
     p.start_run()
     p.record_memory("agent_0", "never delivered", 1)
     with pytest.raises(DeliveryError, match="2 still queued") as info:
