@@ -490,7 +490,6 @@ class SocietyProducer:
             raise ProducerError("no run started: call start_run() first")
         return self._run
 
-
     def _count_queue_full_wait(self) -> None:
         with self._lock:
             self._stats.queue_full_waits += 1
