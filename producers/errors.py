@@ -17,7 +17,10 @@ class InvalidRecordError(SocietyIngestError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        shown = repr(value)
+        try:
+            shown = repr(value)
+        except Exception:  # e.g. RecursionError on a very deep value: the message must still be made
+            shown = f"<{type(value).__name__}>"
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{table}.{field}: {reason} (got {shown})")

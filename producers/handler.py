@@ -2,72 +2,77 @@
 
 Same constructor and async methods as the simulation's own handler, but each
 call only validates and enqueues a record (microseconds) instead of running a
-synchronous database transaction on the event loop. Data the simulation passes
+synchronous database transaction on the event loop. It never blocks the loop:
+when the local queue is full a call waits with ``await`` (other tasks keep
+running) for at most ``max_block_seconds``, then raises QueueFullError. Data the simulation passes
 loosely (enum members, epoch-second floats, numpy numbers, extra dict keys) is
-normalized here; the typed SocietyProducer underneath stays strict.
+normalized here; the typed SocietyProducer underneath stays strict. Text
+fields take str, or an int, float, UUID or enum member (converted to text);
+anything else (a list, bytes, an arbitrary object) is an InvalidRecordError
+naming the field, never its str(). The
+``details`` and ``config_snapshot`` values go through the same converter as
+the typed producer's (``producers._json``): it never changes a value silently.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import enum
-import json
-import math
 import os
+import re
 import uuid
-from typing import Any, Mapping
+from functools import partial
+from typing import Any, Callable, Mapping, TypeVar
 
 from producers import tables
-from producers.errors import InvalidRecordError
-from producers.producer import SocietyProducer
+from producers._json import json_text
+from producers.errors import InvalidRecordError, QueueFullError
+from producers.producer import SocietyProducer, without_waiting
 from producers.settings import ProducerSettings
+
+#: Pause between two attempts to enqueue into a full local queue. Only the first waiting call
+#: polls (the others wait their turn on a lock), so waiting costs ~100 cheap attempts a second.
+QUEUE_FULL_RETRY_SECONDS = 0.01
 
 #: Environment variable read when neither arguments nor config name a broker.
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+#: Environment variable read when neither arguments nor the kafka:// URL name a topic prefix
+#: (the same variable the workers and the CLI read).
+TOPIC_PREFIX_ENV = "SOCIETY_TOPIC_PREFIX"
 KAFKA_URL_SCHEME = "kafka://"
+
+T = TypeVar("T")
 
 
 def _plain(value: Any) -> Any:
     """Enum members become their value; numpy scalars become Python numbers."""
     if isinstance(value, enum.Enum):
         return value.value
-    # numpy scalars (and 0-d arrays) have ndim 0; larger arrays become lists in to_json_value.
+    # numpy scalars (and 0-d arrays) have ndim 0.
     if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
         return value.item()
     return value
 
 
-def _text(value: Any) -> str | None:
-    value = _plain(value)
-    return None if value is None else str(value) if not isinstance(value, str) else value
-
-
-def to_json_value(value: Any) -> Any:
-    """Turn simulation data (enums, tuples, sets, numpy, datetimes, dataclasses) into JSON values."""
-    value = _plain(value)
-    if value is None or isinstance(value, (str, bool, int)):
+def _text(value: Any, table: str, field: str) -> str | None:
+    """Text as is; enum members, numpy scalars, ints, floats and UUIDs as their text; nothing else."""
+    if value is None or type(value) is str:
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(_plain(k)): to_json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_json_value(v) for v in value]
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
+    value = _plain(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, (int, float, uuid.UUID)) and not isinstance(value, bool):
         return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_json_value(dataclasses.asdict(value))
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return to_json_value(dump())
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist):
-        return to_json_value(tolist())
-    return str(value)
+    if value is None:
+        return None
+    raise InvalidRecordError(table, field, value, "must be text (str; an int, float, UUID or enum member is converted)")
+
+
+def _mapping(value: Any, table: str, argument: str) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    raise InvalidRecordError(table, argument, value, "must be a mapping (a dict of the record's fields)")
 
 
 def _timestamp(value: Any, table: str = "record") -> dt.datetime | None:
@@ -87,13 +92,23 @@ def _timestamp(value: Any, table: str = "record") -> dt.datetime | None:
     raise InvalidRecordError(table, "real_timestamp", raw, "must be epoch seconds, ISO text or a datetime")
 
 
-def _tags(value: Any) -> list[str] | None:
+def _tags(value: Any, table: str) -> list[str] | None:
+    """One str or a list (tuple, numpy array) of texts; a set is refused: it has no order."""
+    if type(value) is list:
+        return [_text(t, table, f"tags.{i}") for i, t in enumerate(value)]  # None stays, and is invalid
     value = _plain(value)
     if value is None:
         return None
     if isinstance(value, str):
-        return [value]
-    return [t if t is None else str(_plain(t)) for t in value]  # None stays invalid
+        return [str.__str__(value)]
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 1:
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_text(t, table, f"tags.{i}") for i, t in enumerate(value)]
+    reason = "must be a list of texts (or one str)"
+    if isinstance(value, (set, frozenset)):
+        reason += ": a set has no order, pass a sorted list"
+    raise InvalidRecordError(table, "tags", value, reason)
 
 
 def _config_get(config: Any, *path: str) -> Any:
@@ -104,16 +119,25 @@ def _config_get(config: Any, *path: str) -> Any:
     return config
 
 
+def _kafka_url(db_url: Any, config: Any) -> tuple[str, str, str | None] | None:
+    """The first kafka:// URL (argument, then config) as (url, brokers, path prefix or None)."""
+    for url in (db_url, _config_get(config, "output", "database_url")):
+        if isinstance(url, str) and url.startswith(KAFKA_URL_SCHEME):
+            servers, _, path = url[len(KAFKA_URL_SCHEME) :].partition("/")
+            return url, servers, path.strip("/") or None
+    return None
+
+
 def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> str:
     """Pick the broker: explicit argument, a kafka:// URL (argument, then config), else the environment."""
     if explicit:
         return explicit
-    for url in (db_url, _config_get(config, "output", "database_url")):
-        if isinstance(url, str) and url.startswith(KAFKA_URL_SCHEME):
-            servers = url[len(KAFKA_URL_SCHEME) :].strip("/")
-            if not servers:
-                raise ValueError(f"{url!r} names no broker: expected 'kafka://host:port[,host:port]'")
-            return servers
+    found = _kafka_url(db_url, config)
+    if found is not None:
+        url, servers, _ = found
+        if not servers:
+            raise ValueError(f"{url!r} names no broker: expected 'kafka://host:port[,host:port][/prefix]'")
+        return servers
     # The simulation builds its handler without Kafka settings, so this
     # drop-in (unlike the rest of the library) falls back to the environment.
     from_env = os.environ.get(BOOTSTRAP_ENV)
@@ -125,12 +149,44 @@ def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> 
     )
 
 
+def resolve_topic_prefix(db_url: str | None, config: Any, explicit: str | None) -> str:
+    """Pick the topic prefix: explicit argument, the kafka:// URL's path, the environment, else "society".
+
+    The URL is the one that names the broker (``kafka://host:port/<prefix>``,
+    from `db_url`, then ``config.output.database_url``). Raises ValueError
+    for a prefix Kafka topic names cannot carry, naming where it came from.
+    """
+    found = _kafka_url(db_url, config)
+    candidates = (
+        (explicit, "topic_prefix="),
+        (found[2] if found else None, f"the path of {found[0]!r}" if found else ""),
+        (os.environ.get(TOPIC_PREFIX_ENV) or None, TOPIC_PREFIX_ENV),
+    )
+    for prefix, source in candidates:
+        if prefix is not None:
+            if not isinstance(prefix, str) or not re.match(tables.TOPIC_PREFIX_PATTERN, prefix):
+                raise ValueError(
+                    f"invalid topic prefix {prefix!r} from {source}: use letters, digits, '.', '_' or '-'"
+                )
+            return prefix
+    return tables.DEFAULT_TOPIC_PREFIX
+
+
 class KafkaDatabaseHandler:
     """Drop-in for the simulation's DatabaseHandler, writing through Kafka.
 
     Construct it like the original: ``KafkaDatabaseHandler(db_url, config, config_snapshot)``.
     Keyword arguments name Kafka settings explicitly (``bootstrap_servers``,
     ``topic_prefix`` and any ProducerSettings field), or pass a ready ``producer``.
+
+    Where the settings come from, first match wins (this drop-in is the one
+    part of the library that reads the environment, because the simulation
+    constructs it without Kafka settings):
+
+    - broker: ``bootstrap_servers=``, a ``kafka://host:port[/prefix]`` URL in
+      `db_url` or ``config.output.database_url``, ``KAFKA_BOOTSTRAP_SERVERS``;
+    - topic prefix: ``topic_prefix=``, that URL's path, ``SOCIETY_TOPIC_PREFIX``,
+      else ``"society"``.
     """
 
     def __init__(
@@ -141,12 +197,16 @@ class KafkaDatabaseHandler:
         *,
         producer: SocietyProducer | None = None,
         bootstrap_servers: str | None = None,
+        topic_prefix: str | None = None,
         flush_timeout: float = 60.0,
         **settings: Any,
     ) -> None:
         if producer is None:
             settings["bootstrap_servers"] = resolve_bootstrap(db_url, config, bootstrap_servers)
+            settings["topic_prefix"] = resolve_topic_prefix(db_url, config, topic_prefix)
             producer = SocietyProducer(ProducerSettings(**settings))
+        elif bootstrap_servers is not None or topic_prefix is not None or settings:
+            raise ValueError("pass either producer= or Kafka settings, not both: the producer has its own settings")
         self.producer = producer
         #: Truthy like the original handler's SQLAlchemy engine, which the simulation checks.
         self.engine = producer
@@ -154,12 +214,41 @@ class KafkaDatabaseHandler:
         self.config_snapshot = config_snapshot
         self.flush_timeout = flush_timeout
         self._current_run_id: str | None = None
+        # Held by the call waiting for queue space; later calls queue up behind it, in order.
+        self._waiting = asyncio.Lock()
+
+    async def _enqueue(self, call: Callable[[], T]) -> T:
+        """Run a producer call without ever blocking the event loop.
+
+        When the local queue is full the call is retried after ``await``-ed
+        pauses, for at most the producer's ``max_block_seconds``, then
+        QueueFullError. A failed attempt takes no sequence number, so the
+        record keeps the id it would have had without the wait.
+        """
+        if not self._waiting.locked():
+            try:
+                return without_waiting(call)
+            except QueueFullError:
+                pass
+        bound = self.producer.settings.max_block_seconds
+        self.producer._count_queue_full_wait()
+        try:
+            async with asyncio.timeout(bound), self._waiting:
+                while True:
+                    try:
+                        return without_waiting(call)
+                    except QueueFullError:
+                        await asyncio.sleep(QUEUE_FULL_RETRY_SECONDS)
+        except TimeoutError:
+            raise QueueFullError(
+                f"local queue full for {bound}s ({self.producer.stats().in_queue} records waiting for the broker)"
+            ) from None
 
     # The simulation's own handler exposes these two coroutines for runs.
     async def start_simulation_run(self, config_snapshot: Mapping[str, Any] | None = None) -> str:
         """Record the start of a run; return its id (text, like the original)."""
         snapshot = config_snapshot if config_snapshot is not None else self.config_snapshot
-        run_id = self.producer.start_run(to_json_value(snapshot) if snapshot is not None else None)
+        run_id = await self._enqueue(partial(self.producer.start_run, snapshot))
         self._current_run_id = str(run_id)
         return self._current_run_id
 
@@ -167,7 +256,8 @@ class KafkaDatabaseHandler:
         """Record the run's final status and wait (off the event loop) until everything is delivered."""
         if self._current_run_id is None:
             return
-        self.producer.end_run(status=_text(status) or "completed")
+        status = _text(status, tables.SIMULATION_RUNS, "status") or "completed"
+        await self._enqueue(partial(self.producer.end_run, status=status))
         await self.flush()
 
     async def flush(self) -> None:
@@ -182,51 +272,58 @@ class KafkaDatabaseHandler:
 
     async def save_agent_memory(self, agent_id: Any, memory_data: Mapping[str, Any], step: int) -> str:
         """Record one memory; ``memory_data`` carries content, importance, tags, related_agent_id, timestamp."""
-        memory_id = self.producer.record_memory(
-            _text(agent_id),
-            _text(memory_data.get("content")),
+        t = tables.AGENT_MEMORIES
+        d = _mapping(memory_data, t, "memory_data")
+        memory_id = await self._enqueue(partial(
+            self.producer.record_memory,
+            _text(agent_id, t, "agent_id_str"),
+            _text(d.get("content"), t, "content"),
             _plain(step),
-            importance=_plain(memory_data.get("importance")),
-            tags=_tags(memory_data.get("tags")),
-            related_agent_id=_text(memory_data.get("related_agent_id")),
-            timestamp=_timestamp(memory_data.get("timestamp"), tables.AGENT_MEMORIES),
-        )
+            importance=_plain(d.get("importance")),
+            tags=_tags(d.get("tags"), t),
+            related_agent_id=_text(d.get("related_agent_id"), t, "related_agent_id"),
+            timestamp=_timestamp(d.get("timestamp"), t),
+        ))
         return str(memory_id)
 
     async def save_market_transaction(self, transaction_data: Mapping[str, Any], step: int) -> None:
         """Record one trade from the market's transaction dict."""
-        d = transaction_data
-        self.producer.record_market_transaction(
-            _text(d.get("transaction_id")),
+        t = tables.MARKET_TRANSACTIONS
+        d = _mapping(transaction_data, t, "transaction_data")
+        await self._enqueue(partial(
+            self.producer.record_market_transaction,
+            _text(d.get("transaction_id"), t, "transaction_sim_id"),
             _plain(step),
-            market_id=_text(d.get("market_id")),
-            resource_type=_text(d.get("resource_type")),
-            buyer_id=_text(d.get("buyer_id")),
-            seller_id=_text(d.get("seller_id")),
+            market_id=_text(d.get("market_id"), t, "market_id"),
+            resource_type=_text(d.get("resource_type"), t, "resource_type"),
+            buyer_id=_text(d.get("buyer_id"), t, "buyer_agent_id"),
+            seller_id=_text(d.get("seller_id"), t, "seller_agent_id"),
             quantity=_plain(d.get("quantity")),
             price_per_unit=_plain(d.get("price_per_unit")),
             total_cost=_plain(d.get("total_cost")),
-            buy_order_id=_text(d.get("buy_order_id")),
-            sell_order_id=_text(d.get("sell_order_id")),
-            timestamp=_timestamp(d.get("timestamp"), tables.MARKET_TRANSACTIONS),
-        )
+            buy_order_id=_text(d.get("buy_order_id"), t, "buy_order_id"),
+            sell_order_id=_text(d.get("sell_order_id"), t, "sell_order_id"),
+            timestamp=_timestamp(d.get("timestamp"), t),
+        ))
 
     async def save_banking_transaction(self, transaction_data: Mapping[str, Any], step: int, agent_id: Any) -> None:
         """Record one banking transaction of `agent_id`."""
-        d = transaction_data
-        self.producer.record_bank_transaction(
-            _text(d.get("transaction_id")),
+        t = tables.BANKING_TRANSACTIONS
+        d = _mapping(transaction_data, t, "transaction_data")
+        await self._enqueue(partial(
+            self.producer.record_bank_transaction,
+            _text(d.get("transaction_id"), t, "transaction_sim_id"),
             _plain(step),
-            account_id=_text(d.get("account_id")),
-            agent_id=_text(agent_id),
-            transaction_type=_text(d.get("transaction_type")),
+            account_id=_text(d.get("account_id"), t, "account_id"),
+            agent_id=_text(agent_id, t, "agent_id_str"),
+            transaction_type=_text(d.get("transaction_type"), t, "transaction_type"),
             amount=_plain(d.get("amount")),
             balance_after=_plain(d.get("balance_after")),
-            description=_text(d.get("description")),
-            counterparty_id=_text(d.get("counterparty_id")),
-            reference_id=_text(d.get("reference_id")),
-            timestamp=_timestamp(d.get("timestamp"), tables.BANKING_TRANSACTIONS),
-        )
+            description=_text(d.get("description"), t, "description"),
+            counterparty_id=_text(d.get("counterparty_id"), t, "counterparty_id"),
+            reference_id=_text(d.get("reference_id"), t, "reference_id"),
+            timestamp=_timestamp(d.get("timestamp"), t),
+        ))
 
     async def save_simulation_event(
         self,
@@ -237,13 +334,21 @@ class KafkaDatabaseHandler:
         details: Any = None,
         description: Any = None,
     ) -> str:
-        """Record one event; non-JSON details (enums, tuples, numpy, datetimes) are converted."""
-        uid = self.producer.record_event(
-            _text(event_type),
+        """Record one event.
+
+        `details` may be any JSON-representable value (a str is a JSON string,
+        not JSON text); enums, tuples, numpy, datetimes, dataclasses... are
+        converted as listed in ``producers._json``, anything else raises
+        InvalidRecordError naming the path inside `details`.
+        """
+        t = tables.SIMULATION_EVENTS
+        uid = await self._enqueue(partial(
+            self.producer.record_event,
+            _text(event_type, t, "event_type"),
             _plain(step),
-            agent_id_primary=_text(agent_id_primary),
-            agent_id_secondary=_text(agent_id_secondary),
-            details=None if details is None else json.dumps(to_json_value(details), separators=(",", ":")),
-            description=_text(description),
-        )
+            agent_id_primary=_text(agent_id_primary, t, "agent_id_primary"),
+            agent_id_secondary=_text(agent_id_secondary, t, "agent_id_secondary"),
+            details=None if details is None else json_text(details, t, "details"),
+            description=_text(description, t, "description"),
+        ))
         return str(uid)

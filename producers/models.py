@@ -74,17 +74,29 @@ def _reject_constant(name: str) -> Any:
 
 def _json_text(value: str) -> str:
     # Stricter than json.loads: only what PostgreSQL's jsonb accepts.
+    # Text with a raw lone surrogate never gets here (StrictStr refuses it), so one can only come
+    # from a \u escape: the re-encoding that finds it runs only when the text has escapes.
+    escaped = "\\u" in value
     try:
         parsed = json.loads(value, parse_constant=_reject_constant)
-        json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
+        if escaped:
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # lone surrogates fail here
     except RecursionError as e:
         raise ValueError("is nested too deeply") from e
     except UnicodeEncodeError as e:
         raise ValueError("contains a lone surrogate escape, which jsonb cannot store") from e
     except ValueError as e:
         raise ValueError(f"is not valid JSON text: {e}") from e
-    if _JSON_NUL_ESCAPE.search(value):
+    if escaped and _JSON_NUL_ESCAPE.search(value):
         raise ValueError("contains a \\u0000 escape, which PostgreSQL jsonb cannot store")
+    return value
+
+
+def _ordered(value: Any) -> Any:
+    # pydantic would list a set in hash order, which differs between processes:
+    # a re-run would then send different tags for the same id (a conflict).
+    if isinstance(value, (set, frozenset)):
+        raise ValueError("a set has no order: pass a sorted list")
     return value
 
 
@@ -103,6 +115,7 @@ Step = Annotated[StrictInt, Field(ge=0, le=INT4_MAX)]
 Real = Annotated[float, BeforeValidator(_number), AfterValidator(_real)]
 Importance = Annotated[float, BeforeValidator(_number), Field(ge=0, le=1)]
 UtcTime = Annotated[AwareDatetime, AfterValidator(_utc)]
+Tags = Annotated[list[Str255], BeforeValidator(_ordered)]
 
 
 class _Record(BaseModel):
@@ -142,7 +155,7 @@ class AgentMemory(_Record):
     real_timestamp: UtcTime | None = None
     content: Text
     importance: Importance | None = None
-    tags: list[Str255] | None = None
+    tags: Tags | None = None
     related_agent_id: Str255 | None = None
 
 

@@ -8,28 +8,53 @@ failures are counted and reported by ``flush()``/``close()``, never dropped.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from producers import ids, tables
+from producers import _sequences, ids, tables
+from producers._json import json_text
 from producers.codec import AvroCodec
-from producers.errors import DeliveryError, ProducerError, QueueFullError
+from producers.errors import DeliveryError, InvalidRecordError, ProducerError, QueueFullError
 from producers.models import validate_record
 from producers.settings import ProducerSettings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+#: Set around a call by ``without_waiting``: a full local queue then raises QueueFullError at
+#: once instead of blocking the thread (the asyncio handler waits with ``await`` instead).
+_NO_WAIT: ContextVar[bool] = ContextVar("society_ingest_no_wait", default=False)
+
+
+def without_waiting(call: Callable[[], T]) -> T:
+    """Run `call` (a SocietyProducer call) so that a full local queue raises QueueFullError at once."""
+    token = _NO_WAIT.set(True)
+    try:
+        return call()
+    finally:
+        _NO_WAIT.reset(token)
+
 #: How many delivery failures are kept for the report (all are counted).
 MAX_KEPT_FAILURES = 1000
+#: How long a producer dropped without close() (or alive at interpreter exit) tries to deliver
+#: what it still holds: long enough for a reachable broker, short enough not to hang an exit.
+ABANDONED_FLUSH_SECONDS = 5.0
+#: librdkafka's largest per-record overhead (RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD: length, attributes,
+#: timestamp and offset deltas, key and value lengths, header count), counted in message.max.bytes.
+RECORD_FRAMING_BYTES = 36
+#: Stands in for a memory or event id until the record validated and its number is taken.
+_UNNUMBERED = ids.NAMESPACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +83,75 @@ class ProducerStats:
         return sum(self.sent.values())
 
 
+class _Deliveries:
+    """Delivery counters and failures, shared by a producer, librdkafka's callbacks and its finalizer."""
+
+    __slots__ = ("lock", "stats", "failures", "reported")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.stats = ProducerStats()
+        self.failures: deque[DeliveryFailure] = deque(maxlen=MAX_KEPT_FAILURES)
+        self.reported = 0  # failures already raised in a DeliveryError
+
+    def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        """librdkafka's delivery report (served by poll/flush)."""
+        with self.lock:
+            if err is None:
+                self.stats.delivered += 1
+                return
+            self.stats.failed += 1
+            key = msg.key()
+            self.failures.append(DeliveryFailure(msg.topic(), key.decode("utf-8", "replace") if key else None, err.str()))
+
+    def take_unreported(self) -> tuple[int, list[DeliveryFailure]]:
+        """How many failures were not reported yet, and those of them still kept; they count as reported now."""
+        with self.lock:
+            new = self.stats.failed - self.reported
+            self.reported = self.stats.failed
+            return new, list(self.failures)[-new:] if new else []
+
+
+def _flush_abandoned(producer: Producer, deliveries: _Deliveries) -> None:
+    """Finalizer of a SocietyProducer dropped (or left at exit) without close(): deliver, then say so."""
+    stats = deliveries.stats
+    with deliveries.lock:
+        held = stats.total_sent - stats.delivered - stats.failed
+        delivered_before = stats.delivered
+    if held:
+        producer.flush(ABANDONED_FLUSH_SECONDS)
+    unreported, _ = deliveries.take_unreported()
+    if held or unreported:
+        delivered = stats.delivered - delivered_before
+        log.warning(
+            "SocietyProducer dropped without close(): flushed %d undelivered record(s) for up to %ss; "
+            "%d delivered, %d undelivered (failed or still queued); %d delivery failure(s) never reported",
+            held,
+            ABANDONED_FLUSH_SECONDS,
+            delivered,
+            held - delivered,
+            unreported,
+        )
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _json_text(value: Any) -> str | None:
+def _text_bytes(value: Any) -> int:
+    """UTF-8 size of a text field or a list of texts (0 for other fields): to name the biggest."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, list):
+        return sum(_text_bytes(v) for v in value)
+    return 0
+
+
+def _json_field(value: Any, table: str, field: str) -> str | None:
+    """A jsonb field: text is taken as JSON text, other values are converted (see ``producers._json``)."""
     if value is None or isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return json_text(value, table, field)
 
 
 class SocietyProducer:
@@ -73,23 +159,31 @@ class SocietyProducer:
 
     Use as a context manager, or call ``close()``; thread-safe. Ids that the
     simulation does not give (memories, events) are derived deterministically
-    from run, agent, step and a per-step sequence number.
+    from run, agent (an event's primary agent, or none), step and a sequence
+    number counted per (agent, step) in the order records are enqueued, in
+    any order of steps (late asyncio tasks may record for an earlier step).
+    Counters live for the ``sequence_steps`` most recently used steps; see
+    ``restart_step`` for re-running a step.
     """
 
     def __init__(self, settings: ProducerSettings, codec: AvroCodec | None = None) -> None:
         self.settings = settings
         self._codec = codec or AvroCodec()
-        self._producer = Producer(settings.librdkafka())
+        # Delivery reports go to a separate object, not to self: librdkafka's queued records
+        # then hold no reference to this producer, so a producer dropped without close() is
+        # collected and its finalizer can deliver what it still holds.
+        self._deliveries = deliveries = _Deliveries()
+        self._producer = Producer({**settings.librdkafka(), "on_delivery": deliveries.on_delivery})
         self._topics = {t: tables.topic_for(settings.topic_prefix, t) for t in tables.TABLES}
-        self._lock = threading.Lock()
-        self._stats = ProducerStats()
-        self._failures: deque[DeliveryFailure] = deque(maxlen=MAX_KEPT_FAILURES)
-        self._failures_reported = 0
+        self._lock = deliveries.lock
+        self._stats = deliveries.stats
+        self._failures = deliveries.failures
         self._run: dict[str, Any] | None = None
         self._run_key = ""  # str(run_id), formatted once: keys and ids use it per record
-        self._memory_seq: dict[str, tuple[int, int]] = {}
-        self._event_seq: dict[str, tuple[int, int]] = {}
+        self._sequences = _sequences.StepSequences(settings.sequence_steps)
+        self._max_payload = settings.max_message_bytes - RECORD_FRAMING_BYTES  # value + key
         self._closed = False
+        self._finalizer = weakref.finalize(self, _flush_abandoned, self._producer, deliveries)
 
     # -- runs ---------------------------------------------------------------
     @property
@@ -99,17 +193,22 @@ class SocietyProducer:
 
     def start_run(
         self,
-        config_snapshot: Mapping[str, Any] | str | None = None,
+        config_snapshot: Any = None,
         *,
         run_id: uuid.UUID | None = None,
         notes: str | None = None,
         start_time: datetime | None = None,
     ) -> uuid.UUID:
-        """Start a run (status ``running``) and return its id."""
+        """Start a run (status ``running``) and return its id.
+
+        `config_snapshot` is JSON text (a str) or a JSON-representable value,
+        converted as listed in ``producers._json`` (enums, numpy, datetimes,
+        dataclasses...); anything else raises InvalidRecordError naming the path.
+        """
         now = _now()
         run = {
             "run_id": run_id or uuid.uuid4(),
-            "config_snapshot": _json_text(config_snapshot),
+            "config_snapshot": _json_field(config_snapshot, tables.SIMULATION_RUNS, "config_snapshot"),
             "start_time": start_time or now,
             "end_time": None,
             "status": "running",
@@ -119,8 +218,7 @@ class SocietyProducer:
         fields = self._send(tables.SIMULATION_RUNS, run, str(run["run_id"]))
         self._run = fields
         self._run_key = str(fields["run_id"])
-        self._memory_seq.clear()
-        self._event_seq.clear()
+        self._sequences.clear()
         return fields["run_id"]
 
     def end_run(self, status: str = "completed", *, end_time: datetime | None = None, notes: str | None = None) -> None:
@@ -131,6 +229,24 @@ class SocietyProducer:
         if notes is not None:
             run["notes"] = notes
         self._run = self._send(tables.SIMULATION_RUNS, run, str(run["run_id"]))
+
+    def restart_step(self, step: int) -> None:
+        """Forget `step`'s id counters, to re-run the step in this process with the same ids.
+
+        Memory and event ids are UUIDv5 of run, agent, step and the number of
+        records that agent already recorded at that step, counted only for
+        records enqueued (a call that raised takes no number). A re-run of a
+        step with the same calls in the same order therefore yields the same
+        ids, whether it happens in a fresh producer given the same ``run_id``
+        or here after ``restart_step(step)``; the workers then count the
+        re-sent records as duplicates. Counters are kept for the
+        ``sequence_steps`` most recently used steps (ProducerSettings); going
+        back to an older step without ``restart_step`` logs a warning and
+        restarts its numbering at 0 too.
+        """
+        if type(step) is not int:
+            raise InvalidRecordError("restart_step", "step", step, "must be an int")
+        self._sequences.restart(step)
 
     # -- records ------------------------------------------------------------
     def record_agent(
@@ -167,10 +283,8 @@ class SocietyProducer:
     ) -> uuid.UUID:
         """Record one memory of `agent_id`; return its id."""
         run_id = self._require_run()["run_id"]
-        if memory_id is None:
-            memory_id = ids.memory_id(self._run_key, agent_id, step, self._next_seq(self._memory_seq, agent_id, step))
         record = {
-            "memory_id": memory_id,
+            "memory_id": _UNNUMBERED if memory_id is None else memory_id,
             "agent_id_str": agent_id,
             "simulation_run_id": run_id,
             "step_timestamp": step,
@@ -180,8 +294,11 @@ class SocietyProducer:
             "tags": tags,
             "related_agent_id": related_agent_id,
         }
-        self._send(tables.AGENT_MEMORIES, record, f"{self._run_key}/{agent_id}")
-        return memory_id
+        key = f"{self._run_key}/{agent_id}"
+        if memory_id is not None:
+            self._send(tables.AGENT_MEMORIES, record, key)
+            return memory_id
+        return self._send_numbered(tables.AGENT_MEMORIES, record, key, _sequences.MEMORIES)
 
     def record_market_transaction(
         self,
@@ -258,33 +375,42 @@ class SocietyProducer:
         *,
         agent_id_primary: str | None = None,
         agent_id_secondary: str | None = None,
-        details: Mapping[str, Any] | str | None = None,
+        details: Any = None,
         description: str | None = None,
         timestamp: datetime | None = None,
         event_uid: uuid.UUID | None = None,
     ) -> uuid.UUID:
-        """Record one simulation event; return its idempotency id."""
+        """Record one simulation event; return its idempotency id.
+
+        `details` is JSON text (a str) or a JSON-representable value, converted
+        like ``start_run``'s `config_snapshot`.
+        """
         run_id = self._require_run()["run_id"]
-        subject = agent_id_primary or ""
-        if event_uid is None:
-            event_uid = ids.event_uid(self._run_key, step, subject, self._next_seq(self._event_seq, subject, step))
         record = {
-            "event_uid": event_uid,
+            "event_uid": _UNNUMBERED if event_uid is None else event_uid,
             "simulation_run_id": run_id,
             "step_timestamp": step,
             "real_timestamp": timestamp or _now(),
             "event_type": event_type,
             "agent_id_primary": agent_id_primary,
             "agent_id_secondary": agent_id_secondary,
-            "details": _json_text(details),
+            "details": _json_field(details, tables.SIMULATION_EVENTS, "details"),
             "description": description,
         }
         key = f"{self._run_key}/{agent_id_primary}" if agent_id_primary else self._run_key
-        self._send(tables.SIMULATION_EVENTS, record, key)
-        return event_uid
+        if event_uid is not None:
+            self._send(tables.SIMULATION_EVENTS, record, key)
+            return event_uid
+        return self._send_numbered(tables.SIMULATION_EVENTS, record, key, _sequences.EVENTS)
 
     def send(self, table: str, record: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
         """Validate and send a complete record of `table` (used by backfills and tests)."""
+        if not isinstance(table, str) or table not in self._topics:
+            raise InvalidRecordError("send", "table", table, f"unknown table; expected one of {', '.join(tables.TABLES)}")
+        if not isinstance(record, Mapping):
+            raise InvalidRecordError(table, "record", record, "must be a mapping of field names to values")
+        if key is not None and not isinstance(key, str):
+            raise InvalidRecordError(table, "key", key, "must be a str or None")
         return self._send(table, dict(record), key)
 
     # -- delivery -----------------------------------------------------------
@@ -300,10 +426,7 @@ class SocietyProducer:
         """
         pending = self._producer.flush(timeout)
         stats = self.stats()
-        with self._lock:
-            new_failures = stats.failed - self._failures_reported
-            self._failures_reported = stats.failed
-            kept = list(self._failures)[-new_failures:] if new_failures else []
+        new_failures, kept = self._deliveries.take_unreported()
         if pending or new_failures:
             raise DeliveryError(
                 f"{new_failures} record(s) failed delivery and {pending} still queued after {timeout}s"
@@ -314,13 +437,23 @@ class SocietyProducer:
         return stats
 
     def close(self, timeout: float = 30.0) -> ProducerStats:
-        """Flush and stop accepting records (raises DeliveryError like ``flush``)."""
+        """Flush and stop accepting records (raises DeliveryError like ``flush``).
+
+        Idempotent: a second call returns the stats at once and does not raise
+        again for what the first one reported. A producer dropped without
+        ``close()`` (or left at interpreter exit) still flushes for up to
+        ABANDONED_FLUSH_SECONDS and logs a warning with what it delivered.
+        """
+        if self._closed:
+            return self.stats()
         self._closed = True
+        self._finalizer.detach()
         return self.flush(timeout)
 
     def abort(self) -> int:
         """Close without waiting: drop what is still queued and return how many records that was."""
         self._closed = True
+        self._finalizer.detach()
         dropped = len(self._producer)
         self._producer.purge()
         self._producer.flush(0)
@@ -357,47 +490,80 @@ class SocietyProducer:
             raise ProducerError("no run started: call start_run() first")
         return self._run
 
-    def _next_seq(self, counters: dict[str, tuple[int, int]], subject: str, step: int) -> int:
-        # Locked: two threads recording for one agent and step must not share an id.
+    def _count_queue_full_wait(self) -> None:
         with self._lock:
-            last_step, seq = counters.get(subject, (step, -1))
-            seq = seq + 1 if last_step == step else 0
-            counters[subject] = (step, seq)
-            return seq
-
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        with self._lock:
-            if err is None:
-                self._stats.delivered += 1
-                return
-            self._stats.failed += 1
-            key = msg.key()
-            self._failures.append(
-                DeliveryFailure(msg.topic(), key.decode("utf-8", "replace") if key else None, err.str())
-            )
+            self._stats.queue_full_waits += 1
 
     def _send(self, table: str, record: dict[str, Any], key: str | None) -> dict[str, Any]:
         if self._closed:
             raise ProducerError("producer is closed")
         fields = validate_record(table, record)
+        self._enqueue(table, fields, key)
+        return fields
+
+    def _send_numbered(self, table: str, record: dict[str, Any], key: str, kind: int) -> uuid.UUID:
+        """Send a memory or event whose id is derived from the next number of its (subject, step).
+
+        The number is taken only after the record validated, and given back
+        when encoding or enqueueing fails, so a failed call leaves no gap.
+        """
+        if self._closed:
+            raise ProducerError("producer is closed")
+        fields = validate_record(table, record)
+        step = fields["step_timestamp"]
+        if kind == _sequences.MEMORIES:
+            subject = fields["agent_id_str"]
+            numbers, seq = self._sequences.take(kind, subject, step)
+            uid = fields["memory_id"] = ids.memory_id(self._run_key, subject, step, seq)
+        else:
+            subject = fields["agent_id_primary"] or ""
+            numbers, seq = self._sequences.take(kind, subject, step)
+            uid = fields["event_uid"] = ids.event_uid(self._run_key, step, subject, seq)
+        try:
+            self._enqueue(table, fields, key)
+        except BaseException:
+            self._sequences.give_back(numbers, subject, seq)
+            raise
+        return uid
+
+    def _enqueue(self, table: str, fields: dict[str, Any], key: str | None) -> None:
         value = self._codec.encode(table, fields)
+        # A key is at most 4 UTF-8 bytes a character: measure exactly only near the limit.
+        if len(value) + (len(key) << 2 if key else 0) > self._max_payload:
+            self._check_size(table, fields, key, value)
         self._produce(self._topics[table], key, value)
         with self._lock:
             self._stats.sent[table] += 1
-        return fields
+
+    def _check_size(self, table: str, fields: dict[str, Any], key: str | None, value: bytes) -> None:
+        """Raise InvalidRecordError when the record would exceed librdkafka's message.max.bytes."""
+        size = len(value) + (len(key.encode("utf-8")) if key else 0) + RECORD_FRAMING_BYTES
+        limit = self.settings.max_message_bytes
+        if size <= limit:
+            return
+        biggest, biggest_size = max(((name, _text_bytes(v)) for name, v in fields.items()), key=lambda f: f[1])
+        raise InvalidRecordError(
+            table,
+            "<record>",
+            fields[biggest],
+            f"encoded record is {size:,} bytes, over the {limit:,}-byte message limit (max_message_bytes); "
+            f"largest field: {biggest} ({biggest_size:,} bytes)",
+        )
 
     def _produce(self, topic: str, key: str | None, value: bytes) -> None:
         deadline = None
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key)
                 break
             except BufferError:
+                if _NO_WAIT.get():
+                    self._producer.poll(0)  # serve delivery reports: that is what frees the queue
+                    raise QueueFullError(f"local queue full ({len(self._producer)} records waiting for the broker)") from None
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.settings.max_block_seconds
-                    with self._lock:
-                        self._stats.queue_full_waits += 1
+                    self._count_queue_full_wait()
                 elif now >= deadline:
                     raise QueueFullError(
                         f"local queue full for {self.settings.max_block_seconds}s "

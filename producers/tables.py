@@ -23,6 +23,8 @@ TABLES: Final[tuple[str, ...]] = (
 
 DLQ_SUFFIX: Final = "dlq"
 DEFAULT_TOPIC_PREFIX: Final = "society"
+#: What a topic prefix may contain (Kafka topic names allow these characters only).
+TOPIC_PREFIX_PATTERN: Final = r"^[A-Za-z0-9._-]+$"
 
 
 def topic_for(prefix: str, table: str) -> str:
