@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn
 from consumers._deps import require
 from consumers.cli._redact import ScrubFilter, secrets
 from consumers.kafka_clients import LIBRDKAFKA_LOGGER
+from producers.handler import TOPIC_PREFIX_ENV
 
 typer = require("typer", "cli")
 rich_console = require("rich.console", "cli")
@@ -28,7 +29,7 @@ DatabaseUrl = Annotated[
     typer.Option("--database-url", "-d", envvar="DATABASE_URL", help="PostgreSQL connection URL.", show_default=False),
 ]
 Prefix = Annotated[
-    str, typer.Option("--topic-prefix", envvar="SOCIETY_TOPIC_PREFIX", help="Topic prefix: topics are <prefix>.<table>.")
+    str, typer.Option("--topic-prefix", envvar=TOPIC_PREFIX_ENV, help="Topic prefix: topics are <prefix>.<table>.")
 ]
 Group = Annotated[str, typer.Option("--group", "-g", envvar="SOCIETY_CONSUMER_GROUP", help="Consumer group.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]

