@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from consumers.dlq import DLQ_MAX_MESSAGE_BYTES
 from consumers.kafka_clients import with_logging
-from producers.settings import KafkaSecurity
+from producers.settings import KafkaSecurity, ProducerSettings
 from producers.tables import DEFAULT_TOPIC_PREFIX, TABLES
 
 DEFAULT_GROUP = "society-ingest"
@@ -76,15 +76,13 @@ class WorkerSettings(BaseModel):
         return with_logging(conf)
 
     def producer_config(self) -> dict[str, Any]:
-        """librdkafka settings of the dead-letter producer."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "client.id": f"society-ingest-dlq-{self.worker_id}",
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "message.timeout.ms": 60_000,
-            "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
-        }
-        conf.update(self.security.librdkafka())
-        return with_logging(conf)
+        """librdkafka settings of the dead-letter producer: the embedded producer's, tuned for small batches."""
+        settings = ProducerSettings(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=f"society-ingest-dlq-{self.worker_id}",
+            linger_ms=5,
+            message_timeout_ms=60_000,
+            max_message_bytes=DLQ_MAX_MESSAGE_BYTES,
+            security=self.security,
+        )
+        return with_logging(settings.librdkafka())

@@ -29,6 +29,7 @@ from typing import Any
 from consumers._deps import psycopg
 from psycopg import pq
 from psycopg.adapt import Dumper
+from psycopg.types.json import set_json_dumps
 from consumers.batch import Batch, DeadLetter, Source, TableRows, TopicPartition
 from consumers.errors import FencedError, TransientError
 from consumers.pg_errors import DATA_ERRORS, translate
@@ -49,15 +50,6 @@ PublishDead = Callable[[list[DeadLetter]], None]
 #: After a chunk hit an existing key, load this many chunks of that table through
 #: staging + ON CONFLICT before trying plain COPY again (a replay rarely ends at once).
 FAST_PATH_BACKOFF_CHUNKS = 20
-
-
-class _JsonTextBinaryDumper(Dumper):
-    """Binary jsonb from JSON text we already validated: version byte 1, then the text."""
-
-    format = pq.Format.BINARY
-
-    def dump(self, obj: str) -> bytes:
-        return b"\x01" + obj.encode("utf-8")
 
 
 @dataclass(slots=True)
@@ -173,8 +165,8 @@ _EMPTY_ARRAY = struct.Struct("!iiI")
 _ARRAY_HEADER = struct.Struct("!iiIii")
 
 
-class _JsonText(str):
-    """Marker type: registering a dumper needs a class; rows carry plain str."""
+def _as_json_text(obj: str) -> str:
+    return obj
 
 
 class _TextList(list):  # type: ignore[type-arg]
@@ -215,9 +207,8 @@ class PostgresSink:
         self.close()
         try:
             conn = psycopg.connect(self._url, autocommit=True, **CONNECT_OPTIONS)
-            jsonb_oid = conn.adapters.types["jsonb"].oid
-            dumper = type("JsonTextDumper", (_JsonTextBinaryDumper,), {"oid": jsonb_oid})
-            conn.adapters.register_dumper(_JsonText, dumper)
+            # jsonb values are JSON text the models already validated: dump them as they are.
+            set_json_dumps(_as_json_text, context=conn)
             text_array_oid = conn.adapters.types["text"].array_oid
             conn.adapters.register_dumper(
                 _TextList, type("TextArrayDumper", (_TextArrayBinaryDumper,), {"oid": text_array_oid})
@@ -320,8 +311,8 @@ class PostgresSink:
             runs = {r[idx] for r in rows} - self._known_runs
             if runs:
                 cur.execute(_STUB_RUNS, (sorted(runs),))
-        if spec.name == tables.AGENT_MEMORIES:
-            ai = spec.column_names.index("agent_id_str")
+        if spec.agent_column is not None:
+            ai = spec.column_names.index(spec.agent_column)
             ri = spec.column_names.index("simulation_run_id")
             agents = {(r[ri], r[ai]) for r in rows} - self._known_agents
             if agents:

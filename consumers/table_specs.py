@@ -1,4 +1,8 @@
-"""How each table is loaded: columns, COPY types, idempotency key and conflict policy."""
+"""How each table is loaded: columns, COPY types, idempotency key and conflict policy.
+
+Derived at import from the table's current Avro schema (``producers.columns``)
+and its declaration (``producers.tables.DECLARATIONS``); nothing here lists a field.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from producers import tables
+from producers.columns import COPY_TYPE, COLUMNS, ColumnDef
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,8 @@ class TableSpec:
     #: fact with new values here, so they do not count when telling a duplicate from a
     #: conflict. Every other column identifies the fact.
     bookkeeping: tuple[str, ...] = ()
+    #: Column naming an agent of the row's run (stub agents are created for it).
+    agent_column: str | None = None
     column_names: tuple[str, ...] = field(init=False)
     #: Columns that must match for a re-sent record to be a duplicate rather than a conflict.
     identity: tuple[str, ...] = field(init=False)
@@ -78,8 +85,21 @@ class TableSpec:
         object.__setattr__(self, "_numeric", numeric)
 
 
-def _c(name: str, copy_type: str, table_type: str | None = None) -> Column:
-    return Column(name, copy_type, table_type or copy_type)
+def _column(c: ColumnDef) -> Column:
+    table_type = COPY_TYPE[c.base_sql]
+    # JSONB travels as validated JSON text; a direct COPY writes it with the jsonb type.
+    return Column(c.name, table_type, "jsonb" if c.sql == "jsonb" else table_type)
+
+
+def _spec(decl: tables.Table) -> TableSpec:
+    return TableSpec(
+        decl.name,
+        tuple(_column(c) for c in COLUMNS[decl.name]),
+        key=decl.key,
+        upsert=decl.upsert,
+        bookkeeping=decl.event_time,
+        agent_column=decl.agent_column,
+    )
 
 
 UUID, TEXT, INT, TS, REAL = "uuid", "text", "int4", "timestamptz", "float4"
@@ -87,114 +107,10 @@ INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
 #: Largest finite float4 (PostgreSQL REAL).
 REAL_MAX: Final = 3.4028234663852886e38
 
-SPECS: Final[dict[str, TableSpec]] = {
-    tables.SIMULATION_RUNS: TableSpec(
-        tables.SIMULATION_RUNS,
-        (
-            _c("run_id", UUID),
-            _c("config_snapshot", TEXT, "jsonb"),
-            _c("start_time", TS),
-            _c("end_time", TS),
-            _c("status", TEXT),
-            _c("notes", TEXT),
-            _c("updated_at", TS),
-        ),
-        key=("run_id",),
-        upsert=True,
-        bookkeeping=("updated_at",),
-    ),
-    tables.AGENTS: TableSpec(
-        tables.AGENTS,
-        (
-            _c("creation_run_id", UUID),
-            _c("agent_id_str", TEXT),
-            _c("persona", TEXT),
-            _c("initial_agent_type", TEXT),
-            _c("creation_step", INT),
-            _c("updated_at", TS),
-        ),
-        key=("creation_run_id", "agent_id_str"),
-        upsert=True,
-        bookkeeping=("updated_at",),
-    ),
-    tables.AGENT_MEMORIES: TableSpec(
-        tables.AGENT_MEMORIES,
-        (
-            _c("memory_id", UUID),
-            _c("agent_id_str", TEXT),
-            _c("simulation_run_id", UUID),
-            _c("step_timestamp", INT),
-            _c("real_timestamp", TS),
-            _c("content", TEXT),
-            _c("importance", REAL),
-            _c("tags", "text[]"),
-            _c("related_agent_id", TEXT),
-        ),
-        key=("memory_id",),
-        bookkeeping=("real_timestamp",),
-    ),
-    tables.MARKET_TRANSACTIONS: TableSpec(
-        tables.MARKET_TRANSACTIONS,
-        (
-            _c("transaction_sim_id", TEXT),
-            _c("simulation_run_id", UUID),
-            _c("step_timestamp", INT),
-            _c("real_timestamp", TS),
-            _c("market_id", TEXT),
-            _c("resource_type", TEXT),
-            _c("buyer_agent_id", TEXT),
-            _c("seller_agent_id", TEXT),
-            _c("quantity", REAL),
-            _c("price_per_unit", REAL),
-            _c("total_cost", REAL),
-            _c("buy_order_id", TEXT),
-            _c("sell_order_id", TEXT),
-        ),
-        key=("simulation_run_id", "transaction_sim_id"),
-        bookkeeping=("real_timestamp",),
-    ),
-    tables.BANKING_TRANSACTIONS: TableSpec(
-        tables.BANKING_TRANSACTIONS,
-        (
-            _c("transaction_sim_id", TEXT),
-            _c("simulation_run_id", UUID),
-            _c("step_timestamp", INT),
-            _c("real_timestamp", TS),
-            _c("account_id", TEXT),
-            _c("agent_id_str", TEXT),
-            _c("transaction_type", TEXT),
-            _c("amount", REAL),
-            _c("balance_after", REAL),
-            _c("description", TEXT),
-            _c("counterparty_id", TEXT),
-            _c("reference_id", TEXT),
-        ),
-        key=("simulation_run_id", "transaction_sim_id"),
-        bookkeeping=("real_timestamp",),
-    ),
-    tables.SIMULATION_EVENTS: TableSpec(
-        tables.SIMULATION_EVENTS,
-        (
-            _c("event_uid", UUID),
-            _c("simulation_run_id", UUID),
-            _c("step_timestamp", INT),
-            _c("real_timestamp", TS),
-            _c("event_type", TEXT),
-            _c("agent_id_primary", TEXT),
-            _c("agent_id_secondary", TEXT),
-            _c("details", TEXT, "jsonb"),
-            _c("description", TEXT),
-        ),
-        key=("event_uid",),
-        bookkeeping=("real_timestamp",),
-    ),
-}
+#: How each table is loaded: its columns (from its schema) and its declaration (producers.tables).
+SPECS: Final[dict[str, TableSpec]] = {t: _spec(tables.DECLARATIONS[t]) for t in tables.TABLES}
 
 #: Column that names the run of a child row (for parent stubs).
 RUN_COLUMN: Final[dict[str, str]] = {
-    tables.AGENTS: "creation_run_id",
-    tables.AGENT_MEMORIES: "simulation_run_id",
-    tables.MARKET_TRANSACTIONS: "simulation_run_id",
-    tables.BANKING_TRANSACTIONS: "simulation_run_id",
-    tables.SIMULATION_EVENTS: "simulation_run_id",
+    t: d.run_column for t, d in tables.DECLARATIONS.items() if t != tables.SIMULATION_RUNS
 }

@@ -16,43 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from fastavro.schema import to_parsing_canonical_form
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from producers._fast_avro import UnsupportedSchema, record_codec
+from producers._fast_avro import UnsupportedSchema, record_encoder
 from producers.errors import MalformedRecordError, UnknownSchemaError
 from producers.tables import TABLES
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
 
-_CRC64_EMPTY = 0xC15D213AA4D7A795
-
-
-def _crc64_table() -> list[int]:
-    table = []
-    for i in range(256):
-        fp = i
-        for _ in range(8):
-            fp = (fp >> 1) ^ (_CRC64_EMPTY & -(fp & 1))
-        table.append(fp)
-    return table
-
-
-_CRC64_TABLE = _crc64_table()
-
-
-def crc64_avro(data: bytes) -> int:
-    """CRC-64-AVRO (Rabin) fingerprint, as defined by the Avro specification."""
-    fp = _CRC64_EMPTY
-    for byte in data:
-        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
-    return fp
-
-
 def schema_fingerprint(schema: dict[str, Any]) -> bytes:
-    """The 8 little-endian bytes that identify `schema` in single-object encoding."""
-    canonical = to_parsing_canonical_form(schema).encode("utf-8")
-    return crc64_avro(canonical).to_bytes(8, "little")
+    """The 8 little-endian bytes that identify `schema` in single-object encoding (CRC-64-AVRO)."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
 
 
 def default_schema_dir() -> Path:
@@ -105,11 +80,11 @@ class AvroCodec:
     def __init__(self, schema_dir: Path | None = None) -> None:
         self.versions = load_schema_versions(schema_dir or default_schema_dir())
         self.current = {table: vs[-1] for table, vs in self.versions.items()}
-        # Specialized codecs for the current versions (the hot path); fastavro resolves older ones.
-        self._fast: dict[str, tuple[Any, Any]] = {}
+        # Specialized encoders for the current versions (the producer's hot path).
+        self._encoders: dict[str, Any] = {}
         for table, schema in self.current.items():
             try:
-                self._fast[table] = record_codec(schema.raw)
+                self._encoders[table] = record_encoder(schema.raw)
             except UnsupportedSchema:
                 pass
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
@@ -122,9 +97,9 @@ class AvroCodec:
     def encode(self, table: str, record: dict[str, Any], version: int | None = None) -> bytes:
         """Serialize `record` with the table's current schema (or an explicit `version`)."""
         schema = self.current[table] if version is None else self._version(table, version)
-        fast = self._fast.get(table) if schema is self.current[table] else None
-        if fast is not None:
-            return MAGIC + schema.fingerprint + fast[0](record)
+        encode = self._encoders.get(table) if schema is self.current[table] else None
+        if encode is not None:
+            return MAGIC + schema.fingerprint + encode(record)
         buf = io.BytesIO()
         buf.write(MAGIC)
         buf.write(schema.fingerprint)
@@ -142,15 +117,6 @@ class AvroCodec:
                 f"version (deploy the newest schemas/)"
             )
         reader = self.current[writer.table]
-        fast = self._fast.get(writer.table) if reader is writer else None
-        if fast is not None:
-            try:
-                record, end = fast[1](data, HEADER_SIZE)
-            except Exception as e:  # IndexError, struct.error, UnicodeDecodeError, ValueError...
-                raise MalformedRecordError(f"corrupt {writer.table} v{writer.version} payload: {e!r}") from e
-            if end != len(data):
-                raise MalformedRecordError(f"{len(data) - end} trailing bytes after the {writer.table} payload")
-            return Decoded(writer.table, writer.version, record)
         buf = io.BytesIO(data)
         buf.seek(HEADER_SIZE)
         try:

@@ -1,8 +1,9 @@
 """Pydantic models of the six records, one per table, validated at the call site.
 
-Limits mirror the PostgreSQL columns in ``ddl/`` so a record that validates
-here also fits its table: VARCHAR lengths, INTEGER range, finite REAL values,
-no NUL characters (PostgreSQL text cannot hold them), timezone-aware times.
+Derived from each table's columns (``producers.columns``, read from its Avro
+schema), so a record that validates here also fits its table: VARCHAR lengths,
+INTEGER range, finite REAL values, declared ranges, no NUL characters
+(PostgreSQL text cannot hold them), timezone-aware times, JSON that jsonb takes.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    create_model,
 )
 
 from producers import tables
+from producers.codec import default_schema_dir, load_schema_versions
+from producers.columns import COLUMNS, ColumnDef
 from producers.errors import InvalidRecordError
 
 #: Largest text we send in one record; Kafka's default message limit is 1 MiB.
@@ -33,6 +37,7 @@ MAX_TEXT_CHARS: Final = 100_000
 #: Largest finite float4 (PostgreSQL REAL).
 REAL_MAX: Final = 3.4028234663852886e38
 INT4_MAX: Final = 2**31 - 1
+INT4_MIN: Final = -(2**31)
 
 
 def _no_nul(value: str) -> str:
@@ -104,118 +109,58 @@ def _varchar(n: int) -> Any:
     return Annotated[StrictStr, Field(max_length=n), AfterValidator(_no_nul)]
 
 
-Str50 = _varchar(50)
-Str100 = _varchar(100)
-Str255 = _varchar(255)
 Text = Annotated[StrictStr, Field(max_length=MAX_TEXT_CHARS), AfterValidator(_no_nul)]
 JsonText = Annotated[
     StrictStr, Field(max_length=MAX_TEXT_CHARS * 4), AfterValidator(_no_nul), AfterValidator(_json_text)
 ]
-Step = Annotated[StrictInt, Field(ge=0, le=INT4_MAX)]
-Real = Annotated[float, BeforeValidator(_number), AfterValidator(_real)]
-Importance = Annotated[float, BeforeValidator(_number), Field(ge=0, le=1)]
 UtcTime = Annotated[AwareDatetime, AfterValidator(_utc)]
-Tags = Annotated[list[Str255], BeforeValidator(_ordered)]
+
+
+def _text_type(column: ColumnDef) -> Any:
+    if column.sql == "jsonb":
+        return JsonText
+    return Text if column.max_length is None else _varchar(column.max_length)
+
+
+def _type_of(column: ColumnDef) -> Any:
+    """The pydantic type of a column: its SQL type's limits, plus its declared range."""
+    if column.avro == "uuid":
+        return uuid.UUID
+    if column.avro == "string":
+        return _text_type(column)
+    if column.avro == "int":
+        low = INT4_MIN if column.minimum is None else max(INT4_MIN, column.minimum)
+        high = INT4_MAX if column.maximum is None else min(INT4_MAX, column.maximum)
+        return Annotated[StrictInt, Field(ge=low, le=high)]
+    if column.avro in ("float", "double"):
+        return Annotated[float, BeforeValidator(_number), Field(ge=column.minimum, le=column.maximum),
+                         AfterValidator(_real)]
+    if column.avro == "timestamp-micros":
+        return UtcTime
+    if column.avro == "array<string>":
+        return Annotated[list[_text_type(column)], BeforeValidator(_ordered)]
+    raise ValueError(f"{column.name}: no model type for Avro {column.avro}")
 
 
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-class SimulationRun(_Record):
-    """A state of a simulation run (sent at start and end)."""
-
-    run_id: uuid.UUID
-    config_snapshot: JsonText | None = None
-    start_time: UtcTime
-    end_time: UtcTime | None = None
-    status: Str50 | None = None
-    notes: Text | None = None
-    updated_at: UtcTime
+def _model(table: str, columns: tuple[ColumnDef, ...]) -> type[_Record]:
+    schema = SCHEMA_NAMES[table]
+    fields: dict[str, Any] = {
+        c.name: (_type_of(c) | None, None) if c.nullable else (_type_of(c), ...) for c in columns
+    }
+    model = create_model(schema, __base__=_Record, **fields)
+    model.__doc__ = f"A {table} record, validated against its columns (from schemas/{table}/)."
+    return model
 
 
-class Agent(_Record):
-    """An agent as created in a run."""
+#: Record name of each table's schema (the model's class name).
+SCHEMA_NAMES: Final = {t: load_schema_versions(default_schema_dir())[t][-1].raw["name"] for t in tables.TABLES}
 
-    creation_run_id: uuid.UUID
-    agent_id_str: Str255
-    persona: Text | None = None
-    initial_agent_type: Str50 | None = None
-    creation_step: Step | None = None
-    updated_at: UtcTime
-
-
-class AgentMemory(_Record):
-    """One memory of one agent."""
-
-    memory_id: uuid.UUID
-    agent_id_str: Str255
-    simulation_run_id: uuid.UUID
-    step_timestamp: Step
-    real_timestamp: UtcTime | None = None
-    content: Text
-    importance: Importance | None = None
-    tags: Tags | None = None
-    related_agent_id: Str255 | None = None
-
-
-class MarketTransaction(_Record):
-    """One completed trade in a market."""
-
-    transaction_sim_id: Str255
-    simulation_run_id: uuid.UUID
-    step_timestamp: Step
-    real_timestamp: UtcTime | None = None
-    market_id: Str255
-    resource_type: Str50
-    buyer_agent_id: Str255
-    seller_agent_id: Str255
-    quantity: Real
-    price_per_unit: Real
-    total_cost: Real
-    buy_order_id: Str255 | None = None
-    sell_order_id: Str255 | None = None
-
-
-class BankingTransaction(_Record):
-    """One banking transaction (deposit, withdrawal, transfer, interest, ...)."""
-
-    transaction_sim_id: Str255
-    simulation_run_id: uuid.UUID
-    step_timestamp: Step
-    real_timestamp: UtcTime | None = None
-    account_id: Str255
-    agent_id_str: Str255
-    transaction_type: Str50
-    amount: Real
-    balance_after: Real
-    description: Text | None = None
-    counterparty_id: Str255 | None = None
-    reference_id: Str255 | None = None
-
-
-class SimulationEvent(_Record):
-    """One significant event (birth, marriage, discovery, ...)."""
-
-    event_uid: uuid.UUID
-    simulation_run_id: uuid.UUID
-    step_timestamp: Step
-    real_timestamp: UtcTime | None = None
-    event_type: Str100
-    agent_id_primary: Str255 | None = None
-    agent_id_secondary: Str255 | None = None
-    details: JsonText | None = None
-    description: Text | None = None
-
-
-MODELS: Final[dict[str, type[_Record]]] = {
-    tables.SIMULATION_RUNS: SimulationRun,
-    tables.AGENTS: Agent,
-    tables.AGENT_MEMORIES: AgentMemory,
-    tables.MARKET_TRANSACTIONS: MarketTransaction,
-    tables.BANKING_TRANSACTIONS: BankingTransaction,
-    tables.SIMULATION_EVENTS: SimulationEvent,
-}
+#: One model per table, derived from its current schema (``producers.columns``).
+MODELS: Final[dict[str, type[_Record]]] = {t: _model(t, COLUMNS[t]) for t in tables.TABLES}
 
 
 def validate_record(table: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -215,7 +215,7 @@ class SocietyProducer:
             "notes": notes,
             "updated_at": now,
         }
-        fields = self._send(tables.SIMULATION_RUNS, run, str(run["run_id"]))
+        fields = self._send(tables.SIMULATION_RUNS, run)
         self._run = fields
         self._run_key = str(fields["run_id"])
         self._sequences.clear()
@@ -228,7 +228,7 @@ class SocietyProducer:
         run.update(status=status, end_time=end_time or now, updated_at=now)
         if notes is not None:
             run["notes"] = notes
-        self._run = self._send(tables.SIMULATION_RUNS, run, str(run["run_id"]))
+        self._run = self._send(tables.SIMULATION_RUNS, run)
 
     def restart_step(self, step: int) -> None:
         """Forget `step`'s id counters, to re-run the step in this process with the same ids.
@@ -267,7 +267,7 @@ class SocietyProducer:
             "creation_step": step,
             "updated_at": _now(),
         }
-        self._send(tables.AGENTS, record, str(run_id))
+        self._send(tables.AGENTS, record)
 
     def record_memory(
         self,
@@ -282,23 +282,19 @@ class SocietyProducer:
         memory_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         """Record one memory of `agent_id`; return its id."""
-        run_id = self._require_run()["run_id"]
-        record = {
-            "memory_id": _UNNUMBERED if memory_id is None else memory_id,
-            "agent_id_str": agent_id,
-            "simulation_run_id": run_id,
-            "step_timestamp": step,
-            "real_timestamp": timestamp or _now(),
-            "content": content,
-            "importance": importance,
-            "tags": tags,
-            "related_agent_id": related_agent_id,
-        }
-        key = f"{self._run_key}/{agent_id}"
+        record = self._child(
+            step, timestamp,
+            memory_id=_UNNUMBERED if memory_id is None else memory_id,
+            agent_id_str=agent_id,
+            content=content,
+            importance=importance,
+            tags=tags,
+            related_agent_id=related_agent_id,
+        )
         if memory_id is not None:
-            self._send(tables.AGENT_MEMORIES, record, key)
+            self._send(tables.AGENT_MEMORIES, record)
             return memory_id
-        return self._send_numbered(tables.AGENT_MEMORIES, record, key, _sequences.MEMORIES)
+        return self._send_numbered(tables.AGENT_MEMORIES, record, _sequences.MEMORIES)
 
     def record_market_transaction(
         self,
@@ -317,23 +313,19 @@ class SocietyProducer:
         timestamp: datetime | None = None,
     ) -> None:
         """Record one completed trade."""
-        run_id = self._require_run()["run_id"]
-        record = {
-            "transaction_sim_id": transaction_id,
-            "simulation_run_id": run_id,
-            "step_timestamp": step,
-            "real_timestamp": timestamp or _now(),
-            "market_id": market_id,
-            "resource_type": resource_type,
-            "buyer_agent_id": buyer_id,
-            "seller_agent_id": seller_id,
-            "quantity": quantity,
-            "price_per_unit": price_per_unit,
-            "total_cost": total_cost,
-            "buy_order_id": buy_order_id,
-            "sell_order_id": sell_order_id,
-        }
-        self._send(tables.MARKET_TRANSACTIONS, record, f"{self._run_key}/{market_id}")
+        self._send(tables.MARKET_TRANSACTIONS, self._child(
+            step, timestamp,
+            transaction_sim_id=transaction_id,
+            market_id=market_id,
+            resource_type=resource_type,
+            buyer_agent_id=buyer_id,
+            seller_agent_id=seller_id,
+            quantity=quantity,
+            price_per_unit=price_per_unit,
+            total_cost=total_cost,
+            buy_order_id=buy_order_id,
+            sell_order_id=sell_order_id,
+        ))
 
     def record_bank_transaction(
         self,
@@ -351,22 +343,18 @@ class SocietyProducer:
         timestamp: datetime | None = None,
     ) -> None:
         """Record one banking transaction."""
-        run_id = self._require_run()["run_id"]
-        record = {
-            "transaction_sim_id": transaction_id,
-            "simulation_run_id": run_id,
-            "step_timestamp": step,
-            "real_timestamp": timestamp or _now(),
-            "account_id": account_id,
-            "agent_id_str": agent_id,
-            "transaction_type": transaction_type,
-            "amount": amount,
-            "balance_after": balance_after,
-            "description": description,
-            "counterparty_id": counterparty_id,
-            "reference_id": reference_id,
-        }
-        self._send(tables.BANKING_TRANSACTIONS, record, f"{self._run_key}/{account_id}")
+        self._send(tables.BANKING_TRANSACTIONS, self._child(
+            step, timestamp,
+            transaction_sim_id=transaction_id,
+            account_id=account_id,
+            agent_id_str=agent_id,
+            transaction_type=transaction_type,
+            amount=amount,
+            balance_after=balance_after,
+            description=description,
+            counterparty_id=counterparty_id,
+            reference_id=reference_id,
+        ))
 
     def record_event(
         self,
@@ -385,26 +373,26 @@ class SocietyProducer:
         `details` is JSON text (a str) or a JSON-representable value, converted
         like ``start_run``'s `config_snapshot`.
         """
-        run_id = self._require_run()["run_id"]
-        record = {
-            "event_uid": _UNNUMBERED if event_uid is None else event_uid,
-            "simulation_run_id": run_id,
-            "step_timestamp": step,
-            "real_timestamp": timestamp or _now(),
-            "event_type": event_type,
-            "agent_id_primary": agent_id_primary,
-            "agent_id_secondary": agent_id_secondary,
-            "details": _json_field(details, tables.SIMULATION_EVENTS, "details"),
-            "description": description,
-        }
-        key = f"{self._run_key}/{agent_id_primary}" if agent_id_primary else self._run_key
+        record = self._child(
+            step, timestamp,
+            event_uid=_UNNUMBERED if event_uid is None else event_uid,
+            event_type=event_type,
+            agent_id_primary=agent_id_primary,
+            agent_id_secondary=agent_id_secondary,
+            details=_json_field(details, tables.SIMULATION_EVENTS, "details"),
+            description=description,
+        )
         if event_uid is not None:
-            self._send(tables.SIMULATION_EVENTS, record, key)
+            self._send(tables.SIMULATION_EVENTS, record)
             return event_uid
-        return self._send_numbered(tables.SIMULATION_EVENTS, record, key, _sequences.EVENTS)
+        return self._send_numbered(tables.SIMULATION_EVENTS, record, _sequences.EVENTS)
 
     def send(self, table: str, record: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
-        """Validate and send a complete record of `table` (used by backfills and tests)."""
+        """Validate and send a complete record of `table` (used by backfills and tests).
+
+        Without `key`, the message is keyed like the ``record_*`` calls key it
+        (``producers.tables.message_key``).
+        """
         if not isinstance(table, str) or table not in self._topics:
             raise InvalidRecordError("send", "table", table, f"unknown table; expected one of {', '.join(tables.TABLES)}")
         if not isinstance(record, Mapping):
@@ -494,14 +482,28 @@ class SocietyProducer:
         with self._lock:
             self._stats.queue_full_waits += 1
 
-    def _send(self, table: str, record: dict[str, Any], key: str | None) -> dict[str, Any]:
+    def _child(self, step: int, timestamp: datetime | None, **fields: Any) -> dict[str, Any]:
+        """A record of the current run at `step` (event time: `timestamp`, else now)."""
+        return {
+            "simulation_run_id": self._require_run()["run_id"],
+            "step_timestamp": step,
+            "real_timestamp": timestamp or _now(),
+            **fields,
+        }
+
+    def _key(self, table: str, fields: dict[str, Any]) -> str:
+        # The current run's key is formatted once (str(UUID) per record costs).
+        run = self._run_key if self._run is not None and table != tables.SIMULATION_RUNS else None
+        return tables.message_key(table, fields, run)
+
+    def _send(self, table: str, record: dict[str, Any], key: str | None = None) -> dict[str, Any]:
         if self._closed:
             raise ProducerError("producer is closed")
         fields = validate_record(table, record)
-        self._enqueue(table, fields, key)
+        self._enqueue(table, fields, key if key is not None else self._key(table, fields))
         return fields
 
-    def _send_numbered(self, table: str, record: dict[str, Any], key: str, kind: int) -> uuid.UUID:
+    def _send_numbered(self, table: str, record: dict[str, Any], kind: int) -> uuid.UUID:
         """Send a memory or event whose id is derived from the next number of its (subject, step).
 
         The number is taken only after the record validated, and given back
@@ -520,7 +522,7 @@ class SocietyProducer:
             numbers, seq = self._sequences.take(kind, subject, step)
             uid = fields["event_uid"] = ids.event_uid(self._run_key, step, subject, seq)
         try:
-            self._enqueue(table, fields, key)
+            self._enqueue(table, fields, self._key(table, fields))
         except BaseException:
             self._sequences.give_back(numbers, subject, seq)
             raise

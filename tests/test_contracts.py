@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 from consumers.table_specs import SPECS
 from producers import tables
 from producers.codec import AvroCodec
+from producers.columns import COLUMNS
 from producers.models import MAX_TEXT_CHARS, MODELS
 
 CODEC = AvroCodec()
@@ -334,3 +335,56 @@ def test_model_optionality_matches_avro_nullability(table: str) -> None:
     fields = MODELS[table].model_fields
     wrong = [f.name for f in avro_fields(table) if fields[f.name].is_required() == f.nullable]
     assert wrong == []
+
+
+# --- schema attributes and declarations <-> DDL (real database) ------------------------------
+
+
+@pytest.mark.integration
+def test_declared_sql_types_are_the_column_types(db_columns: dict[str, dict[str, DbColumn]]) -> None:
+    # The one definition: each schema field's column (producers.columns) is what the migrations built.
+    by_sql = {
+        "uuid": ("uuid", "uuid"), "text": ("text", "text"), "varchar": ("character varying", "varchar"),
+        "jsonb": ("jsonb", "jsonb"), "integer": ("integer", "int4"), "real": ("real", "float4"),
+        "timestamptz": ("timestamp with time zone", "timestamptz"), "text[]": ("ARRAY", "_text"),
+    }
+    wrong = []
+    for table in tables.TABLES:
+        for c in COLUMNS[table]:
+            db = db_columns[table][c.name]
+            length = c.max_length if c.base_sql == "varchar" else None
+            if (db.data_type, db.udt_name) != by_sql[c.base_sql] or db.max_length != length:
+                wrong.append((table, c.name, c.sql, db.data_type, db.max_length))
+    assert wrong == []
+
+
+@pytest.mark.integration
+def test_declarations_reference_what_the_tables_reference(services: Any, template_db: str) -> None:
+    # run_column -> simulation_runs(run_id); agent_column -> agents(creation_run_id, agent_id_str).
+    from support.db import _with_db
+
+    with psycopg.connect(_with_db(services.database_url, template_db), autocommit=True) as conn:
+        rows = conn.execute(
+            """
+            SELECT c.conrelid::regclass::text, c.confrelid::regclass::text,
+                   array(SELECT attname FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+                         JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.n ORDER BY k.i)
+            FROM pg_constraint c WHERE c.contype = 'f'
+            """
+        ).fetchall()
+    foreign = {(t, parent, tuple(cols)) for t, parent, cols in rows}
+    expected = set()
+    for name, decl in tables.DECLARATIONS.items():
+        if name != tables.SIMULATION_RUNS:
+            expected.add((name, tables.SIMULATION_RUNS, (decl.run_column,)))
+        if decl.agent_column:
+            expected.add((name, tables.AGENTS, (decl.run_column, decl.agent_column)))
+    assert foreign == expected
+
+
+@pytest.mark.parametrize("table", tables.TABLES)
+def test_declared_columns_exist(table: str) -> None:
+    decl = tables.DECLARATIONS[table]
+    names = {c.name for c in COLUMNS[table]}
+    declared = {*decl.key, decl.run_column, *decl.event_time, decl.partition_by, decl.agent_column} - {None}
+    assert declared <= names

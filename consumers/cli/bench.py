@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from consumers.bench import run_bench
+from consumers.tools.bench import run_bench
 from consumers.cli._options import (
     DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, Timeout, print_json, print_table, typer,
 )

@@ -11,7 +11,7 @@ from consumers.cli._options import (
     DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, Timeout, console, fail, print_json, print_table, typer,
 )
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka
-from consumers.simulate import run_society
+from consumers.tools.simulate import run_society
 from consumers.status import row_counts
 from producers.handler import KafkaDatabaseHandler
 
