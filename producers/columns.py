@@ -63,24 +63,25 @@ class ColumnDef:
         return _VARCHAR.sub("varchar", self.sql)
 
 
-def _avro_kind(t: Any) -> tuple[str, bool]:
+def avro_kind(t: Any) -> tuple[str, bool]:
+    """(kind, nullable) of an Avro field type: uuid, string, int, ..., array<string>."""
     if isinstance(t, list):
         branches = [b for b in t if b != "null"]
         if len(branches) != 1:
             raise ValueError(f"unions other than [null, T] are not part of the contract: {t}")
-        return _avro_kind(branches[0])[0], "null" in t
+        return avro_kind(branches[0])[0], "null" in t
     if isinstance(t, dict):
         if "logicalType" in t:
             return t["logicalType"], False
         if t["type"] == "array":
-            return f"array<{_avro_kind(t['items'])[0]}>", False
-        return _avro_kind(t["type"])
+            return f"array<{avro_kind(t['items'])[0]}>", False
+        return avro_kind(t["type"])
     return t, False
 
 
 def column_of(field: dict[str, Any]) -> ColumnDef:
     """The column of one Avro field (see the module doc for the attributes read)."""
-    avro, nullable = _avro_kind(field["type"])
+    avro, nullable = avro_kind(field["type"])
     if avro not in _BY_AVRO:
         raise ValueError(f"field {field['name']!r}: Avro type {avro} has no column type")
     sql = field.get("sqlType") or _BY_AVRO[avro]

@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 from consumers.table_specs import SPECS
 from producers import tables
 from producers.codec import AvroCodec
-from producers.columns import COLUMNS
+from producers.columns import COLUMNS, avro_kind
 from producers.models import MAX_TEXT_CHARS, MODELS
 
 CODEC = AvroCodec()
@@ -63,24 +63,10 @@ class AvroField:
     doc: str
 
 
-def _avro_kind(t: Any) -> tuple[str, bool]:
-    if isinstance(t, list):
-        branches = [b for b in t if b != "null"]
-        assert len(branches) == 1, f"unions other than [null, T] are not part of the contract: {t}"
-        return _avro_kind(branches[0])[0], "null" in t
-    if isinstance(t, dict):
-        if "logicalType" in t:
-            return t["logicalType"], False
-        if t["type"] == "array":
-            return f"array<{_avro_kind(t['items'])[0]}>", False
-        return _avro_kind(t["type"])
-    return t, False
-
-
 def avro_fields(table: str) -> list[AvroField]:
     out = []
     for f in CODEC.current[table].raw["fields"]:
-        kind, nullable = _avro_kind(f["type"])
+        kind, nullable = avro_kind(f["type"])
         out.append(AvroField(table, f["name"], kind, nullable, f.get("doc", "")))
     return out
 
