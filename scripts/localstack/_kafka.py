@@ -9,11 +9,11 @@ import base64
 import os
 import re
 import shutil
-import socket
-import struct
+import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._config import (
     HOST,
@@ -39,6 +39,9 @@ from ._processes import (
     stop_process,
     tail,
 )
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 _POM = f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by scripts/localstack/_kafka.py: the Kafka broker's runtime classpath. -->
@@ -130,79 +133,37 @@ logger.request.level = WARN
 """
 
 
-# ------------------------------------------------------------- Kafka wire protocol
+# ----------------------------------------------------------------- readiness
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed by broker")
-        buf += chunk
-    return bytes(buf)
+def _admin_client(bootstrap: str) -> AdminClient:
+    """A client for readiness probes; confluent-kafka comes from the project's virtualenv."""
+    try:
+        from confluent_kafka.admin import AdminClient
+    except ImportError as e:
+        raise StackError(
+            f"confluent-kafka is not importable from {sys.executable}: run the stack from the "
+            "project's virtualenv (scripts/stack builds it with scripts/bootstrap-venv)") from e
+    return AdminClient({
+        "bootstrap.servers": bootstrap,
+        "client.id": "society-stack",
+        # A refused connection is the answer "not up yet", not news: keep librdkafka quiet.
+        "log_level": 0,
+        # Retry quickly while the broker boots (librdkafka's backoff otherwise grows to 10 s).
+        "reconnect.backoff.ms": 100,
+        "reconnect.backoff.max.ms": 500,
+    })
 
 
-def _kafka_call(sock: socket.socket, api_key: int, version: int, corr: int, body: bytes) -> bytes:
-    client_id = b"society-stack"
-    # Request header v1: api_key, api_version, correlation_id, client_id (non-flexible).
-    msg = struct.pack(">hhih", api_key, version, corr, len(client_id)) + client_id + body
-    sock.sendall(struct.pack(">i", len(msg)) + msg)
-    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-    data = _recv_exact(sock, size)
-    (rcorr,) = struct.unpack_from(">i", data, 0)
-    if rcorr != corr:
-        raise ConnectionError(f"correlation id mismatch ({rcorr} != {corr})")
-    return data[4:]  # response header v0 is just the correlation id
+def _lists_itself(admin: AdminClient, port: int, timeout: float) -> bool:
+    """A metadata request is answered within ``timeout`` and names a broker on ``port``."""
+    from confluent_kafka import KafkaException
 
-
-def kafka_probe(host: str, port: int, timeout: float = 2.0) -> dict:
-    """ApiVersions v0, then Metadata (v4..v8, no topics) over a raw socket.
-
-    Returns {"cluster_id", "brokers": [(node_id, host, port)], "controller_id"}.
-    Raises OSError/ConnectionError/ValueError when the broker does not answer properly.
-    """
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        resp = _kafka_call(sock, 18, 0, 1, b"")  # ApiVersions v0, empty body
-        (err, n) = struct.unpack_from(">hi", resp, 0)
-        if err != 0:
-            raise ValueError(f"ApiVersions error_code {err}")
-        versions = {}
-        for i in range(n):
-            key, lo, hi = struct.unpack_from(">hhh", resp, 6 + 6 * i)
-            versions[key] = (lo, hi)
-        if 3 not in versions:
-            raise ValueError("broker does not list the Metadata API")
-        lo, hi = versions[3]
-        # v4..v8 share the layout we parse (brokers, cluster_id, controller_id);
-        # v9+ is "flexible" (compact encodings). Kafka 4.x removed v0..v3.
-        version = max(lo, 4)
-        if version > min(hi, 8):
-            raise ValueError(f"broker supports Metadata v{lo}..v{hi}, need one of v4..v8")
-        body = struct.pack(">i", 0)  # empty topic array: metadata for no topics
-        body += b"\x00"  # allow_auto_topic_creation = false
-        if version >= 8:
-            body += b"\x00\x00"  # include_cluster/topic_authorized_operations = false
-        resp = _kafka_call(sock, 3, version, 2, body)
-        off = 4  # throttle_time_ms
-        (nb,) = struct.unpack_from(">i", resp, off)
-        off += 4
-        brokers = []
-        for _ in range(nb):
-            node_id, hlen = struct.unpack_from(">ih", resp, off)
-            off += 6
-            bhost = resp[off : off + hlen].decode()
-            off += hlen
-            bport, rlen = struct.unpack_from(">ih", resp, off)
-            off += 6 + max(rlen, 0)
-            brokers.append((node_id, bhost, bport))
-        (clen,) = struct.unpack_from(">h", resp, off)
-        off += 2
-        cluster_id = resp[off : off + clen].decode() if clen >= 0 else None
-        off += max(clen, 0)
-        (controller_id,) = struct.unpack_from(">i", resp, off)
-        return {"cluster_id": cluster_id, "brokers": brokers, "controller_id": controller_id}
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return any(broker.port == port for broker in metadata.brokers.values())
 
 
 def _kafka_uuid() -> str:
@@ -248,12 +209,9 @@ class Kafka:
         return None
 
     def answers(self) -> bool:
-        """The broker answers ApiVersions and lists itself in a Metadata response."""
-        try:
-            meta = kafka_probe(HOST, self.port, timeout=2.0)
-        except (OSError, ValueError, struct.error):
-            return False
-        return any(port == self.port for _, _, port in meta["brokers"])
+        """The broker answers a metadata request and lists itself in it."""
+        # A closed port needs no client (whose request would wait out its timeout).
+        return port_open(self.port) and _lists_itself(_admin_client(self.bootstrap), self.port, timeout=2.0)
 
     def launch(self) -> None:
         """Start the JVM (not waiting for it): ports checked, jars resolved, storage formatted."""
@@ -280,16 +238,13 @@ class Kafka:
         self._started_at = time.monotonic()
 
     def wait_ready(self) -> None:
+        """Until a metadata request lists the broker (not just until the port opens)."""
         pid = self.pid()
         if pid is None:
             raise StackError("kafka is not running", self._log_tail())
+        admin = _admin_client(self.bootstrap)  # one client: it reconnects while the JVM boots
         deadline = time.monotonic() + KAFKA_READY_TIMEOUT_S
-        while True:
-            if self.answers():
-                if self._started_at is not None:
-                    log(f"kafka ready in {time.monotonic() - self._started_at:.1f} s")
-                    self._started_at = None
-                return
+        while not _lists_itself(admin, self.port, timeout=1.0):
             if not pid_alive(pid):
                 self._pidfile.unlink(missing_ok=True)
                 raise StackError("kafka exited during startup" + self._error_hint(), self._log_tail())
@@ -297,7 +252,9 @@ class Kafka:
                 raise StackError(
                     f"kafka (pid {pid}) did not answer a metadata request on "
                     f"{self.bootstrap} within {KAFKA_READY_TIMEOUT_S:.0f} s", self._log_tail())
-            time.sleep(0.2)
+        if self._started_at is not None:
+            log(f"kafka ready in {time.monotonic() - self._started_at:.1f} s")
+            self._started_at = None
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM and wait (SIGKILL after 30 s); ``kill=True`` sends SIGKILL at once."""
