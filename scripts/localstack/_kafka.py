@@ -27,15 +27,13 @@ from ._config import (
 from ._errors import StackError
 from ._processes import (
     StateLock,
-    command_line,
-    find_processes,
     launch_detached,
     log,
     pid_alive,
     port_open,
-    read_pid,
     require_free_port,
     run,
+    running,
     stop_process,
     tail,
 )
@@ -195,18 +193,8 @@ class Kafka:
         return f"{HOST}:{self.port}"
 
     def pid(self) -> int | None:
-        """Pid of this state dir's broker, from the pid file or (if lost) the process table."""
-        pid = read_pid(self._pidfile)
-        if pid is not None and pid_alive(pid):
-            args = command_line(pid)
-            if "kafka.Kafka" in args and str(self._config) in args:
-                return pid
-        found = find_processes("kafka.Kafka", str(self._config))
-        if found:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._pidfile.write_text(f"{found[0][0]}\n")
-            return found[0][0]
-        return None
+        """Pid of this state dir's broker: the pid file's, while it runs kafka.Kafka on our config."""
+        return running(self._pidfile, lambda args: "kafka.Kafka" in args and str(self._config) in args)
 
     def answers(self) -> bool:
         """The broker answers a metadata request and lists itself in it."""
@@ -233,8 +221,7 @@ class Kafka:
             "-cp", classpath, "kafka.Kafka", str(self._config),
         ]
         log(f"starting kafka {KAFKA_VERSION} on {self.bootstrap} (data {self.data})")
-        pid = launch_detached(cmd, output=out, cwd=self.dir)
-        self._pidfile.write_text(f"{pid}\n")
+        launch_detached(cmd, output=out, pid_file=self._pidfile, cwd=self.dir)
         self._started_at = time.monotonic()
 
     def wait_ready(self) -> None:

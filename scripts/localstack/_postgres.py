@@ -28,13 +28,12 @@ from ._config import (
 )
 from ._errors import StackError
 from ._processes import (
-    command_line,
     log,
     pid_alive,
     port_open,
-    read_pid,
     require_free_port,
     run,
+    running,
     tail,
     wait_until,
 )
@@ -58,13 +57,8 @@ class Postgres:
         base = self.base_recorded()
         if base is None:
             return None
-        pid = read_pid(base / "data" / "postmaster.pid")
-        if pid is None or not pid_alive(pid):
-            return None
-        args = command_line(pid)
-        if not args or not Path(args[0]).name.startswith("postgres"):
-            return None
-        return pid
+        return running(base / "data" / "postmaster.pid",
+                       lambda args: bool(args) and Path(args[0]).name.startswith("postgres"))
 
     def start(self) -> None:
         if self.pid() is not None:

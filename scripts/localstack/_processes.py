@@ -18,14 +18,16 @@ from types import TracebackType
 from ._config import HOST
 from ._errors import PortInUse, StackError
 
-# Runs a service detached: this tiny Python child starts it in a new session and
-# exits at once, so the service is never a child of the caller (no zombie to reap,
-# no ResourceWarning from a still-running Popen in a pytest process).
+# Runs a service detached: this tiny Python child starts it in a new session,
+# writes its pid file and exits at once, so the service is never a child of the
+# caller (no zombie to reap, no ResourceWarning from a still-running Popen in a
+# pytest process) and its pid is recorded even if the caller dies right after.
 _LAUNCHER = (
     "import subprocess, sys\n"
     "log = open(sys.argv[1], 'ab')\n"
-    "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log,\n"
+    "p = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=log,\n"
     "                     stderr=subprocess.STDOUT, start_new_session=True)\n"
+    "open(sys.argv[2], 'w').write(f'{p.pid}\\n')\n"
     "print(p.pid, flush=True)\n"
 )
 
@@ -65,14 +67,25 @@ def run(cmd: list[str], *, what: str, log: Path | None = None, timeout: float | 
     return res
 
 
-def launch_detached(cmd: list[str], *, output: Path, cwd: Path) -> int:
-    """Start ``cmd`` in its own session, stdout and stderr appended to ``output``; its pid."""
-    res = run([sys.executable, "-I", "-W", "ignore", "-c", _LAUNCHER, str(output), *cmd],
+def launch_detached(cmd: list[str], *, output: Path, pid_file: Path, cwd: Path) -> int:
+    """Start ``cmd`` in its own session (stdout and stderr appended to ``output``); its pid,
+    also written to ``pid_file``."""
+    res = run([sys.executable, "-I", "-W", "ignore", "-c", _LAUNCHER, str(output), str(pid_file), *cmd],
               what=f"launch {Path(cmd[0]).name}", timeout=30, cwd=cwd)
     return int(res.stdout.split()[0])
 
 
 # ------------------------------------------------------------------ processes
+#
+# A service is found through its pid file (Kafka's, written at launch; PostgreSQL's
+# postmaster.pid) and trusted only while that pid still runs the expected command
+# line, so a stale pid file or a reused pid is never taken for a service. Nothing
+# scans the process table. Two per-pid reads of /proc remain, because the standard
+# library has no call for either: another process's command line, and whether a
+# pid is a zombie (os.kill(pid, 0) succeeds on one). Our services become zombies
+# when they exit: they are detached orphans, reaped by whatever init the machine
+# has, which in some containers is never. The stack is Linux-only anyway (runuser,
+# Debian's PostgreSQL packages).
 
 
 def read_pid(path: Path) -> int | None:
@@ -83,12 +96,11 @@ def read_pid(path: Path) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """True when ``pid`` runs and is not a zombie (an orphan may wait for a reaper)."""
+    """True when ``pid`` runs and is not a zombie."""
     if pid <= 0:
         return False
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return False
     # "pid (comm) S ..." where comm may contain spaces and parentheses.
@@ -98,24 +110,18 @@ def pid_alive(pid: int) -> bool:
 
 def command_line(pid: int) -> list[str]:
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return []
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
 
 
-def find_processes(*needles: str) -> list[tuple[int, list[str]]]:
-    """Processes whose command line contains every needle (for diagnostics/adoption)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        args = command_line(pid)
-        joined = "\0".join(args)
-        if args and all(n in joined for n in needles) and pid_alive(pid):
-            found.append((pid, args))
-    return found
+def running(pid_file: Path, is_ours: Callable[[list[str]], bool]) -> int | None:
+    """The pid in ``pid_file`` while that process lives and ``is_ours(its command line)``."""
+    pid = read_pid(pid_file)
+    if pid is None or not pid_alive(pid) or not is_ours(command_line(pid)):
+        return None
+    return pid
 
 
 def stop_process(pid: int, *, name: str, kill: bool = False, grace_s: float) -> None:
@@ -167,50 +173,13 @@ def port_bindable(port: int, host: str = HOST) -> bool:
     return True
 
 
-def _port_owner(port: int) -> tuple[int, list[str]] | None:
-    """The process listening on TCP ``port`` (from /proc/net/tcp*), for error messages."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{cols[9]}]")
-    if not inodes:
-        return None
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{entry}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
-                    return int(entry), command_line(int(entry))
-            except OSError:
-                continue
-    return None
-
-
 def require_free_port(port: int, *, service: str, env_var: str, state_dir: Path) -> None:
-    """Raise PortInUse, naming the port, its holder and ``env_var``, unless ``port`` is free."""
-    if port_bindable(port):
-        return
-    owner = _port_owner(port)
-    by = ""
-    if owner:
-        pid, args = owner
-        cmd = " ".join(args) if len(" ".join(args)) < 160 else f"{args[0]} ... {' '.join(args[-2:])}"
-        by = f" by pid {pid} ({cmd})"
-    raise PortInUse(
-        f"port {HOST}:{port} for {service} is already in use{by}, not by the stack in "
-        f"{state_dir}; stop it or set {env_var} (scripts/stack free-ports)")
+    """Raise PortInUse, naming the port and ``env_var``, unless ``port`` is free."""
+    if not port_bindable(port):
+        raise PortInUse(
+            f"port {HOST}:{port} for {service} is already in use, not by the stack in {state_dir} "
+            f"(ss -ltnp 'sport = :{port}' shows by what); stop that or set {env_var} "
+            "(scripts/stack free-ports picks free ports)")
 
 
 # ----------------------------------------------------------------------- lock
