@@ -201,11 +201,14 @@ class Kafka:
         # A closed port needs no client (whose request would wait out its timeout).
         return port_open(self.port) and _lists_itself(_admin_client(self.bootstrap), self.port, timeout=2.0)
 
+    def check_ports(self) -> None:
+        """PortInUse unless the broker's and the controller's ports are free."""
+        for port in (self.port, self.controller_port):
+            require_free_port(port, service="kafka", env_var="SOCIETY_KAFKA_PORT", state_dir=self.state_dir)
+
     def launch(self) -> None:
         """Start the JVM (not waiting for it): ports checked, jars resolved, storage formatted."""
-        for port in (self.port, self.controller_port):
-            require_free_port(port, service="kafka", env_var="SOCIETY_KAFKA_PORT",
-                              state_dir=self.state_dir)
+        self.check_ports()
         classpath = f"{self.ensure_jars()}/*"
         java = _java()
         self._write_files()

@@ -64,8 +64,7 @@ class Postgres:
         if self.pid() is not None:
             self._wait_ready(PG_READY_TIMEOUT_S)
             return
-        require_free_port(self.port, service="postgres", env_var="SOCIETY_PG_PORT",
-                          state_dir=self.state_dir)
+        self.check_port()
         base = self._base()
         data = base / "data"
         if not (data / "PG_VERSION").exists():
@@ -79,6 +78,10 @@ class Postgres:
             what="pg_ctl start", log=base / "postgres.log", timeout=PG_START_TIMEOUT_S + 15)
         self._wait_ready(PG_READY_TIMEOUT_S)
         self._ensure_database()
+
+    def check_port(self) -> None:
+        """PortInUse unless the server's port is free."""
+        require_free_port(self.port, service="postgres", env_var="SOCIETY_PG_PORT", state_dir=self.state_dir)
 
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop -m mode``: "smart", "fast" (default) or "immediate" (crash-like)."""

@@ -89,7 +89,13 @@ class LocalStack:
     def up(self) -> None:
         """Start both services and wait until they answer. No-op when already up."""
         with self._lock:
-            if self._kafka.pid() is None:
+            kafka_runs = self._kafka.pid() is not None
+            # Both ports before either service starts: a conflict leaves nothing half-started.
+            if not kafka_runs:
+                self._kafka.check_ports()
+            if self._postgres.pid() is None:
+                self._postgres.check_port()
+            if not kafka_runs:
                 self._kafka.launch()  # the JVM boots while PostgreSQL starts
             self._postgres.start()
             self._kafka.wait_ready()
