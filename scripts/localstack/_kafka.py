@@ -26,16 +26,7 @@ from ._config import (
 )
 from ._errors import StackError
 from ._processes import (
-    StateLock,
-    launch_detached,
-    log,
-    pid_alive,
-    port_open,
-    require_free_port,
-    run,
-    running,
-    stop_process,
-    tail,
+    StateLock, launch_detached, log, pid_alive, port_open, require_free_port, run, running, stop_process, tail,
 )
 
 if TYPE_CHECKING:
@@ -226,6 +217,12 @@ class Kafka:
         log(f"starting kafka {KAFKA_VERSION} on {self.bootstrap} (data {self.data})")
         launch_detached(cmd, output=out, pid_file=self._pidfile, cwd=self.dir)
         self._started_at = time.monotonic()
+
+    def start(self) -> None:
+        """Launch the broker unless it runs, then wait until it answers."""
+        if self.pid() is None:
+            self.launch()
+        self.wait_ready()
 
     def wait_ready(self) -> None:
         """Until a metadata request lists the broker (not just until the port opens)."""

@@ -27,16 +27,7 @@ from ._config import (
     PG_SUPERUSER,
 )
 from ._errors import StackError
-from ._processes import (
-    log,
-    pid_alive,
-    port_open,
-    require_free_port,
-    run,
-    running,
-    tail,
-    wait_until,
-)
+from ._processes import log, pid_alive, port_open, require_free_port, run, running, tail, wait_until
 
 _STOP_MODES = ("smart", "fast", "immediate")
 

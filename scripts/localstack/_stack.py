@@ -144,9 +144,7 @@ class LocalStack:
 
     def start_kafka(self) -> None:
         with self._lock:
-            if self._kafka.pid() is None:
-                self._kafka.launch()
-            self._kafka.wait_ready()
+            self._kafka.start()
 
     def stop_kafka(self, kill: bool = False) -> None:
         """SIGTERM and wait (SIGKILL after 30 s); ``kill=True`` sends SIGKILL at once."""
