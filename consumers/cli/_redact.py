@@ -17,9 +17,12 @@ from urllib.parse import unquote
 
 MASK = "***"
 
-# user:password@ of a URL: the password ends at the last "@" before the first "/" (where libpq
-# stops looking for credentials), so an unencoded "@", "?" or "#" in it is still masked whole.
-_URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/]*:)(?P<pw>[^/]*)(?P<tail>@)")
+# user:password@ of a URL: the password runs to the last "@" before any query, so an unencoded
+# "@" or "/" in it is still masked whole (libpq would misread such a URL, and quote it in its error).
+# The scheme may be mistyped ("postgresql:/") or missing ("user:secret@host/db").
+_URL_PASSWORD = re.compile(
+    r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:/{0,2})?[^:@/\s]*:)(?!/)(?P<pw>[^\s]*)(?P<tail>@)"
+)
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#]*)")
 # key=value form: a single-quoted value with backslash escapes, or a bare word.
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|[^\s']\S*)")
@@ -27,7 +30,9 @@ _KV_ESCAPE = re.compile(r"\\(.)")
 
 
 def _is_url(dsn: str) -> bool:
-    return "://" in dsn.split("=", 1)[0]
+    # key=value form starts with "key="; anything else with "://" or credentials "@" is a URL.
+    first = dsn.split("=", 1)[0]
+    return "://" in first or "@" in first
 
 
 def redact_dsn(dsn: str) -> str:
@@ -56,25 +61,39 @@ def passwords_in(dsn: str) -> set[str]:
     return {p for p in found if p}
 
 
+def _in_context(secret: str) -> re.Pattern[str]:
+    # Where messages put a password: after "user:" or "password=", or quoted; never inside a word
+    # (a password "ion" must not turn "authentication" into "authenticat***").
+    return re.compile(r"(?<=[:=\"'\s])" + re.escape(secret) + r"(?=[@\"'&,;\s]|$)")
+
+
 class Secrets:
     """The passwords this process was given; :meth:`scrub` hides them in any text."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._known: list[str] = []
+        self._dsns: list[str] = []
+        self._patterns: list[re.Pattern[str]] = []
 
     def add_dsn(self, dsn: str | None) -> None:
-        """Remember the password(s) of a connection string."""
+        """Remember a connection string and its password(s)."""
         if not dsn:
             return
         with self._lock:
+            known = {p.pattern for p in self._patterns}
             # Longest first, so a password that contains another is replaced whole.
-            self._known = sorted(set(self._known) | passwords_in(dsn), key=len, reverse=True)
+            found = sorted(passwords_in(dsn), key=len, reverse=True)
+            self._patterns += [p for p in map(_in_context, found) if p.pattern not in known]
+            self._patterns.sort(key=lambda p: len(p.pattern), reverse=True)
+            if dsn not in self._dsns:
+                self._dsns.append(dsn)
 
     def scrub(self, text: str) -> str:
-        """`text` with every remembered password replaced by ``***``."""
-        for secret in self._known:
-            text = text.replace(secret, MASK)
+        """`text` with the remembered connection strings redacted and their passwords masked."""
+        for dsn in self._dsns:
+            text = text.replace(dsn, redact_dsn(dsn))
+        for pattern in self._patterns:
+            text = pattern.sub(MASK, text)
         return text
 
 

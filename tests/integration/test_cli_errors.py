@@ -160,6 +160,16 @@ def test_malformed_url_never_shows_the_password(services, command):
     )
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql://postgres:Xy/S3cret+Ab=@{hp}/society",  # base64 passwords hold "/"
+    "postgresql:/postgres:S3cret@{hp}/society",  # one slash
+    "postgres:S3cret@{hp}/society",  # no scheme
+])
+def test_misread_urls_never_show_the_password(services, url):
+    ran = cli("status", database_url=url.format(hp=_host_port(services.database_url)), bootstrap=services.bootstrap)
+    assert_one_line_failure(ran, secrets=("S3cret",))
+
+
 @pytest.mark.parametrize("command", ["status", "consume"])
 def test_missing_tables_say_run_migrate(services, empty_database, command):
     ran = cli(*DB_COMMANDS[command], database_url=empty_database, bootstrap=services.bootstrap)
