@@ -114,7 +114,12 @@ class DeadLetterPublisher:
         """
         whole = [d for d in dead if _whole_size(d) <= self._max_bytes]
         too_large = [d for d in dead if _whole_size(d) > self._max_bytes]
-        too_large += self._send(whole, by_reference=False)
+        refused = self._send(whole, by_reference=False)
+        if refused:
+            # The broker checks a whole batch against the topic's max.message.bytes: letters that
+            # fit one by one may be refused together. Only a letter refused alone is too large.
+            for d in refused:
+                too_large += self._send([d], by_reference=False)
         if too_large:
             refused = self._send(too_large, by_reference=True)
             if refused:  # even a bare reference is too large: the topic's limit is absurd

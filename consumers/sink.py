@@ -45,6 +45,9 @@ errors = psycopg.errors
 CONNECT_OPTIONS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
                    "keepalives_interval": 10, "keepalives_count": 3}
 
+#: How long the start-up table check waits for a lock (then retries, so a stop can end it).
+CHECK_LOCK_TIMEOUT_MS = 5_000
+
 PublishDead = Callable[[list[DeadLetter]], None]
 
 #: After a chunk hit an existing key, load this many chunks of that table through
@@ -224,10 +227,14 @@ class PostgresSink:
         """Fail at once, with a hint, when a table or column the worker writes is missing."""
         conn = self._connection()
         try:
-            for spec in SPECS.values():
-                conn.execute(f"SELECT {_qcols(spec.column_names)} FROM {spec.name} LIMIT 0")
-            for table in ("ingest_offsets", "ingest_workers", "ingest_conflicts"):
-                conn.execute(f"SELECT * FROM {table} LIMIT 0")
+            with conn.transaction():
+                # A table locked by a migration must not hold the worker's start (and its stop) forever:
+                # a lock timeout is transient, so the check is retried and a stop request ends it.
+                conn.execute(f"SET LOCAL lock_timeout = '{CHECK_LOCK_TIMEOUT_MS}ms'")
+                for spec in SPECS.values():
+                    conn.execute(f"SELECT {_qcols(spec.column_names)} FROM {spec.name} LIMIT 0")
+                for table in ("ingest_offsets", "ingest_workers", "ingest_conflicts"):
+                    conn.execute(f"SELECT * FROM {table} LIMIT 0")
         except psycopg.Error as e:
             self.close()
             raise translate(e, self._url, "checking the tables") from e

@@ -170,7 +170,8 @@ class Worker:
         finally:
             self._consumer = None
             self._writer = None
-            writer.close(self.settings.shutdown_timeout_s)
+            # Giving up: the shutdown deadline has been spent already, do not wait a second time.
+            writer.close(0.0 if self._giving_up else self.settings.shutdown_timeout_s)
             self._dlq.close()
             self._sink.close()
 

@@ -81,3 +81,31 @@ def test_a_dead_letter_topic_with_a_smaller_limit_gets_a_reference(services, dat
           "every good memory loaded and one dead letter")
     [letter] = dead_letters.read_dead_letters(services.bootstrap, topic_prefix)
     _check_reference(letter, poison, topic_prefix)
+
+
+def test_letters_that_fit_one_by_one_are_sent_whole_when_their_batch_does_not(services, database_url, topic_prefix):
+    # 100 letters of ~1 KB against a 20,000-byte DLQ topic: one batch of them is refused, each alone fits.
+    admin = admin_client(services.bootstrap)
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC, tables.dlq_topic(topic_prefix),
+        incremental_configs=[ConfigEntry("max.message.bytes", "20000", incremental_operation=AlterConfigOpType.SET)],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+    raw = Producer({"bootstrap.servers": services.bootstrap, "linger.ms": 50})
+    for i in range(100):
+        raw.produce(tables.topic_for(topic_prefix, "agent_memories"), os.urandom(1000), key=b"agent_0")
+    assert raw.flush(30) == 0
+    for i in range(20):
+        p.record_memory("agent_0", f"memory {i}", i)
+    p.end_run()
+    p.close()
+    drain(worker_settings(services.bootstrap, database_url, topic_prefix),
+          lambda: count(database_url, "agent_memories") == 20
+          and len(dead_letters.read_dead_letters(services.bootstrap, topic_prefix)) == 100,
+          "every good memory loaded and 100 dead letters")
+    letters = dead_letters.read_dead_letters(services.bootstrap, topic_prefix)
+    assert not any(d.by_reference for d in letters)
+    assert all(len(d.value) == 1000 for d in letters)

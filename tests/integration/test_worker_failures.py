@@ -181,3 +181,25 @@ def test_out_of_range_integers_are_dead_lettered_without_validation(services, da
     letters = dead_letters.read_dead_letters(services.bootstrap, topic_prefix)
     assert {d.error_class for d in letters} == {"NumericValueOutOfRange"}
     assert all("agent_memories.step_timestamp" in d.message for d in letters)
+
+
+def test_a_write_that_hangs_is_given_up_at_the_shutdown_deadline(services, database_url, topic_prefix):
+    # Another session holds a lock on the table: the worker's COPY waits on it, for as long as it is held.
+    locker = psycopg.connect(database_url)
+    locker.execute("LOCK TABLE agent_memories IN SHARE MODE")  # reads go on, COPY waits
+    try:
+        record_memories(services.bootstrap, topic_prefix, 10)
+        settings = worker_settings(services.bootstrap, database_url, topic_prefix, shutdown_timeout_s=2.0)
+        with WorkerThread(settings) as w:
+            wait_for(lambda: w.worker.stats.consumed >= 10 and w.worker._writer is not None and w.worker._writer.busy,
+                     "a batch stuck behind the lock")
+            started = time.monotonic()
+            stats = w.stop(timeout=FAIL_FAST_S)
+            elapsed = time.monotonic() - started
+    finally:
+        locker.close()
+    assert 2.0 <= elapsed < 4.0, elapsed  # the deadline, once (not once per wait)
+    assert stats.inserted["agent_memories"] == 0
+    # Nothing was committed, so the next worker loads all ten.
+    drain(worker_settings(services.bootstrap, database_url, topic_prefix),
+          lambda: count(database_url, "agent_memories") == 10, "the ten memories")
