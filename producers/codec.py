@@ -18,7 +18,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from producers._fast_avro import UnsupportedSchema, record_encoder
+from producers._fast_avro import UnsupportedSchema, record_codec
 from producers.errors import MalformedRecordError, UnknownSchemaError
 from producers.tables import TABLES
 
@@ -80,11 +80,11 @@ class AvroCodec:
     def __init__(self, schema_dir: Path | None = None) -> None:
         self.versions = load_schema_versions(schema_dir or default_schema_dir())
         self.current = {table: vs[-1] for table, vs in self.versions.items()}
-        # Specialized encoders for the current versions (the producer's hot path).
-        self._encoders: dict[str, Any] = {}
+        # Specialized codecs for the current versions (the hot paths); fastavro resolves older ones.
+        self._fast: dict[str, tuple[Any, Any]] = {}
         for table, schema in self.current.items():
             try:
-                self._encoders[table] = record_encoder(schema.raw)
+                self._fast[table] = record_codec(schema.raw)
             except UnsupportedSchema:
                 pass
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
@@ -97,9 +97,9 @@ class AvroCodec:
     def encode(self, table: str, record: dict[str, Any], version: int | None = None) -> bytes:
         """Serialize `record` with the table's current schema (or an explicit `version`)."""
         schema = self.current[table] if version is None else self._version(table, version)
-        encode = self._encoders.get(table) if schema is self.current[table] else None
-        if encode is not None:
-            return MAGIC + schema.fingerprint + encode(record)
+        fast = self._fast.get(table) if schema is self.current[table] else None
+        if fast is not None:
+            return MAGIC + schema.fingerprint + fast[0](record)
         buf = io.BytesIO()
         buf.write(MAGIC)
         buf.write(schema.fingerprint)
@@ -117,6 +117,15 @@ class AvroCodec:
                 f"version (deploy the newest schemas/)"
             )
         reader = self.current[writer.table]
+        fast = self._fast.get(writer.table) if reader is writer else None
+        if fast is not None:
+            try:
+                record, end = fast[1](data, HEADER_SIZE)
+            except Exception as e:  # IndexError, struct.error, UnicodeDecodeError, ValueError...
+                raise MalformedRecordError(f"corrupt {writer.table} v{writer.version} payload: {e!r}") from e
+            if end != len(data):
+                raise MalformedRecordError(f"{len(data) - end} trailing bytes after the {writer.table} payload")
+            return Decoded(writer.table, writer.version, record)
         buf = io.BytesIO(data)
         buf.seek(HEADER_SIZE)
         try:

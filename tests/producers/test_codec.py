@@ -189,7 +189,7 @@ def test_valid_records_round_trip(table: str, data: st.DataObject) -> None:
 @pytest.mark.parametrize("table", tables.TABLES)
 @SETTINGS
 @given(data=st.data())
-def test_specialized_encoder_agrees_with_fastavro(table: str, data: st.DataObject) -> None:
+def test_specialized_codec_agrees_with_fastavro(table: str, data: st.DataObject) -> None:
     # The hot path uses producers._fast_avro; fastavro is the reference implementation.
     record = data.draw(records(table), label="record")
     schema = CODEC.current[table]
@@ -197,11 +197,33 @@ def test_specialized_encoder_agrees_with_fastavro(table: str, data: st.DataObjec
     fastavro.schemaless_writer(reference, schema.parsed, record)
     ours = CODEC.encode(table, record)
     assert ours[HEADER_SIZE:] == reference.getvalue()
+    by_fastavro = fastavro.schemaless_reader(io.BytesIO(ours[HEADER_SIZE:]), schema.parsed, None)
+    assert CODEC.decode(ours).record == by_fastavro
 
 
-def test_every_current_schema_gets_a_specialized_encoder() -> None:
-    # A schema shape the specialized encoder cannot handle silently falls back to fastavro (slow).
-    assert set(CODEC._encoders) == set(tables.TABLES)
+def test_every_current_schema_gets_a_specialized_codec() -> None:
+    # A schema shape the specialized codecs cannot handle silently falls back to fastavro (slow).
+    assert set(CODEC._fast) == set(tables.TABLES)
+
+
+def _varint(zigzagged: int) -> bytes:
+    out = bytearray()
+    while zigzagged > 0x7F:
+        out.append((zigzagged & 0x7F) | 0x80)
+        zigzagged >>= 7
+    out.append(zigzagged)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("step", [2**64 + 7, 2**70, 2**63 + 5])
+def test_a_varint_longer_than_64_bits_is_malformed(step: int) -> None:
+    # fastavro would read these modulo 2**64 (2**64 + 7 as 7): the record must not decode at all.
+    good = _sample(tables.AGENT_MEMORIES)
+    at = HEADER_SIZE + 37 + 8 + 37  # after memory_id, "agent_1" and the run id: step 5, one byte
+    assert good[at] == 10  # zigzag(5)
+    forged = good[:at] + _varint(2 * step) + good[at + 1:]
+    with pytest.raises(MalformedRecordError, match="longer than 64 bits"):
+        CODEC.decode(forged)
 
 
 def test_float32_rounding_is_what_the_wire_carries() -> None:
