@@ -63,6 +63,18 @@ class _Unrepresentable(Exception):
         self.path: list[str] = []  # innermost first
 
 
+#: PostgreSQL's numeric (which jsonb numbers are): digits before and after the decimal point.
+NUMERIC_MAX_INTEGER_DIGITS = 131_072
+NUMERIC_MAX_FRACTION_DIGITS = 16_383
+
+
+def _int(value: int) -> str:
+    try:
+        return int.__repr__(value)
+    except ValueError:  # Python's int-to-text limit (4,300 digits by default)
+        raise _Unrepresentable(f"an integer of about {value.bit_length() * 0.30103:.0f} digits is too long", value) from None
+
+
 def json_text(value: Any, table: str, field: str) -> str:
     """`value` as compact JSON text, or InvalidRecordError naming `field` and the path inside it."""
     out: list[str] = []
@@ -83,7 +95,7 @@ def _write(value: Any, out: list[str], active: set[int]) -> None:
     elif kind is bool:
         out.append("true" if value else "false")
     elif kind is int:
-        out.append(int.__repr__(value))
+        out.append(_int(value))
     elif kind is float:
         out.append(_float(value))
     elif kind is dict or kind is list or kind is tuple:
@@ -100,7 +112,7 @@ def _write_other(value: Any, out: list[str], active: set[int]) -> None:
     elif isinstance(value, str):
         out.append(_string(value))
     elif isinstance(value, int):
-        out.append(int.__repr__(value))
+        out.append(_int(value))
     elif isinstance(value, float):
         out.append(_float(value))
     elif isinstance(value, (Mapping, list, tuple)):
@@ -112,6 +124,9 @@ def _write_other(value: Any, out: list[str], active: set[int]) -> None:
     elif isinstance(value, Decimal):
         if not value.is_finite():
             raise _Unrepresentable(f"Decimal {value} is not valid JSON", value)
+        before, after = value.adjusted() + 1, -value.as_tuple().exponent
+        if before > NUMERIC_MAX_INTEGER_DIGITS or after > NUMERIC_MAX_FRACTION_DIGITS:
+            raise _Unrepresentable(f"Decimal {value:.6e} is out of range for a jsonb number", value)
         out.append(str(value))  # Decimal's text is always a valid JSON number
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         _container(value, out, active, {f.name: getattr(value, f.name) for f in dataclasses.fields(value)})

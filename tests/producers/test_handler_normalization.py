@@ -603,3 +603,14 @@ def test_handler_takes_either_a_producer_or_settings() -> None:
     with pytest.raises(ValueError, match="not both"):
         KafkaDatabaseHandler(producer=p, topic_prefix="other")
     p.abort()
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (Decimal("1E+999999"), "out of range for a jsonb number"),
+    (Decimal("1E-20000"), "out of range for a jsonb number"),
+    (10**5000, "digits is too long"),
+])
+def test_numbers_jsonb_cannot_hold_are_refused_naming_the_path(value, reason):
+    # PostgreSQL would refuse these in the worker (numeric overflow): refuse them at the call site.
+    with pytest.raises(InvalidRecordError, match=re.escape(reason) + r'.* at details\["v"\]'):
+        json_text({"v": value}, "simulation_events", "details")
