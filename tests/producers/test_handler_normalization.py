@@ -609,7 +609,7 @@ def test_handler_takes_either_a_producer_or_settings() -> None:
     (Decimal("1E+999999"), "out of range for a jsonb number"),
     (Decimal("1E-20000"), "out of range for a jsonb number"),
     (10**5000, "digits is too long"),
-])
+], ids=["huge Decimal", "tiny Decimal", "5000-digit int"])
 def test_numbers_jsonb_cannot_hold_are_refused_naming_the_path(value, reason):
     # PostgreSQL would refuse these in the worker (numeric overflow): refuse them at the call site.
     with pytest.raises(InvalidRecordError, match=re.escape(reason) + r'.* at details\["v"\]'):
