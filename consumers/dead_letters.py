@@ -110,6 +110,10 @@ def summarize(letters: list[StoredDeadLetter]) -> list[tuple[str, str, int]]:
 
 def decode_for_display(letter: StoredDeadLetter, codec: AvroCodec) -> dict[str, Any] | str:
     """The decoded record, or a short description of bytes that do not decode."""
+    if letter.by_reference:
+        h = letter.headers
+        return (f"<too large to dead-letter whole: {h.get(dlq.H_SIZE)} bytes, sha256 {h.get(dlq.H_SHA256)}, "
+                f"first bytes {h.get(dlq.H_HEAD, '')[:32]}…; the record is in its original topic at that offset>")
     if letter.value is None:
         return "<no value>"
     try:

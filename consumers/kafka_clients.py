@@ -96,8 +96,8 @@ _REASONS = {
 }
 
 
-def probe(bootstrap_servers: str, timeout_s: float, extra: dict[str, Any] | None = None) -> None:
-    """Return once a broker answers a metadata request; raise KafkaUnreachableError after `timeout_s`."""
+def probe(bootstrap_servers: str, timeout_s: float, extra: dict[str, Any] | None = None) -> set[str]:
+    """Return the topics once a broker answers a metadata request; KafkaUnreachableError after `timeout_s`."""
     errors: list[KafkaError] = []
     admin = AdminClient({
         "bootstrap.servers": bootstrap_servers,
@@ -106,8 +106,7 @@ def probe(bootstrap_servers: str, timeout_s: float, extra: dict[str, Any] | None
         "error_cb": errors.append,
     })
     try:
-        admin.list_topics(timeout=timeout_s)
-        return
+        return set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException:
         admin.poll(0)  # serves the error callbacks queued meanwhile
     reason = next(

@@ -36,7 +36,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON 
 Timeout = Annotated[
     float,
     typer.Option(
-        "--timeout", envvar="SOCIETY_TIMEOUT", min=1,
+        "--timeout", envvar="SOCIETY_TIMEOUT", min=1, max=3600,
         help="Give up after this many seconds when Kafka or PostgreSQL does not answer.",
     ),
 ]

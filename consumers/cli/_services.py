@@ -17,6 +17,7 @@ from consumers.cli._failures import context
 from consumers.cli._redact import MASK, secrets
 from consumers.errors import ConfigurationError
 from consumers.kafka_clients import probe
+from consumers.topics import all_topics
 from consumers.migrations import load_migrations
 from consumers.pg_errors import where
 
@@ -65,7 +66,16 @@ def require_schema(conninfo: str) -> None:
         )
 
 
-def kafka(bootstrap_servers: str, timeout_s: float, extra: dict[str, Any] | None = None) -> None:
-    """Return once a broker of `bootstrap_servers` answers; KafkaUnreachableError after `timeout_s`."""
+def kafka(bootstrap_servers: str, timeout_s: float, extra: dict[str, Any] | None = None) -> set[str]:
+    """The broker's topics once a broker of `bootstrap_servers` answers; KafkaUnreachableError after `timeout_s`."""
     context.bootstrap = bootstrap_servers
-    probe(bootstrap_servers, timeout_s, extra)
+    return probe(bootstrap_servers, timeout_s, extra)
+
+
+def require_topics(existing: set[str], prefix: str) -> None:
+    """Raise ConfigurationError unless every table topic of `prefix` exists."""
+    missing = [t for t in all_topics(prefix) if t not in existing]
+    if missing:
+        raise ConfigurationError(
+            f"topic(s) {', '.join(missing)} do not exist: run `society-ingest topics create --topic-prefix {prefix}`"
+        )

@@ -42,7 +42,7 @@ def consume(
         int, typer.Option(min=0, help="Stop after more than this many dead letters within a minute (0: no limit).")
     ] = 10_000,
     shutdown_timeout: Annotated[
-        float, typer.Option(min=0.1, help="On SIGTERM, give up a batch not committed within this many seconds.")
+        float, typer.Option(min=0.1, max=3600, help="On SIGTERM, give up a batch not committed within this many seconds.")
     ] = 30.0,
     timeout: Timeout = DEFAULT_TIMEOUT_S,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,

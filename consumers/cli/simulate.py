@@ -10,7 +10,8 @@ from typing import Annotated
 from consumers.cli._options import (
     DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, Timeout, console, fail, print_json, print_table, typer,
 )
-from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka, require_schema, require_topics
+from consumers.kafka_clients import librdkafka_logger
 from consumers.tools.simulate import run_society
 from consumers.status import row_counts
 from producers.handler import KafkaDatabaseHandler
@@ -44,10 +45,15 @@ def simulate(
         if not database_url:
             fail("--wait-loaded needs --database-url or DATABASE_URL")
         db = database(database_url, timeout)
-    kafka(bootstrap_servers, timeout)
-    handler = KafkaDatabaseHandler(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
-    report = asyncio.run(run_society(handler, agents, steps, seed))
-    handler.producer.close()
+        require_schema(db)  # before the run, not after it
+    require_topics(kafka(bootstrap_servers, timeout), topic_prefix)
+    handler = KafkaDatabaseHandler(
+        bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, extra={"logger": librdkafka_logger()}
+    )
+    try:
+        report = asyncio.run(run_society(handler, agents, steps, seed))
+    finally:  # also on Ctrl-C: deliver what was recorded
+        handler.producer.close()
     loaded = None
     waited = None
     if wait_loaded is not None:

@@ -11,7 +11,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from consumers import dead_letters, dlq
 from consumers.topics import admin_client
-from producers import tables
+from producers import AvroCodec, tables
 from support.db import count
 from support.pipeline import drain, producer, worker_settings
 
@@ -58,6 +58,8 @@ def test_a_message_too_large_to_dead_letter_goes_by_reference(services, database
     assert stats.dead_lettered == 1
     [letter] = dead_letters.read_dead_letters(services.bootstrap, topic_prefix)
     _check_reference(letter, poison, topic_prefix)
+    shown = dead_letters.decode_for_display(letter, AvroCodec())
+    assert f"{len(poison)} bytes" in shown and hashlib.sha256(poison).hexdigest() in shown
     # Its bytes are only in the original topic: a redrive leaves it alone rather than send an empty message.
     result = dead_letters.redrive(services.bootstrap, database_url, topic_prefix)
     assert (result.selected, result.by_reference, result.sent) == (1, 1, 0)
