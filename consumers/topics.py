@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic
 
+from consumers.errors import ConsumerError
 from consumers.kafka_clients import with_logging
 from producers import tables
 
@@ -22,6 +23,10 @@ TOPIC_POLL_S = 0.1
 PROBE_TIMEOUT_S = 5.0
 
 
+class TopicError(ConsumerError):
+    """A topic change Kafka cannot make (e.g. fewer partitions) or a topic that is missing."""
+
+
 @dataclass(frozen=True, slots=True)
 class TopicInfo:
     """What ``topics list/describe`` shows of one topic."""
@@ -31,7 +36,22 @@ class TopicInfo:
     replication: int
     retention_ms: str | None
     compression: str | None
+    cleanup_policy: str | None = None
     created: bool = False
+    #: For an existing topic that ``create`` kept: how it differs from what was asked.
+    differences: tuple[str, ...] = ()
+
+
+def _differences(info: TopicInfo, partitions: int, replication: int, config: dict[str, str]) -> tuple[str, ...]:
+    have = {"retention.ms": info.retention_ms, "compression.type": info.compression,
+            "cleanup.policy": info.cleanup_policy}
+    out = []
+    if info.partitions != partitions:
+        out.append(f"partitions {info.partitions} (asked {partitions})")
+    if info.replication != replication:
+        out.append(f"replication {info.replication} (asked {replication})")
+    out += [f"{k} {have[k]} (asked {v})" for k, v in config.items() if have[k] != v]
+    return tuple(out)
 
 
 def all_topics(prefix: str) -> list[str]:
@@ -53,11 +73,16 @@ def create_topics(
     replication: int = 1,
     retention_ms: int = DEFAULT_RETENTION_MS,
     compression: str = "producer",
+    cleanup_policy: str = "delete",
 ) -> list[TopicInfo]:
-    """Create the topics that are missing (idempotent); describe them all."""
+    """Create the topics that are missing (idempotent); describe them all.
+
+    An existing topic is kept as it is; its ``differences`` say how it differs
+    from what was asked (``alter_topics`` changes it).
+    """
     names = all_topics(prefix)
     existing = set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
-    config = {"retention.ms": str(retention_ms), "compression.type": compression}
+    config = {"retention.ms": str(retention_ms), "compression.type": compression, "cleanup.policy": cleanup_policy}
     new = [NewTopic(n, partitions, replication, config=config) for n in names if n not in existing]
     created = set()
     if new:
@@ -70,7 +95,77 @@ def create_topics(
                     raise
     wait_until_usable(admin, {n: (partitions if n in created else 1) for n in names}, bootstrap_servers)
     infos = describe_topics(admin, names)
-    return [dataclasses.replace(i, created=i.name in created) for i in infos]
+    return [
+        dataclasses.replace(i, created=True) if i.name in created
+        else dataclasses.replace(i, differences=_differences(i, partitions, replication, config))
+        for i in infos
+    ]
+
+
+def alter_topics(
+    admin: AdminClient,
+    names: list[str],
+    *,
+    partitions: int | None = None,
+    retention_ms: int | None = None,
+    compression: str | None = None,
+    cleanup_policy: str | None = None,
+    timeout_s: float = ADMIN_TIMEOUT_S,
+) -> list[TopicInfo]:
+    """Add partitions and set configs of existing topics; refuse to shrink (Kafka cannot).
+
+    Every check runs before any change, so a refused request changes nothing.
+    Adding partitions moves keys to new partitions: records of one entity
+    written before and after are then in two partitions (the loader's
+    idempotency keeps that correct, but per-entity order is only kept from then on).
+    """
+    current = {i.name: i for i in describe_topics(admin, names, timeout_s)}
+    missing = [n for n in names if n not in current]
+    if missing:
+        raise TopicError(f"no such topic(s): {', '.join(missing)} (create them with `society-ingest topics create`)")
+    if partitions is not None:
+        smaller = [f"{n} has {i.partitions}" for n, i in current.items() if i.partitions > partitions]
+        if smaller:
+            raise TopicError(f"cannot shrink to {partitions} partition(s): {', '.join(smaller)}; Kafka cannot remove partitions")
+        grow = [NewPartitions(n, partitions) for n, i in current.items() if i.partitions < partitions]
+        if grow:
+            for future in admin.create_partitions(grow, request_timeout=timeout_s).values():
+                future.result()
+    config = {k: str(v) for k, v in {"retention.ms": retention_ms, "compression.type": compression,
+                                       "cleanup.policy": cleanup_policy}.items() if v is not None}
+    if config:
+        resources = [
+            ConfigResource(ConfigResource.Type.TOPIC, n, incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()
+            ])
+            for n in names
+        ]
+        for future in admin.incremental_alter_configs(resources, request_timeout=timeout_s).values():
+            future.result()
+    return _wait_described(admin, names, partitions, config, timeout_s)
+
+
+def _wait_described(
+    admin: AdminClient, names: list[str], partitions: int | None, config: dict[str, str], timeout_s: float
+) -> list[TopicInfo]:
+    # Metadata and configs reach every broker a moment after the change is acknowledged.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        infos = describe_topics(admin, names, timeout_s)
+        done = all((partitions is None or i.partitions == partitions) and not _differences(
+            i, i.partitions, i.replication, config) for i in infos)
+        if done or time.monotonic() >= deadline:
+            return infos
+        time.sleep(TOPIC_POLL_S)
+
+
+def delete_topics(admin: AdminClient, names: list[str], timeout_s: float = ADMIN_TIMEOUT_S) -> list[str]:
+    """Delete the `names` that exist; return them. Their records are gone for good."""
+    present = [i.name for i in describe_topics(admin, names, timeout_s)]
+    if present:
+        for future in admin.delete_topics(present, operation_timeout=timeout_s, request_timeout=timeout_s).values():
+            future.result()
+    return present
 
 
 def wait_until_usable(
@@ -129,7 +224,8 @@ def describe_topics(admin: AdminClient, names: list[str], timeout_s: float = ADM
         parts = meta[n].partitions
         replication = len(next(iter(parts.values())).replicas) if parts else 0
         cfg = configs.get(n, {})
-        out.append(TopicInfo(n, len(parts), replication, cfg.get("retention.ms"), cfg.get("compression.type")))
+        out.append(TopicInfo(n, len(parts), replication, cfg.get("retention.ms"), cfg.get("compression.type"),
+                             cfg.get("cleanup.policy")))
     return out
 
 
