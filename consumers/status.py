@@ -1,4 +1,4 @@
-"""Rows per table and consumer lag per partition."""
+"""Rows per table, consumer lag per partition, and whether a run has fully landed."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from consumers import dead_letters
 from consumers._deps import psycopg
 from consumers.kafka_clients import with_logging
 from consumers.table_specs import RUN_COLUMN
 from producers import tables
+from producers.codec import AvroCodec
 
 RUN_KEY_COLUMN = {tables.SIMULATION_RUNS: "run_id", **RUN_COLUMN}
 #: How long each metadata or watermark request may take.
@@ -103,3 +105,72 @@ def consumer_lag(
         return out
     finally:
         consumer.close()
+
+
+#: Answers of ``run_completeness``.
+COMPLETE, NOT_YET, INCOMPLETE = "complete", "not yet", "incomplete"
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompleteness:
+    """Has a run fully landed? Per table: recorded by its producer, loaded, dead-lettered, missing."""
+
+    run_id: uuid.UUID
+    status: str | None
+    recorded: dict[str, int] | None
+    loaded: dict[str, int]
+    dead_lettered: dict[str, int]
+    #: Records in the group's partitions not committed yet (all runs: Kafka cannot tell them apart).
+    lag: int
+    state: str
+
+    @property
+    def missing(self) -> int:
+        """Recorded records not in their tables (dead-lettered ones included)."""
+        if self.recorded is None:
+            return 0
+        return sum(max(0, n - self.loaded.get(t, 0)) for t, n in self.recorded.items())
+
+
+def recent_runs(database_url: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest runs: id, status, times and what their producers recorded (None: not ended yet)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT run_id, status, start_time, end_time, record_counts FROM simulation_runs "
+            "ORDER BY start_time DESC NULLS LAST LIMIT %s",
+            (limit,),
+        ).fetchall()
+    return [dict(zip(("run_id", "status", "start_time", "end_time", "recorded"), r)) for r in rows]
+
+
+def run_completeness(
+    bootstrap_servers: str, database_url: str, prefix: str, group: str, run_id: uuid.UUID,
+    *, timeout_s: float = KAFKA_TIMEOUT_S,
+) -> RunCompleteness:
+    """Compare what the run's producer recorded (sent with its final status) with what landed.
+
+    complete: every recorded record is in its table. not yet: the run has not
+    ended, or the group still has records to consume. incomplete: nothing is
+    left to consume and records are missing (dead-lettered, or lost upstream).
+    """
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT status, record_counts FROM simulation_runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+    status, recorded = row if row else (None, None)
+    loaded = row_counts(database_url, run_id)
+    dead = dict.fromkeys(tables.TABLES, 0)
+    codec = AvroCodec()
+    for letter in dead_letters.read_dead_letters(bootstrap_servers, prefix, timeout_s=timeout_s):
+        record = dead_letters.decode_for_display(letter, codec)
+        table = letter.table
+        if isinstance(record, dict) and table in RUN_KEY_COLUMN and record.get(RUN_KEY_COLUMN[table]) == run_id:
+            dead[table] += 1
+    lag = sum(p.lag for p in consumer_lag(bootstrap_servers, database_url, prefix, group, timeout_s=timeout_s))
+    if recorded is not None and all(loaded.get(t, 0) >= n for t, n in recorded.items()):
+        state = COMPLETE
+    elif recorded is None or lag > 0:
+        state = NOT_YET
+    else:
+        state = INCOMPLETE
+    return RunCompleteness(run_id, status, recorded, loaded, dead, lag, state)

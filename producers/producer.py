@@ -8,6 +8,7 @@ failures are counted and reported by ``flush()``/``close()``, never dropped.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -180,6 +181,8 @@ class SocietyProducer:
         self._failures = deliveries.failures
         self._run: dict[str, Any] | None = None
         self._run_key = ""  # str(run_id), formatted once: keys and ids use it per record
+        #: Records of the current run enqueued per table, sent with its final status (record_counts).
+        self._run_counts: dict[str, int] = dict.fromkeys(tables.TABLES, 0)
         self._sequences = _sequences.StepSequences(settings.sequence_steps)
         self._max_payload = settings.max_message_bytes - RECORD_FRAMING_BYTES  # value + key
         self._closed = False
@@ -218,6 +221,8 @@ class SocietyProducer:
         fields = self._send(tables.SIMULATION_RUNS, run)
         self._run = fields
         self._run_key = str(fields["run_id"])
+        with self._lock:
+            self._run_counts = dict.fromkeys(tables.TABLES, 0)
         self._sequences.clear()
         return fields["run_id"]
 
@@ -225,7 +230,10 @@ class SocietyProducer:
         """Record the end of the current run with its final status."""
         run = dict(self._require_run())
         now = _now()
-        run.update(status=status, end_time=end_time or now, updated_at=now)
+        with self._lock:
+            counts = {**self._run_counts, tables.SIMULATION_RUNS: 1}  # one row, however many states
+        run.update(status=status, end_time=end_time or now, updated_at=now,
+                   record_counts=json.dumps(counts, separators=(",", ":")))
         if notes is not None:
             run["notes"] = notes
         self._run = self._send(tables.SIMULATION_RUNS, run)
@@ -536,6 +544,8 @@ class SocietyProducer:
         self._produce(self._topics[table], key, value)
         with self._lock:
             self._stats.sent[table] += 1
+            if self._run is not None and fields.get(tables.DECLARATIONS[table].run_column) == self._run["run_id"]:
+                self._run_counts[table] += 1
 
     def _check_size(self, table: str, fields: dict[str, Any], key: str | None, value: bytes) -> None:
         """Raise InvalidRecordError when the record would exceed librdkafka's message.max.bytes."""

@@ -36,7 +36,7 @@ SERVER_GENERATED = {
     (tables.SIMULATION_EVENTS, "event_id"),
 }
 #: Avro strings documented as JSON text, loaded into JSONB columns.
-JSON_TEXT_FIELDS = {(tables.SIMULATION_RUNS, "config_snapshot"), (tables.SIMULATION_EVENTS, "details")}
+JSON_TEXT_FIELDS = {(t, c.name) for t, cols in COLUMNS.items() for c in cols if c.sql == "jsonb"}
 #: Non-null in Avro but nullable in the DDL, on purpose: ddl/0001 documents
 #: "NULL marks a stub row created because a child row arrived before its run".
 NULLABLE_FOR_STUBS = {(tables.SIMULATION_RUNS, "updated_at"), (tables.AGENTS, "updated_at")}

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from producers import tables
 from producers.codec import HEADER_SIZE, MAGIC, AvroCodec, schema_fingerprint
 from producers.errors import CodecError, MalformedRecordError, UnknownSchemaError
+from producers.columns import COLUMNS, ColumnDef
 from producers.models import INT4_MAX, MODELS, REAL_MAX, validate_record
 
 CODEC = AvroCodec()
@@ -57,7 +58,6 @@ _real = st.one_of(
     st.sampled_from([REAL_MAX, -REAL_MAX, 1.401298464324817e-45, 1e-50, -0.0, 0.1]),
 )
 _importance = st.one_of(st.floats(min_value=0, max_value=1), st.sampled_from([0, 1, 1e-45, 0.9999999999]))
-_step = st.one_of(st.integers(min_value=0, max_value=INT4_MAX), st.sampled_from([0, INT4_MAX]))
 _zones = st.sampled_from(
     [timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8)), timezone(timedelta(hours=14))]
 )
@@ -69,71 +69,29 @@ _json_values = st.recursive(
     max_leaves=8,
 )
 _json_text = _json_values.map(lambda v: json.dumps(v, ensure_ascii=False))
-_tags = st.lists(_varchar(255), max_size=5)
 
-# (required fields, optional fields) per table.
+def _strategy(c: ColumnDef) -> st.SearchStrategy[Any]:
+    """Valid values of a column, edges included, from its definition (producers.columns)."""
+    if c.avro == "uuid":
+        return st.uuids()
+    if c.avro == "timestamp-micros":
+        return _time
+    if c.avro == "array<string>":
+        return st.lists(_varchar(c.max_length) if c.max_length else _text(20), max_size=5)
+    if c.avro == "string":
+        return _json_text if c.sql == "jsonb" else _varchar(c.max_length) if c.max_length else _text(60)
+    if c.avro == "int":
+        low = -(2**31) if c.minimum is None else int(c.minimum)
+        return st.one_of(st.integers(min_value=low, max_value=INT4_MAX), st.sampled_from([low, INT4_MAX]))
+    if (c.minimum, c.maximum) == (0, 1):
+        return _importance
+    return _real
+
+
+# (required fields, optional fields) per table, derived from the columns.
 FIELDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    tables.SIMULATION_RUNS: (
-        {"run_id": st.uuids(), "start_time": _time, "updated_at": _time},
-        {"config_snapshot": _json_text, "end_time": _time, "status": _varchar(50), "notes": _text(60)},
-    ),
-    tables.AGENTS: (
-        {"creation_run_id": st.uuids(), "agent_id_str": _varchar(255), "updated_at": _time},
-        {"persona": _text(60), "initial_agent_type": _varchar(50), "creation_step": _step},
-    ),
-    tables.AGENT_MEMORIES: (
-        {
-            "memory_id": st.uuids(),
-            "agent_id_str": _varchar(255),
-            "simulation_run_id": st.uuids(),
-            "step_timestamp": _step,
-            "content": _text(60),
-        },
-        {"real_timestamp": _time, "importance": _importance, "tags": _tags, "related_agent_id": _varchar(255)},
-    ),
-    tables.MARKET_TRANSACTIONS: (
-        {
-            "transaction_sim_id": _varchar(255),
-            "simulation_run_id": st.uuids(),
-            "step_timestamp": _step,
-            "market_id": _varchar(255),
-            "resource_type": _varchar(50),
-            "buyer_agent_id": _varchar(255),
-            "seller_agent_id": _varchar(255),
-            "quantity": _real,
-            "price_per_unit": _real,
-            "total_cost": _real,
-        },
-        {"real_timestamp": _time, "buy_order_id": _varchar(255), "sell_order_id": _varchar(255)},
-    ),
-    tables.BANKING_TRANSACTIONS: (
-        {
-            "transaction_sim_id": _varchar(255),
-            "simulation_run_id": st.uuids(),
-            "step_timestamp": _step,
-            "account_id": _varchar(255),
-            "agent_id_str": _varchar(255),
-            "transaction_type": _varchar(50),
-            "amount": _real,
-            "balance_after": _real,
-        },
-        {
-            "real_timestamp": _time,
-            "description": _text(60),
-            "counterparty_id": _varchar(255),
-            "reference_id": _varchar(255),
-        },
-    ),
-    tables.SIMULATION_EVENTS: (
-        {"event_uid": st.uuids(), "simulation_run_id": st.uuids(), "step_timestamp": _step, "event_type": _varchar(100)},
-        {
-            "real_timestamp": _time,
-            "agent_id_primary": _varchar(255),
-            "agent_id_secondary": _varchar(255),
-            "details": _json_text,
-            "description": _text(60),
-        },
-    ),
+    t: ({c.name: _strategy(c) for c in cols if not c.nullable}, {c.name: _strategy(c) for c in cols if c.nullable})
+    for t, cols in COLUMNS.items()
 }
 
 
