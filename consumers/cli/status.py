@@ -27,7 +27,7 @@ def _run_status(answer: ops.RunCompleteness, as_json: bool) -> None:
         )
         detail = {
             ops.COMPLETE: "every recorded record is in its table",
-            ops.NOT_YET: "the run has not ended" if answer.recorded is None
+            ops.NOT_YET: "the run's end, with its record counts, has not landed" if answer.recorded is None
             else f"{answer.lag} record(s) still to consume",
             ops.INCOMPLETE: f"{answer.missing} record(s) missing, nothing left to consume"
             + (f" ({sum(answer.dead_lettered.values())} dead-lettered: see `society-ingest dlq show`)"
