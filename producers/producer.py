@@ -135,6 +135,10 @@ def _flush_abandoned(producer: Producer, deliveries: _Deliveries) -> None:
         )
 
 
+#: The column naming each table's run (read per record: looked up once).
+_RUN_COLUMN = {t: d.run_column for t, d in tables.DECLARATIONS.items()}
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -544,7 +548,7 @@ class SocietyProducer:
         self._produce(self._topics[table], key, value)
         with self._lock:
             self._stats.sent[table] += 1
-            if self._run is not None and fields.get(tables.DECLARATIONS[table].run_column) == self._run["run_id"]:
+            if self._run is not None and fields.get(_RUN_COLUMN[table]) == self._run["run_id"]:
                 self._run_counts[table] += 1
 
     def _check_size(self, table: str, fields: dict[str, Any], key: str | None, value: bytes) -> None:
