@@ -67,6 +67,30 @@ def load_migrations(ddl_dir: Path | None = None) -> list[Migration]:
     return found
 
 
+#: A schema name migrations may create: a plain lower-case SQL identifier, not a system schema's.
+SCHEMA_NAME = re.compile(r"^(?!pg_)(?!information_schema$)[a-z_][a-z0-9_]{0,62}$")
+
+
+def in_schema(conninfo: str, schema: str) -> str:
+    """`conninfo` with `schema` as the search path: unqualified table names then mean that schema's tables."""
+    if not SCHEMA_NAME.match(schema):
+        raise ValueError(
+            f"{schema!r} is not a schema name this tool creates: use lower-case letters, digits and _ "
+            "(at most 63, not starting with a digit or pg_)"
+        )
+    options = psycopg.conninfo.conninfo_to_dict(conninfo).get("options") or ""
+    # Quoted: a reserved word ("window", "user") is a valid schema name too.
+    return psycopg.conninfo.make_conninfo(conninfo, options=f'{options} -c search_path="{schema}"'.strip())
+
+
+def create_schema(conninfo: str, schema: str) -> list[Migration]:
+    """Create `schema` if needed and apply every migration inside it; return those applied now."""
+    target = in_schema(conninfo, schema)  # checks the name before it goes into SQL
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psycopg.sql.Identifier(schema)))
+    return migrate(target)
+
+
 def _reason(e: psycopg.Error) -> str:
     """The server's one-line message and SQLSTATE (without LINE/HINT lines or the statement)."""
     if e.sqlstate:

@@ -79,10 +79,11 @@ def _insert_sql(spec: TableSpec) -> str:
     if not spec.upsert:
         return f"{head} ON CONFLICT ({_qcols(spec.key)}) DO NOTHING"
     updates = _qcols(f"{c} = EXCLUDED.{c}" for c in spec.column_names if c not in spec.key)
-    # Guarded upsert: an older state never overwrites a newer one; stubs (NULL) always lose.
+    # Guarded upsert: an older state never overwrites a newer one, the same state is not written
+    # again (a duplicate), stubs (NULL) always lose.
     return (
         f"{head} ON CONFLICT ({_qcols(spec.key)}) DO UPDATE SET {updates} "
-        f"WHERE t.updated_at IS NULL OR t.updated_at <= EXCLUDED.updated_at"
+        f"WHERE t.updated_at IS NULL OR t.updated_at < EXCLUDED.updated_at"
     )
 
 
@@ -268,6 +269,15 @@ class PostgresSink:
             raise translate(e, self._url, "reading stored offsets") from e
         return {(t, p): o for t, p, o in rows}
 
+    def forget_offsets(self) -> int:
+        """Delete this group's stored offsets (a replay starting over); return how many there were."""
+        try:
+            cur = self._connection().execute("DELETE FROM ingest_offsets WHERE consumer_group = %s", (self._group,))
+        except psycopg.Error as e:
+            self.close()
+            raise translate(e, self._url, "clearing stored offsets") from e
+        return cur.rowcount
+
     # -- writing ------------------------------------------------------------
     def write(
         self,
@@ -298,7 +308,9 @@ class PostgresSink:
                         continue
                     spec = SPECS[table]
                     if spec.upsert:
+                        states = len(rows.rows)
                         rows = _latest_per_key(spec, rows)
+                        result.duplicates[table] += states - len(rows.rows)  # superseded in the batch
                     self._load(cur, spec, rows.rows, rows.sources, result, created)
                 self._store_offsets(cur, batch, expected)
                 self._heartbeat(cur, result)
@@ -419,8 +431,8 @@ class PostgresSink:
             )
         # Counted only once the savepoint holds (a failing chunk raises before this).
         result.inserted[spec.name] += inserted
-        if not spec.upsert:
-            result.duplicates[spec.name] += len(rows) - inserted - len(divergent)
+        # Facts: the rest are duplicates or conflicts. States: the rest were there already or older.
+        result.duplicates[spec.name] += len(rows) - inserted - len(divergent)
         result.conflicts += len(divergent)
 
     def _heartbeat(self, cur: Any, result: WriteResult) -> None:

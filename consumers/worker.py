@@ -89,6 +89,8 @@ class Worker:
         self._validate = settings.validate_records
         self._row_of = {t: itemgetter(*SPECS[t].column_names) for t in tables.TABLES}
         self._range_error = {t: SPECS[t].range_error for t in tables.TABLES}
+        #: A replay's filter on decoded records: (table, fields) -> load it? None: load all.
+        self._wanted: Any = None
 
     # -- lifecycle ----------------------------------------------------------
     def stop(self) -> None:
@@ -121,13 +123,10 @@ class Worker:
         self._writer = BatchWriter(self._write)
         consumer: Consumer | None = None
         try:
-            # Wrong password, missing database or tables: fail now, not at the first batch.
-            self._retry(self._sink.check_schema)
+            self._prepare()
             consumer = Consumer(self.settings.consumer_config())
             self._consumer = consumer
-            consumer.subscribe(
-                list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-            )
+            self._start(consumer)
             self._loop(consumer, idle_exit_s)
             self._flush(self.settings.shutdown_timeout_s)
         except Interrupted as e:
@@ -146,6 +145,20 @@ class Worker:
             self._close(consumer)
         return self.stats
 
+    def _prepare(self) -> None:
+        """Before consuming: wrong password, missing database or tables fail now, not at the first batch."""
+        self._retry(self._sink.check_schema)
+
+    def _start(self, consumer: Consumer) -> None:
+        """Join the group; partitions come through the rebalance callbacks."""
+        consumer.subscribe(
+            list(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    def _finished(self) -> bool:
+        """Whether there is nothing left to consume (a daemon never is)."""
+        return False
+
     def _loop(self, consumer: Consumer, idle_exit_s: float | None) -> None:
         last_message = time.monotonic()
         while not self._stop.is_set():
@@ -159,7 +172,7 @@ class Worker:
             self._handle(self._writer.outcomes())
             self._dlq.poll()
             idle = idle_exit_s is not None and not self._batch.next_offsets
-            if idle and time.monotonic() - last_message >= idle_exit_s:
+            if idle and time.monotonic() - last_message >= idle_exit_s or self._finished():
                 break
 
     def _close(self, consumer: Consumer | None) -> None:
@@ -236,6 +249,8 @@ class Worker:
         except (CodecError, InvalidRecordError) as e:
             self._dead(DeadLetter(source, table, type(e).__name__, str(e)))
             return
+        if self._wanted is not None and not self._wanted(table, fields):
+            return  # outside a replay's selection: its offset still counts as consumed
         if fields.get("real_timestamp", _ABSENT) is None and source.timestamp_ms is not None:
             # No event time sent: the time the producer sent the record is the closest
             # truth we have, closer than the database's NOW() at load time.

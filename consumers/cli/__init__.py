@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from consumers.cli import bench, consume, dlq, migrate, simulate, status, topics
+from consumers.cli import bench, consume, dlq, migrate, replay, simulate, status, topics
 from consumers.cli._failures import context, run
 from consumers.cli._options import setup_logging, typer
 
@@ -32,6 +32,7 @@ def _options(
 app.command()(migrate.migrate)
 app.add_typer(topics.app, name="topics")
 app.command()(consume.consume)
+app.command()(replay.replay)
 app.command()(simulate.simulate)
 app.command()(status.status)
 app.add_typer(dlq.app, name="dlq")

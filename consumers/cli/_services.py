@@ -20,6 +20,7 @@ from consumers.kafka_clients import probe
 from consumers.topics import all_topics
 from consumers.migrations import load_migrations
 from consumers.pg_errors import where
+from producers.tables import dlq_topic, topic_for
 
 #: How long a command waits for Kafka or PostgreSQL before it gives up (--timeout).
 DEFAULT_TIMEOUT_S = 10.0
@@ -72,9 +73,10 @@ def kafka(bootstrap_servers: str, timeout_s: float, extra: dict[str, Any] | None
     return probe(bootstrap_servers, timeout_s, extra)
 
 
-def require_topics(existing: set[str], prefix: str) -> None:
-    """Raise ConfigurationError unless every table topic of `prefix` exists."""
-    missing = [t for t in all_topics(prefix) if t not in existing]
+def require_topics(existing: set[str], prefix: str, tables: tuple[str, ...] | None = None) -> None:
+    """Raise ConfigurationError unless the table topics of `prefix` (those of `tables`) and its DLQ exist."""
+    wanted = all_topics(prefix) if tables is None else [*(topic_for(prefix, t) for t in tables), dlq_topic(prefix)]
+    missing = [t for t in wanted if t not in existing]
     if missing:
         raise ConfigurationError(
             f"topic(s) {', '.join(missing)} do not exist: run `society-ingest topics create --topic-prefix {prefix}`"
