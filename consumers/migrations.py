@@ -83,16 +83,44 @@ def in_schema(conninfo: str, schema: str) -> str:
     return psycopg.conninfo.make_conninfo(conninfo, options=f'{options} -c search_path="{schema}"'.strip())
 
 
-def create_schema(conninfo: str, schema: str) -> list[Migration]:
-    """Create `schema` if needed and apply every migration inside it; return those applied now."""
-    target = in_schema(conninfo, schema)  # checks the name before it goes into SQL
+def pending(conninfo: str, ddl_dir: Path | None = None) -> list[Migration]:
+    """Migrations not applied yet to the database (of the connection's search path); all when none were."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psycopg.sql.Identifier(schema)))
-    return migrate(target)
+        if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+            applied: set[int] = set()
+        else:
+            applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+    return [m for m in load_migrations(ddl_dir) if m.version not in applied]
+
+
+def create_schema(conninfo: str, schema: str) -> list[Migration]:
+    """Create `schema` if needed and apply every migration inside it; return those applied now.
+
+    A schema already up to date is left alone, so a role without DDL privileges can
+    load into a schema its owner prepared (``society-ingest migrate --schema NAME``).
+    """
+    target = in_schema(conninfo, schema)  # checks the name before it goes into SQL
+    if not pending(target):
+        return []
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psycopg.sql.Identifier(schema)))
+        return migrate(target)
+    except (psycopg.errors.InsufficientPrivilege, MigrationError) as e:
+        denied = e if isinstance(e, psycopg.Error) else e.__cause__
+        if not isinstance(denied, psycopg.errors.InsufficientPrivilege):
+            raise
+        raise MigrationError(
+            f"cannot create schema {schema} and its tables as this role: {denied.diag.message_primary}; "
+            f"prepare it as the owner with `society-ingest migrate --schema {schema}`"
+        ) from e
 
 
 def _reason(e: psycopg.Error) -> str:
     """The server's one-line message and SQLSTATE (without LINE/HINT lines or the statement)."""
+    if e.sqlstate == "42501":
+        return (f"{e.diag.message_primary} (SQLSTATE 42501): migrations create and alter tables, "
+                "so run `migrate` as the owner of the schema, not as a loader or reader role")
     if e.sqlstate:
         return f"{e.diag.message_primary} (SQLSTATE {e.sqlstate})"
     return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)

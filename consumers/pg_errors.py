@@ -85,8 +85,8 @@ def hint(state: str) -> str:
     if state == "3D000":
         return "create the database, then run `society-ingest migrate`"
     if state == "42501":
-        return ("grant the worker's role SELECT, INSERT, UPDATE on the tables, USAGE on their sequences "
-                "and TEMP on the database")
+        return ("grant the role the loader's privileges: GRANT society_loader TO <role> (SELECT, INSERT, "
+                "UPDATE on the tables, USAGE on their sequences, TEMPORARY on the database; see ddl/0006_roles.sql)")
     if state in ("42P01", "42703", "3F000"):
         return "the tables are missing or out of date: run `society-ingest migrate`"
     return "fix the database configuration, then restart"

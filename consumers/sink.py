@@ -209,6 +209,7 @@ class PostgresSink:
         it refuses us for good (password, database, privileges).
         """
         self.close()
+        conn = None
         try:
             conn = psycopg.connect(self._url, autocommit=True, **CONNECT_OPTIONS)
             # jsonb values are JSON text the models already validated: dump them as they are.
@@ -221,6 +222,8 @@ class PostgresSink:
                 cols = ", ".join(f"{c.name} {c.copy_type}" for c in spec.columns)
                 conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {spec.stage_table} ({cols}, _seq int4)")
         except psycopg.Error as e:
+            if conn is not None:
+                conn.close()  # connected, but cannot make its staging tables (e.g. no TEMPORARY)
             raise translate(e, self._url, "cannot connect") from e
         self._conn = conn
 

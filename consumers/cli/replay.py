@@ -148,7 +148,7 @@ def replay(
             require_schema(live)
         else:
             applied = create_schema(live, target_schema)
-            if applied and not as_json:
+            if applied:
                 err_console.print(f"schema {target_schema}: applied {len(applied)} migration(s)")
             target = in_schema(live, target_schema)
     require_topics(kafka(bootstrap_servers, timeout, extra), topic_prefix, chosen)
