@@ -33,10 +33,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from consumers._deps import psycopg
 from consumers.batch import Batch
+from consumers.dlq_limit import DeadLetterLimit
+from consumers.errors import ConfigurationError
+from consumers.pg_errors import translate
 from consumers.settings import WorkerSettings
-from consumers.sink import WriteResult
+from consumers.sink import CONNECT_OPTIONS, WriteResult
 from consumers.worker import Worker
+from consumers.writer import Outcome
 from producers import tables
 from producers.codec import AvroCodec
 
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: How long each metadata, watermark or time-index request may take.
 KAFKA_TIMEOUT_S = 30.0
+#: First key of the advisory lock a replay holds on its group (the second is the group's hash).
+REPLAY_LOCK_ID = 0x5E9A
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +72,22 @@ class Selection:
     since_ms: int | None = None
     until_ms: int | None = None
     offsets: tuple[OffsetRange, ...] = ()
+    #: --since/--until as the user wrote them ("2h" stays "2h"): the group must not change with the clock.
+    window: tuple[str | None, str | None] = (None, None)
 
     def group(self, prefix: str, target_schema: str | None) -> str:
         """The replay's own group name, the same for the same selection (so --resume finds it)."""
-        text = repr((prefix, self.tables, self.run_id, self.since_ms, self.until_ms, self.offsets, target_schema))
+        chosen = tuple(t for t in tables.TABLES if t in self.tables)
+        window = self.window if self.window != (None, None) else (self.since_ms, self.until_ms)
+        offsets = tuple(sorted((r.table, r.partition, r.start, r.end or -1) for r in self.offsets))
+        text = repr((prefix, chosen, self.run_id, window, offsets, target_schema))
         return "society-ingest-replay-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def whole_run(self) -> bool:
+        """A run and nothing narrower: what Kafka held can be compared with what the run recorded."""
+        return (self.run_id is not None and self.since_ms is None and self.until_ms is None and not self.offsets
+                and set(self.tables) == set(tables.TABLES))
 
 
 @dataclass(slots=True)
@@ -88,6 +106,8 @@ class PartitionPlan:
     gone: int = 0
     #: Next offset to read (start, or where a resumed replay stopped).
     position: int = 0
+    #: Where the request began, before Kafka's retention moved it to `low`.
+    requested: int = 0
     done: bool = False
 
     @property
@@ -167,8 +187,10 @@ def plan(consumer: Consumer, prefix: str, selection: Selection) -> list[Partitio
                 f"{topic} has partitions 0..{max(existing)}; there is no partition {', '.join(map(str, unknown))}"
             )
         partitions = sorted(ranges) if ranges else existing
+        # The first offset at or after --since is exact (every earlier record is older). --until
+        # bounds nothing: a later record may carry an earlier timestamp (clock skew between
+        # producers), so reading goes on to the end and each record's timestamp decides.
         since = _offsets_at(consumer, topic, partitions, selection.since_ms) if selection.since_ms is not None else {}
-        until = _offsets_at(consumer, topic, partitions, selection.until_ms) if selection.until_ms is not None else {}
         for p in partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S, cached=False)
             asked = ranges.get(p)
@@ -176,11 +198,10 @@ def plan(consumer: Consumer, prefix: str, selection: Selection) -> list[Partitio
             end = high if asked is None or asked.end is None else min(asked.end, high)
             if p in since:
                 start = high if since[p] < 0 else max(start, since[p])
-            if p in until and until[p] >= 0:
-                end = min(end, until[p])
+            requested = start
             gone = max(0, min(low, end) - start) if start < low else 0
             start = max(start, low)
-            plans.append(PartitionPlan(table, topic, p, low, high, start, max(start, end), gone, start))
+            plans.append(PartitionPlan(table, topic, p, low, high, start, max(start, end), gone, start, requested))
     return plans
 
 
@@ -190,9 +211,10 @@ def retention_warnings(plans: list[PartitionPlan], selection: Selection) -> list
     for p in plans:
         if p.gone:
             what = "of the requested range" if selection.offsets else "at the start of the topic"
+            rest = f"replaying from {p.low}" if p.size else "nothing of it is left"
             warnings.append(
-                f"{p.topic}[{p.partition}]: offsets {p.low - p.gone}..{p.low - 1} {what} are no longer in Kafka "
-                f"({p.gone:,} record(s) deleted by retention); replaying from {p.low}"
+                f"{p.topic}[{p.partition}]: offsets {p.requested}..{p.requested + p.gone - 1} {what} are no longer "
+                f"in Kafka ({p.gone:,} record(s) deleted by retention); {rest}"
             )
         elif selection.since_ms is not None and p.low > 0 and p.start == p.low:
             warnings.append(
@@ -227,6 +249,9 @@ class Replay(Worker):
         self._on_progress = on_progress
         self._parts: dict[tuple[str, int], PartitionPlan] = {}
         self._reported = 0
+        self._lock: Any = None
+        if dry_run:
+            self._limit = DeadLetterLimit(0, 0)  # a dry run counts bad records, however many
         run = selection.run_id
         self._run_text = None if run is None else str(run)
         self._run_key = None if run is None else str(run).encode()
@@ -236,8 +261,26 @@ class Replay(Worker):
 
     # -- plan ---------------------------------------------------------------
     def _prepare(self) -> None:
-        if not self._dry_run:
-            super()._prepare()
+        if self._dry_run:
+            return
+        super()._prepare()
+        self._lock = self._retry(self._take_lock)
+
+    def _take_lock(self) -> Any:
+        """Hold a session lock on the group for the whole replay: one replay of a selection at a time."""
+        url = self.settings.database_url.get_secret_value()
+        try:
+            conn = psycopg.connect(url, autocommit=True, **CONNECT_OPTIONS)
+        except psycopg.Error as e:
+            raise translate(e, url, "locking the replay") from e
+        held = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (REPLAY_LOCK_ID, self.settings.group_id))
+        if not held.fetchone()[0]:
+            conn.close()
+            raise ConfigurationError(
+                f"another replay of the same selection (group {self.settings.group_id}) is running into this "
+                "database: wait for it, or stop it and run this one with --resume"
+            )
+        return conn
 
     def _start(self, consumer: Consumer) -> None:
         plans = plan(consumer, self.settings.topic_prefix, self.selection)
@@ -247,6 +290,8 @@ class Replay(Worker):
         stored: dict[tuple[str, int], int] = {}
         if self._resume and not self._dry_run:
             stored = self._retry(lambda: self._sink.load_offsets((p.topic, p.partition) for p in plans))
+            if not stored:
+                s.warnings.append("nothing stored to resume for this selection: replaying from the start")
         elif not self._dry_run:
             self._retry(lambda: self._sink.forget_offsets())
         assignment = []
@@ -254,7 +299,15 @@ class Replay(Worker):
             tp = (p.topic, p.partition)
             if tp in stored:
                 self._positions[tp] = stored[tp]
-                p.position = min(max(p.start, stored[tp]), p.end)
+                if stored[tp] > p.high:
+                    s.warnings.append(
+                        f"{p.topic}[{p.partition}]: the stored offset {stored[tp]} is past the log's end {p.high} "
+                        "(was the topic deleted and created again?): replaying this partition from the start"
+                    )
+                    continue_from = p.start
+                else:
+                    continue_from = min(max(p.start, stored[tp]), p.end)
+                p.position = continue_from
                 s.resumed_from += p.position - p.start
             else:
                 self._positions[tp] = None
@@ -348,6 +401,26 @@ class Replay(Worker):
             if d.table in self.summary.tables:
                 self.summary.tables[d.table].dead_lettered += 1
 
+    def _handle(self, outcomes: list[Outcome]) -> None:
+        fenced = next((o.fenced for o in outcomes if o.fenced is not None), None)
+        if fenced is not None:
+            # The lock keeps other replays of this group out; whoever moved the offsets, the
+            # replay cannot tell what was loaded: stop, and let --resume start from what is stored.
+            self._giving_up = True
+            raise ConfigurationError(f"the replay's stored offsets were moved by another process: {fenced}")
+        super()._handle(outcomes)
+
+    def _mirror_offsets(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        """A replay leaves no consumer group behind in Kafka: its offsets live in PostgreSQL only."""
+
+    def _close(self, consumer: Consumer | None) -> None:
+        try:
+            super()._close(consumer)
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+
     def _record(self, result: WriteResult) -> None:
         super()._record(result)
         for t, counts in self.summary.tables.items():
@@ -366,6 +439,10 @@ class Replay(Worker):
         finally:
             self.summary.elapsed_s = time.monotonic() - started
             self.summary.finished = not self._giving_up and all(p.done for p in self._parts.values())
+        if self.summary.finished and not self._dry_run:
+            # Nothing is left to resume: leave no offsets behind.
+            self._retry(self._sink.forget_offsets)
+            self._sink.close()
         return self.summary
 
 

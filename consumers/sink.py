@@ -121,9 +121,13 @@ _HEARTBEAT = (
     "rows_loaded = w.rows_loaded + EXCLUDED.rows_loaded, dead_lettered = w.dead_lettered + EXCLUDED.dead_lettered, "
     "retries = EXCLUDED.retries, last_error = EXCLUDED.last_error"
 )
+#: A conflict already kept (the same incoming record for the same key) is not kept again: replays
+#: would otherwise ask a person to judge it once per replay.
 _RECORD_CONFLICT = (
     "INSERT INTO ingest_conflicts (table_name, record_key, topic, kafka_partition, kafka_offset, incoming) "
-    "VALUES (%s, %s, %s, %s, %s, %s)"
+    "SELECT %(table)s, %(key)s, %(topic)s, %(partition)s, %(offset)s, %(incoming)s WHERE NOT EXISTS ("
+    "SELECT 1 FROM ingest_conflicts WHERE table_name = %(table)s AND record_key = %(key)s "
+    "AND incoming = %(incoming)s::jsonb)"
 )
 
 
@@ -428,10 +432,9 @@ class PostgresSink:
         cur.execute(f"TRUNCATE {spec.stage_table}")
         for seq, key, incoming in divergent:
             src = sources[seq]
-            cur.execute(
-                _RECORD_CONFLICT,
-                (spec.name, key, src.topic, src.partition, src.offset, json.dumps(incoming)),
-            )
+            cur.execute(_RECORD_CONFLICT, {"table": spec.name, "key": key, "topic": src.topic,
+                                           "partition": src.partition, "offset": src.offset,
+                                           "incoming": json.dumps(incoming)})
         # Counted only once the savepoint holds (a failing chunk raises before this).
         result.inserted[spec.name] += inserted
         # Facts: the rest are duplicates or conflicts. States: the rest were there already or older.

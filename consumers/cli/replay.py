@@ -17,7 +17,7 @@ from consumers.cli._options import (
 from consumers.cli._progress import Progress
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka, require_schema, require_topics
 from consumers.migrations import create_schema, in_schema
-from consumers.replay import OffsetRange, Replay, ReplaySummary, Selection, replay_worker_id
+from consumers.replay import OffsetRange, Replay, ReplaySummary, Selection, TableSummary, replay_worker_id
 from consumers.settings import WorkerSettings
 from producers import tables
 
@@ -33,19 +33,25 @@ def parse_time(text: str, option: str) -> int:
     """Milliseconds since the epoch of an ISO 8601 time (UTC unless it says otherwise) or of "<N>[smhd]" ago."""
     text = text.strip()
     relative = _RELATIVE.match(text)
-    if relative:
-        moment = datetime.now(timezone.utc) - timedelta(**{_UNITS[relative.group(2)]: float(relative.group(1))})
-    else:
-        try:
+    try:
+        if relative:
+            moment = datetime.now(timezone.utc) - timedelta(**{_UNITS[relative.group(2)]: float(relative.group(1))})
+        else:
             moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise typer.BadParameter(
-                f"{text!r} is neither an ISO 8601 time (2026-11-28T10:00:00Z) nor a duration ago (30m, 2h, 1d)",
-                param_hint=option,
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+        ms = int(moment.timestamp() * 1000)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is neither an ISO 8601 time (2026-11-28T10:00:00Z) nor a duration ago (30m, 2h, 1d)",
+            param_hint=option,
+        ) from None
+    except OverflowError:
+        ms = -1
+    if ms < 0:
+        # Kafka's time index knows nothing earlier, and reads -1 and -2 as "latest" and "earliest".
+        raise typer.BadParameter(f"{text!r} is before 1970: Kafka timestamps start there", param_hint=option)
+    return ms
 
 
 def parse_offsets(specs: list[str]) -> tuple[OffsetRange, ...]:
@@ -93,12 +99,20 @@ def replay(
         str | None,
         typer.Option(help="Load into this schema (created from the same migrations) instead of the live tables."),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would load, per table; write nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count per table what is selected, valid and invalid; write nothing.")
+    ] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted replay of the same selection where it stopped.")
     ] = False,
     max_batch_rows: Annotated[int, typer.Option(min=1, help="Commit after this many rows.")] = 20_000,
     validate: Annotated[bool, typer.Option(help="Validate records as the worker does.")] = True,
+    dead_letter_max_consecutive: Annotated[
+        int, typer.Option(min=0, help="Stop after more than this many dead letters in a row (0: no limit).")
+    ] = 1_000,
+    dead_letter_max_per_minute: Annotated[
+        int, typer.Option(min=0, help="Stop after more than this many dead letters within a minute (0: no limit).")
+    ] = 10_000,
     consumer_property: Annotated[
         list[str] | None,
         typer.Option("--consumer-property", "-X", help="Extra librdkafka consumer property KEY=VALUE (repeat)."),
@@ -116,13 +130,20 @@ def replay(
     same command with --resume to continue).
     """
     setup_logging()
-    chosen = tuple(table or tables.TABLES)
-    unknown = sorted(set(chosen) - set(tables.TABLES))
+    unknown = sorted(set(table or ()) - set(tables.TABLES))
     if unknown:
         raise typer.BadParameter(f"unknown table(s): {', '.join(unknown)}", param_hint="--table")
+    if not re.match(tables.TOPIC_PREFIX_PATTERN, topic_prefix):
+        raise typer.BadParameter(f"{topic_prefix!r} is not a topic prefix (letters, digits, . _ -)",
+                                 param_hint="--topic-prefix")
+    if dry_run and resume:
+        raise typer.BadParameter("a dry run writes no offsets, so there is nothing to resume", param_hint="--resume")
+    if target_schema == "public":
+        raise typer.BadParameter("public holds the live tables: leave --target-schema out to replay into them",
+                                 param_hint="--target-schema")
     ranges = parse_offsets(offsets or [])
-    if ranges:
-        chosen = tuple(t for t in tables.TABLES if t in {r.table for r in ranges})
+    wanted = {r.table for r in ranges} if ranges else set(table or tables.TABLES)
+    chosen = tuple(t for t in tables.TABLES if t in wanted)
     try:
         run_id = None if run is None else uuid.UUID(run)
     except ValueError:
@@ -131,7 +152,7 @@ def replay(
     until_ms = None if until is None else parse_time(until, "--until")
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
         raise typer.BadParameter("--until must be later than --since", param_hint="--until")
-    selection = Selection(chosen, run_id, since_ms, until_ms, ranges)
+    selection = Selection(chosen, run_id, since_ms, until_ms, ranges, (since, until))
     extra = _properties(consumer_property or [])
     if not database_url and not dry_run:
         raise typer.BadParameter("missing: pass it or set DATABASE_URL", param_hint="--database-url")
@@ -162,6 +183,8 @@ def replay(
         worker_id=replay_worker_id(),
         max_batch_rows=max_batch_rows,
         validate_records=validate,
+        dead_letter_max_consecutive=dead_letter_max_consecutive,
+        dead_letter_max_per_minute=dead_letter_max_per_minute,
         consumer_extra={**extra, "enable.partition.eof": True},
     )
     with Progress("dry run" if dry_run else "replay", None) as bar:
@@ -175,18 +198,27 @@ def replay(
         worker = Replay(settings, selection, dry_run=dry_run, resume=resume, target_schema=target_schema,
                         on_plan=planned, on_progress=bar.advance)
         worker.install_signal_handlers()
-        summary = worker.run()
-    late = _missing_from_kafka(live, run_id, summary) if run_id is not None and live is not None else []
+        try:
+            summary = worker.run()
+        except ValueError as e:  # the plan names a partition the topic lacks
+            raise typer.BadParameter(str(e), param_hint="--offsets") from None
+    late = _empty_selection(summary, selection)
+    if selection.whole_run and live is not None and not dry_run:
+        late += _missing_from_kafka(live, run_id, summary)
     summary.warnings.extend(late)
     _report(summary, as_json)
     for warning in late:
         err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if not summary.finished:
-        fail(
-            f"stopped before the end: {summary.scanned + summary.resumed_from:,} of {summary.total:,} offset(s) "
-            "replayed; run the same command with --resume to continue",
-            EXIT_INTERRUPTED,
-        )
+        done = f"{summary.scanned + summary.resumed_from:,} of {summary.total:,} offset(s)"
+        fail(f"dry run stopped before the end: {done} read" if dry_run else
+             f"stopped before the end: {done} replayed; run the same command with --resume to continue",
+             EXIT_INTERRUPTED)
+
+
+#: librdkafka properties a replay sets itself: changing them would touch a group's offsets in Kafka.
+_OWN_PROPERTIES = {"group.id", "group.instance.id", "enable.auto.commit", "enable.auto.offset.store",
+                   "enable.partition.eof", "bootstrap.servers"}
 
 
 def _properties(props: list[str]) -> dict[str, Any]:
@@ -195,8 +227,22 @@ def _properties(props: list[str]) -> dict[str, Any]:
         key, sep, value = prop.partition("=")
         if not sep:
             raise typer.BadParameter(f"{prop!r} is not KEY=VALUE", param_hint="--consumer-property")
+        if key.strip() in _OWN_PROPERTIES:
+            raise typer.BadParameter(f"{key.strip()} is the replay's own setting (its group keeps the live "
+                                     "workers' offsets untouched)", param_hint="--consumer-property")
         extra[key.strip()] = value.strip()
     return extra
+
+
+def _empty_selection(summary: ReplaySummary, selection: Selection) -> list[str]:
+    """Say so when the selection found nothing, instead of a table of zeros."""
+    if not summary.finished or any(c.selected for c in summary.tables.values()) or summary.resumed_from:
+        return []
+    if summary.total == 0:
+        return ["the selected range holds no records (the topics are empty there, or it starts past their end)"]
+    if selection.run_id is not None:
+        return [f"no record of run {selection.run_id} in the {summary.scanned:,} record(s) read"]
+    return [f"none of the {summary.scanned:,} record(s) read is in the selected time range"]
 
 
 def _missing_from_kafka(conninfo: str, run_id: uuid.UUID, summary: ReplaySummary) -> list[str]:
@@ -219,6 +265,13 @@ def _missing_from_kafka(conninfo: str, run_id: uuid.UUID, summary: ReplaySummary
     return warnings
 
 
+def _counts(counts: TableSummary, dry_run: bool) -> dict[str, int]:
+    if dry_run:  # nothing was loaded: what would be loaded (or found there) and what would be dead-lettered
+        return {"scanned": counts.scanned, "selected": counts.selected, "valid": counts.loaded,
+                "invalid": counts.dead_lettered}
+    return dataclasses.asdict(counts)
+
+
 def _report(summary: ReplaySummary, as_json: bool) -> None:
     rate = summary.scanned / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     if as_json:
@@ -232,7 +285,7 @@ def _report(summary: ReplaySummary, as_json: bool) -> None:
             "offsets_total": summary.total,
             "resumed_from": summary.resumed_from,
             "conflicts": summary.conflicts,
-            "tables": {t: dataclasses.asdict(c) for t, c in summary.tables.items()},
+            "tables": {t: _counts(c, summary.dry_run) for t, c in summary.tables.items()},
             "partitions": [
                 {"topic": p.topic, "partition": p.partition, "start": p.start, "end": p.end, "low": p.low,
                  "high": p.high, "gone": p.gone}
@@ -241,8 +294,8 @@ def _report(summary: ReplaySummary, as_json: bool) -> None:
             "warnings": summary.warnings,
         })
         return
-    loaded = "would load" if summary.dry_run else "loaded"
-    dead = "would dead-letter" if summary.dry_run else "dead-lettered"
+    loaded = "valid" if summary.dry_run else "loaded"
+    dead = "invalid (would dead-letter)" if summary.dry_run else "dead-lettered"
     columns = ["table", "scanned", "selected", loaded, dead] + ([] if summary.dry_run else ["duplicates"])
     rows = [
         [t, f"{c.scanned:,}", f"{c.selected:,}", f"{c.loaded:,}", f"{c.dead_lettered:,}"]

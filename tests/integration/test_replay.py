@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 
 import psycopg
@@ -17,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from consumers import dlq
 from consumers.migrations import create_schema, in_schema
-from consumers.replay import OffsetRange, Replay, Selection, replay_worker_id
+from consumers.replay import REPLAY_LOCK_ID, OffsetRange, Replay, Selection, replay_worker_id
 from consumers.table_specs import SPECS
 from producers import tables
 from support.db import count
@@ -207,7 +208,7 @@ def test_replay_by_offset_range_loads_exactly_those_offsets(services, database_u
     assert [(q["partition"], q["start"], q["end"]) for q in summary["partitions"]] == [(partition, 5, 12)]
 
     code, _, err = _cli(services, database_url, topic_prefix, "--offsets", "agent_memories:7:0-", check=False)
-    assert code == 1 and "no partition 7" in err
+    assert code == 2 and "no partition 7" in err
 
 
 def test_dry_run_counts_per_table_and_writes_nothing(services, database_url, topic_prefix):
@@ -215,7 +216,7 @@ def test_dry_run_counts_per_table_and_writes_nothing(services, database_url, top
     _, summary, _ = _cli(services, database_url, topic_prefix, "--run", str(run_id), "--dry-run",
                          "--target-schema", "never")
     assert summary["dry_run"] and summary["finished"]
-    assert {t: c["loaded"] for t, c in summary["tables"].items()} == {
+    assert {t: c["valid"] for t, c in summary["tables"].items()} == {
         "simulation_runs": 2, "agents": 4, "agent_memories": 12, "market_transactions": 3,
         "banking_transactions": 3, "simulation_events": 12}
     assert all(count(database_url, t) == 0 for t in tables.TABLES)
@@ -306,3 +307,71 @@ def test_bad_records_go_to_the_dead_letter_topic_as_in_the_worker(services, data
     assert len(seen) == 1
     headers = dlq.parse_headers(seen[0].headers())
     assert headers[dlq.H_ERROR_CLASS] == "MalformedRecordError" and headers[dlq.H_WORKER].startswith("replay@")
+
+
+def _memory_at(run_id, i, ts_ms):
+    """An encoded memory record and its Kafka timestamp, produced as-is (a producer with its own clock)."""
+    from producers.codec import AvroCodec
+    from producers.models import validate_record
+
+    fields = validate_record("agent_memories", {
+        "memory_id": uuid.uuid4(), "simulation_run_id": run_id, "agent_id_str": "agent_0", "step_timestamp": i,
+        "real_timestamp": datetime.fromtimestamp(ts_ms / 1000, timezone.utc), "content": f"memory {i}"})
+    return fields["memory_id"], AvroCodec().encode("agent_memories", fields)
+
+
+def test_until_finds_records_whose_timestamps_are_out_of_log_order(services, database_url, topic_prefix):
+    from confluent_kafka import Producer
+
+    run_id, base = uuid.uuid4(), time.time_ns() // 1_000_000 - 60_000
+    raw = Producer({"bootstrap.servers": services.bootstrap})
+    sent = {}
+    for i, offset_ms in enumerate((0, 3000, 1000, 2500)):  # two clocks: the third is older than the second
+        memory_id, value = _memory_at(run_id, i, base + offset_ms)
+        sent[offset_ms] = str(memory_id)
+        raw.produce(tables.topic_for(topic_prefix, "agent_memories"), value, key=f"{run_id}/agent_0",
+                    timestamp=base + offset_ms)
+    raw.flush(30)
+    _, summary, _ = _cli(services, database_url, topic_prefix, "--table", "agent_memories", "--since", _iso(base),
+                         "--until", _iso(base + 2000), "--target-schema", "skew")
+    assert {str(r[0]) for r in _rows(database_url, "skew", "agent_memories")} == {sent[0], sent[1000]}
+
+
+def test_one_replay_of_a_selection_at_a_time_and_conflicts_kept_once(services, database_url, topic_prefix):
+    run_id = _record_run(services, topic_prefix, agents=2, steps=1)
+    settings = worker_settings(services.bootstrap, database_url, topic_prefix)
+    drain(settings, lambda: count(database_url, "agent_memories") == 2, "the run")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE agent_memories SET content = 'tampered'")
+    selection = Selection(run_id=run_id)
+    group = selection.group(topic_prefix, None)
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (REPLAY_LOCK_ID, group))
+        code, _, err = _cli(services, database_url, topic_prefix, "--run", str(run_id), check=False)
+    assert code == 1 and "another replay of the same selection" in err
+    for _ in range(2):
+        _, summary, _ = _cli(services, database_url, topic_prefix, "--run", str(run_id))
+        assert summary["finished"] and summary["conflicts"] == 2
+    assert count(database_url, "ingest_conflicts") == 2  # kept once, however often replayed
+    with psycopg.connect(database_url) as conn:  # a finished replay leaves no offsets behind
+        assert conn.execute("SELECT count(*) FROM ingest_offsets WHERE consumer_group = %s",
+                            (group,)).fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("-X", "group.id=society-ingest"), "group.id is the replay's own setting"),
+    (("--target-schema", "public"), "leave --target-schema out"),
+    (("--since", "1969-12-31T23:59:59.999Z"), "before 1970"),
+    (("--since", "1000000000d"), "before 1970"),
+    (("--dry-run", "--resume"), "nothing to resume"),
+])
+def test_options_that_would_touch_live_offsets_or_mean_nothing_are_refused(services, database_url, topic_prefix,
+                                                                            args, says):
+    code, _, err = _cli(services, database_url, topic_prefix, *args, check=False)
+    assert code == 2 and says in " ".join(err.replace("│", " ").split()), err
+
+
+def test_an_empty_selection_says_so(services, database_url, topic_prefix):
+    _record_run(services, topic_prefix, agents=1, steps=1)
+    _, summary, err = _cli(services, database_url, topic_prefix, "--run", str(uuid.uuid4()), "--dry-run")
+    assert any("no record of run" in w for w in summary["warnings"]) and "no record of run" in err
