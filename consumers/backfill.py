@@ -190,11 +190,10 @@ class LineParser:
 
     def parse(self, raw: bytes) -> tuple[str, dict[str, Any]] | None:
         """(table, record) of a line, None for a blank line; BadLine naming the field otherwise."""
-        data = raw.strip()
-        if not data:
+        if not raw.strip():
             return None
         try:
-            text = data.decode("utf-8")
+            text = raw.decode("utf-8")  # not stripped: byte and column numbers are the line's own
         except UnicodeDecodeError as e:
             raise BadLine(None, LINE, f"not valid UTF-8 (byte {e.start + 1})") from None
         try:
