@@ -90,8 +90,9 @@ def _stopped(result: ops.BackfillResult) -> None:
     if more:
         err_console.print(f"… and {more:,} more (all in {result.report})", highlight=False)
     file, delivered = result.position or ("?", 0)
-    fail(f"{result.bad_lines:,} bad line(s) in the batch after line {delivered:,} of {file}: nothing of that batch "
-         f"was sent (lines 1–{delivered:,} are delivered); fix them and run the same command again to resume, "
+    before = f"lines 1–{delivered:,} are delivered" if delivered else "nothing of the file was sent"
+    fail(f"{result.bad_lines:,} bad line(s) in {file}, the first at line {result.errors[0].line:,}: nothing of "
+         f"their batch was sent ({before}); fix them and run the same command again to resume, "
          "or add --skip-bad to skip them")
 
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from consumers import status
 from consumers.backfill import GENERATED_COLUMNS
 from producers import tables
 from producers.columns import COLUMNS
-from support.backfill_helpers import cli_env, message_keys, messages, society_ingest, write_ndjson
+from support.backfill_helpers import (
+    cli_env, load_everything, message_keys, messages, society_ingest, write_ndjson,
+)
 from support.db import count, fetch
 from support.pipeline import WAIT_TIMEOUT_S, drain, wait_for, worker_settings
 
@@ -54,11 +55,6 @@ def loaded(database_url: str) -> dict[str, int]:
     return {t: count(database_url, t) for t in tables.TABLES}
 
 
-def consumed_all(services: Any, database_url: str, prefix: str, group: str) -> bool:
-    lags = status.consumer_lag(services.bootstrap, database_url, prefix, group)
-    return bool(lags) and sum(p.lag for p in lags) == 0
-
-
 def test_good_lines_land_and_bad_lines_are_reported_with_their_line_numbers(
         services, database_url, topic_prefix, tmp_path):
     lines = a_run_in_lines()
@@ -79,7 +75,8 @@ def test_good_lines_land_and_bad_lines_are_reported_with_their_line_numbers(
     assert summary["state"] == "stopped" and summary["sent"] == 5
     assert [(e["line"], e["field"]) for e in summary["errors"]] == [(8, "importance")]
     assert f"{path}:8: agent_memories.importance: Input should be less than or equal to 1" in stopped.stderr
-    assert "nothing of that batch was sent (lines 1–5 are delivered)" in stopped.stderr
+    assert f"bad line(s) in {path}, the first at line 8: nothing of their batch was sent (lines 1–5 are delivered)" \
+        in stopped.stderr
     assert sum(messages(services.bootstrap, topic_prefix).values()) == 5
 
     # With --skip-bad: resumed after line 5, every good line sent once, every bad one reported.
@@ -97,9 +94,7 @@ def test_good_lines_land_and_bad_lines_are_reported_with_their_line_numbers(
         f"{RUN}/{o['agent_id_str']}" for i, o in enumerate(lines, 1)
         if isinstance(o, dict) and o["table"] == "agent_memories" and i not in bad)
 
-    settings = worker_settings(services.bootstrap, database_url, topic_prefix)
-    stats = drain(settings, lambda: consumed_all(services, database_url, topic_prefix, settings.group_id),
-                  "every message consumed")
+    stats = load_everything(services, database_url, topic_prefix)
     assert loaded(database_url) == {t: good[t] for t in tables.TABLES}
     assert stats.dead_lettered == 0 and sum(stats.duplicates.values()) == 0
     given = {o["memory_id"] for i, o in enumerate(lines, 1)
@@ -174,9 +169,7 @@ def test_a_killed_backfill_resumed_sends_no_record_twice_beyond_one_batch_and_lo
     in_kafka = messages(services.bootstrap, topic_prefix)["agent_memories"]
     assert n <= in_kafka <= n + 300  # at most the batch acknowledged but not yet checkpointed, again
 
-    settings = worker_settings(services.bootstrap, database_url, topic_prefix)
-    stats = drain(settings, lambda: consumed_all(services, database_url, topic_prefix, settings.group_id),
-                  "every message consumed")
+    stats = load_everything(services, database_url, topic_prefix)
     assert fetch(database_url, "SELECT count(*), count(DISTINCT memory_id) FROM agent_memories") == [(n, n)]
     assert stats.duplicates["agent_memories"] == in_kafka - n and stats.conflicts == 0
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import psycopg
 
+from consumers import status
 from producers import tables
 from producers.columns import COLUMNS
-from support.pipeline import WAIT_TIMEOUT_S
+from support.pipeline import WAIT_TIMEOUT_S, drain, worker_settings
 from support.reconcile import end_offsets
 
 
@@ -30,6 +31,19 @@ def society_ingest(services: Any, *args: str, database_url: str | None = None) -
     """``society-ingest ARGS`` in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "consumers.cli", *args], env=cli_env(services, database_url),
                           capture_output=True, text=True, timeout=WAIT_TIMEOUT_S * 2)
+
+
+def consumed_all(services: Any, database_url: str, prefix: str, group: str) -> bool:
+    """Has `group` committed every message of `prefix`'s topics (offsets stored with the rows)?"""
+    lags = status.consumer_lag(services.bootstrap, database_url, prefix, group)
+    return bool(lags) and sum(p.lag for p in lags) == 0
+
+
+def load_everything(services: Any, database_url: str, prefix: str) -> Any:
+    """Run a worker until it committed every message of `prefix`; its stats."""
+    settings = worker_settings(services.bootstrap, database_url, prefix)
+    return drain(settings, lambda: consumed_all(services, database_url, prefix, settings.group_id),
+                 f"every message of {prefix} consumed")
 
 
 def write_ndjson(path: Path, objs: list[Any], compress: bool = False) -> Path:
