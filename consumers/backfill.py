@@ -44,17 +44,17 @@ import gzip
 import hashlib
 import json
 import os
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
+from consumers._files import write_atomically
 from consumers.errors import ConsumerError
 from producers import ids, tables
 from producers._json import json_text
@@ -369,40 +369,25 @@ class Checkpoint:
         if data.get("version") != CHECKPOINT_VERSION:
             raise BackfillError(f"checkpoint {path} has version {data.get('version')}, this society-ingest "
                                 f"reads {CHECKPOINT_VERSION}; pass --restart to start over")
-        return cls(
-            inputs=data["inputs"],
-            started_at=data["started_at"],
-            files={f: FileProgress(**p) for f, p in data["files"].items()},
-            derived_ids=data["derived_ids"],
-            report_bytes=data["report_bytes"],
-            complete=data["complete"],
-            totals={t: TableCounts(**c) for t, c in data["totals"].items()},
-        )
+        try:
+            return cls(
+                inputs=data["inputs"],
+                started_at=data["started_at"],
+                files={f: FileProgress(**p) for f, p in data["files"].items()},
+                derived_ids=data["derived_ids"],
+                report_bytes=data["report_bytes"],
+                complete=data["complete"],
+                totals={t: TableCounts(**c) for t, c in data["totals"].items()},
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise BackfillError(f"checkpoint {path} is damaged ({type(e).__name__}: {e}); "
+                                "pass --restart to start over") from e
 
     def save(self, path: Path) -> None:
         """Replace the checkpoint at `path` atomically: a crash leaves the old one or the new one, whole."""
         data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **asdict(self),
                 "written_at": datetime.now(timezone.utc).isoformat()}
         write_atomically(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def default_paths(files: Sequence[Path], table: str | None, topic_prefix: str) -> tuple[Path, Path]:
@@ -611,7 +596,14 @@ class Backfill:
                 if not batch:
                     return None
                 self._check_order(path, state)
-                if not self._send_batch(path, batch, state, parser, result):
+                try:
+                    sent = self._send_batch(path, batch, state, parser, result)
+                except BackfillDeliveryError as e:
+                    raise BackfillDeliveryError(
+                        f"{e}; lines 1–{done.lines:,} of {path} are delivered (checkpoint {self.checkpoint_path}): "
+                        "run the same command again to resume"
+                    ) from e
+                if not sent:
                     result.position = (str(path), done.lines)
                     return STOPPED
                 done.lines = lines.number

@@ -20,9 +20,7 @@ the run, in bounded memory however large it is.
 from __future__ import annotations
 
 import gzip
-import os
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from consumers._deps import psycopg
+from consumers._files import replaced_atomically
 from consumers.errors import ConsumerError
 from consumers.pg_errors import where
 from producers import tables
@@ -161,23 +160,12 @@ def open_output(name: str) -> Iterator[IO[bytes]]:
         sys.stdout.buffer.flush()
         return
     path = Path(name)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path.name.endswith(".gz"):
-                with gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL) as gz:
-                    yield gz
-            else:
-                yield raw
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as raw:
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL) as gz:
+                yield gz
+        else:
+            yield raw
 
 
 __all__ = ["ExportError", "ExportResult", "RunNotFoundError", "expected_rows", "export_query", "export_run",

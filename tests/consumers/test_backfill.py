@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from consumers import backfill as bf
+from consumers._files import write_atomically
 from producers import ids
 
 RUN = "6d1c1b0e-0c5e-4f7b-9a43-5d1f0c2b7e11"
@@ -280,6 +281,6 @@ def test_a_record_over_the_message_limit_is_a_bad_line(tmp_path):
 
 def test_the_checkpoint_is_replaced_whole(tmp_path):
     target = tmp_path / "cp.json"
-    bf.write_atomically(target, b"one")
-    bf.write_atomically(target, b"two")
+    write_atomically(target, b"one")
+    write_atomically(target, b"two")
     assert target.read_bytes() == b"two" and [p.name for p in tmp_path.iterdir()] == ["cp.json"]
