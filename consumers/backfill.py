@@ -390,13 +390,22 @@ class Checkpoint:
         write_atomically(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
 
 
-def default_paths(files: Sequence[Path], table: str | None, topic_prefix: str) -> tuple[Path, Path]:
-    """Checkpoint and report paths beside the first file, named after a hash of the arguments."""
+CHECKPOINT_SUFFIX: Final = ".checkpoint.json"
+REPORT_SUFFIX: Final = ".bad.ndjson"
+
+
+def default_checkpoint(files: Sequence[Path], table: str | None, topic_prefix: str) -> Path:
+    """``<first file>.backfill-<hash of the arguments>.checkpoint.json``, beside the first file."""
     inputs = _inputs(files, table, topic_prefix)
     tag = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()[:10]
     first = Path(inputs["files"][0])
-    stem = first.parent / f"{first.name}.backfill-{tag}"
-    return stem.with_name(stem.name + ".checkpoint.json"), stem.with_name(stem.name + ".bad.ndjson")
+    return first.with_name(f"{first.name}.backfill-{tag}{CHECKPOINT_SUFFIX}")
+
+
+def default_report(checkpoint: Path) -> Path:
+    """The bad-line report beside a checkpoint: ``x.checkpoint.json`` -> ``x.bad.ndjson``."""
+    name = checkpoint.name.removesuffix(CHECKPOINT_SUFFIX)
+    return checkpoint.with_name(name + REPORT_SUFFIX)
 
 
 def _inputs(files: Sequence[Path], table: str | None, topic_prefix: str) -> dict[str, Any]:
@@ -512,9 +521,8 @@ class Backfill:
         if len(set(self._files)) != len(self._files):
             raise BackfillError("an input file is given twice")
         self._inputs = _inputs(self._files, table, topic_prefix)
-        default_checkpoint, default_report = default_paths(self._files, table, topic_prefix)
-        self.checkpoint_path = checkpoint or default_checkpoint
-        self.report_path = report or default_report
+        self.checkpoint_path = checkpoint or default_checkpoint(self._files, table, topic_prefix)
+        self.report_path = report or default_report(self.checkpoint_path)
         self._table = table
         self._skip_bad = skip_bad
         self._restart = restart
@@ -573,7 +581,11 @@ class Backfill:
                 )
             return existing
         state = Checkpoint.new(self._inputs, self._now())
-        state.save(self.checkpoint_path)  # before anything is sent: the place must be writable
+        try:
+            state.save(self.checkpoint_path)  # before anything is sent: the place must be writable
+        except OSError as e:
+            raise BackfillError(f"cannot write the checkpoint {self.checkpoint_path}: {e.strerror or e}; "
+                                "pass --checkpoint PATH to keep it elsewhere") from e
         return state
 
     def _open_report(self, state: Checkpoint) -> None:
@@ -754,5 +766,5 @@ def _describe(inputs: dict[str, Any]) -> str:
 __all__ = [
     "BATCH_LINES", "Backfill", "BackfillDeliveryError", "BackfillError", "BackfillResult", "BadLine", "Checkpoint",
     "CheckpointMismatchError", "LineError", "LineParser", "ProducerSink", "Sink", "TableCounts",
-    "canonical_content", "default_paths", "derived_id",
+    "canonical_content", "default_checkpoint", "default_report", "derived_id",
 ]

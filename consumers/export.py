@@ -160,6 +160,8 @@ def open_output(name: str) -> Iterator[IO[bytes]]:
         sys.stdout.buffer.flush()
         return
     path = Path(name)
+    if not path.parent.is_dir():
+        raise ExportError(f"cannot write {path}: the folder {path.parent} does not exist")
     with replaced_atomically(path) as raw:
         if path.name.endswith(".gz"):
             with gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL) as gz:

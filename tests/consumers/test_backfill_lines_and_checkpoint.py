@@ -245,8 +245,11 @@ def test_a_checkpoint_of_other_inputs_is_never_applied(tmp_path):
         run(FakeSink(), [b], checkpoint=checkpoint)
     with pytest.raises(bf.CheckpointMismatchError):
         bf.Backfill(FakeSink(), [a], topic_prefix="other", checkpoint=checkpoint).run()
-    # Different arguments have different default checkpoints.
-    assert bf.default_paths([a], None, "t") != bf.default_paths([a], None, "other")
+    # Different arguments have different default checkpoints; the report sits beside its checkpoint.
+    assert bf.default_checkpoint([a], None, "t") != bf.default_checkpoint([a], None, "other")
+    assert bf.default_checkpoint([a], None, "t").parent == tmp_path
+    assert bf.default_report(checkpoint) == tmp_path / "cp.json.bad.ndjson"
+    assert bf.default_report(tmp_path / "x.checkpoint.json") == tmp_path / "x.bad.ndjson"
 
 
 def test_lines_appended_to_a_finished_file_are_sent_by_a_rerun(tmp_path):
