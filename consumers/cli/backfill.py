@@ -63,8 +63,7 @@ def _lines_in(files: list[Path]) -> int | None:
 
 
 def _summary(result: ops.BackfillResult) -> None:
-    rows = [[t, f"{c.read:,}", f"{c.sent:,}", f"{c.skipped:,}"] for t, c in result.counts.items()
-            if t != ops.UNKNOWN_TABLE or c.read]
+    rows = [[t, f"{c.read:,}", f"{c.sent:,}", f"{c.skipped:,}"] for t, c in result.counts.items() if c.read]
     total = [sum(getattr(c, k) for c in result.counts.values()) for k in ("read", "sent", "skipped")]
     rows.append(["all"] + [f"{n:,}" for n in total])
     print_table(f"backfill: {result.state}", ["table", "lines read", "sent", "skipped (bad)"], rows)
@@ -90,10 +89,9 @@ def _stopped(result: ops.BackfillResult) -> None:
     if more:
         err_console.print(f"… and {more:,} more (all in {result.report})", highlight=False)
     file, delivered = result.position or ("?", 0)
-    before = f"lines 1–{delivered:,} are delivered" if delivered else "nothing of the file was sent"
-    fail(f"{result.bad_lines:,} bad line(s) in {file}, the first at line {result.errors[0].line:,}: nothing of "
-         f"their batch was sent ({before}); fix them and run the same command again to resume, "
-         "or add --skip-bad to skip them")
+    sent = f"nothing of their batch was sent (lines 1–{delivered:,} are delivered)" if delivered else "nothing was sent"
+    fail(f"{result.bad_lines:,} bad line(s) in {file}, the first at line {result.errors[0].line:,}: {sent}; "
+         "fix them and run the same command again to resume, or add --skip-bad to skip them")
 
 
 def backfill(
