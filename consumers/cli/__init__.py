@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from consumers.cli import bench, consume, dlq, migrate, replay, simulate, status, topics
+from consumers.cli import backfill, bench, consume, dlq, export, migrate, replay, simulate, status, topics
 from consumers.cli._failures import context, run
 from consumers.cli._options import setup_logging, typer
 
@@ -37,6 +37,8 @@ app.command()(simulate.simulate)
 app.command()(status.status)
 app.add_typer(dlq.app, name="dlq")
 app.command()(bench.bench)
+app.command()(backfill.backfill)
+app.command()(export.export)
 
 __all__ = ["app", "main"]
 

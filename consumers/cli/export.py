@@ -1,0 +1,60 @@
+"""``society-ingest export``: one run from PostgreSQL as NDJSON, the format ``backfill`` reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Annotated
+
+from consumers import export as ops
+from consumers.cli._options import DatabaseUrl, Json, Timeout, console, err_console, print_json, print_table, typer
+from consumers.cli._progress import Progress
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, require_schema
+from producers.tables import TABLES
+
+
+def export(
+    database_url: DatabaseUrl,
+    run: Annotated[uuid.UUID, typer.Option("--run", help="The run to export.", show_default=False)],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="File to write, gzip when it ends in .gz; '-' for stdout.")
+    ] = "-",
+    tables: Annotated[
+        list[str] | None,
+        typer.Option("--tables", "-t", help=f"Only these tables (repeat); default all: {', '.join(TABLES)}."),
+    ] = None,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
+    as_json: Json = False,
+) -> None:
+    """Write every row of a run, parents first, one JSON object per line; `backfill` loads it back.
+
+    The summary goes to stdout, or to stderr when the rows do.
+    """
+    chosen = tuple(tables or TABLES)
+    unknown = set(chosen) - set(TABLES)
+    if unknown:
+        raise typer.BadParameter(f"unknown table(s): {', '.join(sorted(unknown))}", param_hint="--tables")
+    db = database(database_url, timeout)
+    require_schema(db)
+    total = ops.expected_rows(db, run, chosen) if err_console.is_terminal else None
+    with ops.open_output(output) as out, Progress("export", total) as bar:
+        result = ops.export_run(db, run, out, chosen, bar.advance)
+    result.output = output
+    to_stdout = output != "-"
+    if as_json:
+        summary = {**dataclasses.asdict(result), "total": result.total,
+                   "rows_per_s": result.total / result.elapsed_s if result.elapsed_s > 0 else None}
+        if to_stdout:
+            print_json(summary)
+        else:
+            err_console.print_json(data=summary)
+        return
+    rate = f" ({result.total / result.elapsed_s:,.0f} rows/s)" if result.elapsed_s > 0 else ""
+    stubs = "".join(f"; {n:,} stub row(s) of {t} left out (the worker recreates them)"
+                    for t, n in result.stubs_skipped.items())
+    line = f"exported {result.total:,} rows of run {run} to {output} in {result.elapsed_s:.1f}s{rate}{stubs}"
+    if to_stdout:
+        print_table(f"export of run {run}", ["table", "rows"], [[t, f"{n:,}"] for t, n in result.rows.items()])
+        console.print(line, highlight=False)
+    else:
+        err_console.print(line + ": " + ", ".join(f"{t} {n:,}" for t, n in result.rows.items()), highlight=False)
