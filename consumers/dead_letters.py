@@ -11,10 +11,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from consumers import dlq
 from consumers._deps import psycopg
 from consumers.errors import TransientError
-from consumers.kafka_clients import with_logging
+from consumers.kafka_clients import client_config
 from producers import tables
 from producers.codec import AvroCodec
 from producers.errors import CodecError
+from producers.kafka_config import KafkaClientSettings
 
 READ_TIMEOUT_S = 30.0
 
@@ -54,15 +55,15 @@ class StoredDeadLetter:
 
 
 def read_dead_letters(
-    bootstrap_servers: str, prefix: str, extra: dict[str, Any] | None = None, *, timeout_s: float = READ_TIMEOUT_S
+    kafka: KafkaClientSettings | str, prefix: str, extra: dict[str, Any] | None = None, *,
+    timeout_s: float = READ_TIMEOUT_S,
 ) -> list[StoredDeadLetter]:
     """Every dead letter currently in ``<prefix>.dlq``, once per original record.
 
     Each request to the broker (metadata, watermarks, a poll) may take `timeout_s`.
     """
     topic = tables.dlq_topic(prefix)
-    consumer = Consumer(with_logging({
-        "bootstrap.servers": bootstrap_servers,
+    consumer = Consumer(client_config(kafka, {
         "group.id": f"{prefix}-dlq-reader",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
@@ -134,7 +135,7 @@ class RedriveResult:
 
 
 def redrive(
-    bootstrap_servers: str,
+    kafka: KafkaClientSettings | str,
     database_url: str,
     prefix: str,
     *,
@@ -151,7 +152,7 @@ def redrive(
     """
     dlq_topic = tables.dlq_topic(prefix)
     letters = [
-        d for d in read_dead_letters(bootstrap_servers, prefix, timeout_s=timeout_s)
+        d for d in read_dead_letters(kafka, prefix, timeout_s=timeout_s)
         if (table is None or d.table == table) and (error_class is None or d.error_class == error_class)
     ]
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -165,9 +166,7 @@ def redrive(
         todo = [d for d in letters if (d.partition, d.offset) not in done and d.origin[0] and not d.by_reference]
         if dry_run or not todo:
             return RedriveResult(len(letters), len(letters) - len(todo) - by_reference, 0, by_reference)
-        producer = Producer(
-            with_logging({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all"})
-        )
+        producer = Producer(client_config(kafka, {"enable.idempotence": True, "acks": "all"}))
         failed: list[str] = []
         for d in todo:
             producer.produce(

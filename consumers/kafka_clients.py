@@ -1,5 +1,9 @@
 """Kafka clients that log through Python logging, and a bounded reachability probe.
 
+Every client the consumer side builds takes its configuration from
+:func:`client_config`: the one KafkaClientSettings (brokers, security
+protocol, SASL, TLS, client id), then the client's own properties.
+
 librdkafka writes its own log lines to stderr from its threads unless a client
 is given a ``logger``; then the lines are queued and handed to that
 ``logging.Logger`` whenever the client is polled (``poll``, ``consume``,
@@ -15,12 +19,14 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from consumers.errors import TransientError
+from consumers.errors import ConfigurationError, TransientError
+from producers.kafka_config import KafkaClientSettings, as_client_settings
 
 #: The logger every client's librdkafka lines go to.
 LIBRDKAFKA_LOGGER = "society_ingest.librdkafka"
@@ -30,6 +36,8 @@ REPEAT_INTERVAL_S = 60.0
 MAX_KINDS = 512
 
 _NUMBERS = re.compile(r"\d+")
+#: Longest single metadata request of the probe: between two, it looks for a refusal (fails at once).
+PROBE_SLICE_S = 1.0
 
 
 class KafkaUnreachableError(TransientError):
@@ -79,6 +87,14 @@ def with_logging(conf: dict[str, Any]) -> dict[str, Any]:
     return {"logger": librdkafka_logger(), **conf}
 
 
+def client_config(kafka: KafkaClientSettings | str, conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """librdkafka settings of a client: `kafka`'s (a bare address: PLAINTEXT), then the client's own `conf`.
+
+    Logs through Python logging (see :func:`with_logging`).
+    """
+    return with_logging({**as_client_settings(kafka).librdkafka(), **(conf or {})})
+
+
 def _silent_logger() -> logging.Logger:
     # The probe reports its failure itself; librdkafka's lines about it would only repeat it.
     logger = logging.getLogger(f"{LIBRDKAFKA_LOGGER}.probe")
@@ -88,28 +104,40 @@ def _silent_logger() -> logging.Logger:
     return logger
 
 
-#: What the last error librdkafka reported during a failed probe means for a person.
-_REASONS = {
-    KafkaError._RESOLVE: "its host name does not resolve",
-    KafkaError._AUTHENTICATION: "authentication failed",
-    KafkaError._SSL: "the TLS handshake failed",
-}
+def _reason(error: KafkaError) -> str | None:
+    """What an error librdkafka reported during a failed probe means for a person, if it says."""
+    if error.code() == KafkaError._RESOLVE:
+        return "its host name does not resolve"
+    if "incorrect security.protocol" in error.str():  # e.g. PLAINTEXT to a TLS listener
+        return "it closed the connection: is the security protocol right? (--security-protocol / KAFKA_SECURITY_PROTOCOL)"
+    return None
 
 
-def probe(bootstrap_servers: str, timeout_s: float, extra: dict[str, Any] | None = None) -> set[str]:
-    """Return the topics once a broker answers a metadata request; KafkaUnreachableError after `timeout_s`."""
+def probe(kafka: KafkaClientSettings | str, timeout_s: float, extra: dict[str, Any] | None = None) -> set[str]:
+    """Return the topics once a broker answers a metadata request.
+
+    KafkaUnreachableError after `timeout_s`; ConfigurationError at once when
+    the brokers refuse the credentials or the TLS handshake (retrying cannot help).
+    """
+    kafka = as_client_settings(kafka)
     errors: list[KafkaError] = []
     admin = AdminClient({
-        "bootstrap.servers": bootstrap_servers,
+        **kafka.librdkafka(),
         **(extra or {}),
         "logger": _silent_logger(),
         "error_cb": errors.append,
     })
-    try:
-        return set(admin.list_topics(timeout=timeout_s).topics)
-    except KafkaException:
-        admin.poll(0)  # serves the error callbacks queued meanwhile
-    reason = next(
-        (_REASONS[e.code()] for e in reversed(errors) if e.code() in _REASONS), "is it running?"
-    )
-    raise KafkaUnreachableError(f"cannot reach Kafka at {bootstrap_servers} within {timeout_s:g}s: {reason}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            wait = max(0.1, min(PROBE_SLICE_S, deadline - time.monotonic()))
+            return set(admin.list_topics(timeout=wait).topics)
+        except KafkaException:
+            admin.poll(0)  # serves the error callbacks queued meanwhile
+        refusal = next((r for r in map(kafka.refused, errors) if r is not None), None)
+        if refusal is not None:
+            raise ConfigurationError(refusal)
+        if time.monotonic() >= deadline:
+            break
+    reason = next((r for r in map(_reason, reversed(errors)) if r is not None), "is it running?")
+    raise KafkaUnreachableError(f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:g}s: {reason}")

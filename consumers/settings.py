@@ -6,11 +6,12 @@ import os
 import socket
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from consumers.dlq import DLQ_MAX_MESSAGE_BYTES
-from consumers.kafka_clients import with_logging
-from producers.settings import KafkaSecurity, ProducerSettings
+from consumers.kafka_clients import client_config, with_logging
+from producers.kafka_config import KafkaClientSettings, bootstrap_shorthand
+from producers.settings import ProducerSettings
 from producers.tables import DEFAULT_TOPIC_PREFIX, TABLES
 
 DEFAULT_GROUP = "society-ingest"
@@ -22,11 +23,16 @@ def default_worker_id() -> str:
 
 
 class WorkerSettings(BaseModel):
-    """Where the worker reads, where it writes, and how it batches."""
+    """Where the worker reads, where it writes, and how it batches.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    ``bootstrap_servers="host:9092"`` is short for ``kafka=KafkaClientSettings(bootstrap_servers="host:9092")``;
+    the table consumer and the dead-letter producer are both built from ``kafka``.
+    """
 
-    bootstrap_servers: str = Field(min_length=1)
+    # Errors never quote the input: it holds passwords.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    kafka: KafkaClientSettings
     database_url: SecretStr
     topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9._-]+$")
     group_id: str = DEFAULT_GROUP
@@ -52,15 +58,15 @@ class WorkerSettings(BaseModel):
     dead_letter_max_per_minute: int = Field(default=10_000, ge=0)
     # How long a shutdown may wait for the batch being written before giving it up.
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
-    security: KafkaSecurity = KafkaSecurity()
     consumer_extra: dict[str, Any] = Field(default_factory=dict)
+
+    _bootstrap_shorthand = model_validator(mode="before")(bootstrap_shorthand)
 
     def consumer_config(self) -> dict[str, Any]:
         """librdkafka settings of the table consumer."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
+        return client_config(self.kafka, {
             "group.id": self.group_id,
-            "client.id": f"society-ingest-worker-{self.worker_id}",
+            "client.id": f"{self.kafka.client_id}-worker-{self.worker_id}",
             # Offsets live in PostgreSQL with the rows; Kafka only gets a mirror.
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -70,19 +76,16 @@ class WorkerSettings(BaseModel):
             "max.poll.interval.ms": 600_000,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
-        }
-        conf.update(self.security.librdkafka())
-        conf.update(self.consumer_extra)
-        return with_logging(conf)
+            **self.consumer_extra,
+        })
 
     def producer_config(self) -> dict[str, Any]:
         """librdkafka settings of the dead-letter producer: the embedded producer's, tuned for small batches."""
         settings = ProducerSettings(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=f"society-ingest-dlq-{self.worker_id}",
+            kafka=self.kafka,
+            client_id=f"{self.kafka.client_id}-dlq-{self.worker_id}",
             linger_ms=5,
             message_timeout_ms=60_000,
             max_message_bytes=DLQ_MAX_MESSAGE_BYTES,
-            security=self.security,
         )
         return with_logging(settings.librdkafka())

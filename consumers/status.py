@@ -10,10 +10,11 @@ from confluent_kafka import Consumer, TopicPartition
 
 from consumers import dead_letters
 from consumers._deps import psycopg
-from consumers.kafka_clients import with_logging
+from consumers.kafka_clients import client_config
 from consumers.table_specs import RUN_COLUMN
 from producers import tables
 from producers.codec import AvroCodec
+from producers.kafka_config import KafkaClientSettings
 
 RUN_KEY_COLUMN = {tables.SIMULATION_RUNS: "run_id", **RUN_COLUMN}
 #: How long each metadata or watermark request may take.
@@ -70,7 +71,7 @@ def worker_health(database_url: str) -> list[WorkerHealth]:
 
 
 def consumer_lag(
-    bootstrap_servers: str,
+    kafka: KafkaClientSettings | str,
     database_url: str,
     prefix: str,
     group: str,
@@ -87,9 +88,7 @@ def consumer_lag(
                 (group,),
             )
         }
-    consumer = Consumer(
-        with_logging({"bootstrap.servers": bootstrap_servers, "group.id": f"{group}-status", **(extra or {})})
-    )
+    consumer = Consumer(client_config(kafka, {"group.id": f"{group}-status", **(extra or {})}))
     try:
         meta = consumer.list_topics(timeout=timeout_s).topics
         out = []
@@ -144,7 +143,7 @@ def recent_runs(database_url: str, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def run_completeness(
-    bootstrap_servers: str, database_url: str, prefix: str, group: str, run_id: uuid.UUID,
+    kafka: KafkaClientSettings | str, database_url: str, prefix: str, group: str, run_id: uuid.UUID,
     *, timeout_s: float = KAFKA_TIMEOUT_S,
 ) -> RunCompleteness:
     """Compare what the run's producer recorded (sent with its final status) with what landed.
@@ -161,12 +160,12 @@ def run_completeness(
     loaded = row_counts(database_url, run_id)
     dead = dict.fromkeys(tables.TABLES, 0)
     codec = AvroCodec()
-    for letter in dead_letters.read_dead_letters(bootstrap_servers, prefix, timeout_s=timeout_s):
+    for letter in dead_letters.read_dead_letters(kafka, prefix, timeout_s=timeout_s):
         record = dead_letters.decode_for_display(letter, codec)
         table = letter.table
         if isinstance(record, dict) and table in RUN_KEY_COLUMN and record.get(RUN_KEY_COLUMN[table]) == run_id:
             dead[table] += 1
-    lag = sum(p.lag for p in consumer_lag(bootstrap_servers, database_url, prefix, group, timeout_s=timeout_s))
+    lag = sum(p.lag for p in consumer_lag(kafka, database_url, prefix, group, timeout_s=timeout_s))
     if recorded is not None and all(loaded.get(t, 0) >= n for t, n in recorded.items()):
         state = COMPLETE
     elif recorded is None or lag > 0:

@@ -11,8 +11,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic
 
 from consumers.errors import ConsumerError
-from consumers.kafka_clients import with_logging
+from consumers.kafka_clients import client_config
 from producers import tables
+from producers.kafka_config import KafkaClientSettings
 
 #: Default retention: long enough to replay a multi-day run (30 days).
 DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
@@ -59,15 +60,15 @@ def all_topics(prefix: str) -> list[str]:
     return [tables.topic_for(prefix, t) for t in tables.TABLES] + [tables.dlq_topic(prefix)]
 
 
-def admin_client(bootstrap_servers: str, extra: dict[str, Any] | None = None) -> AdminClient:
-    """An AdminClient for `bootstrap_servers`, logging through Python logging."""
-    return AdminClient(with_logging({"bootstrap.servers": bootstrap_servers, **(extra or {})}))
+def admin_client(kafka: KafkaClientSettings | str, extra: dict[str, Any] | None = None) -> AdminClient:
+    """An AdminClient for `kafka` (settings, or a bare PLAINTEXT address), logging through Python logging."""
+    return AdminClient(client_config(kafka, extra))
 
 
 def create_topics(
     admin: AdminClient,
     prefix: str,
-    bootstrap_servers: str,
+    kafka: KafkaClientSettings | str,
     *,
     partitions: int = DEFAULT_PARTITIONS,
     replication: int = 1,
@@ -93,7 +94,7 @@ def create_topics(
             except KafkaException as e:
                 if e.args[0].name() != "TOPIC_ALREADY_EXISTS":  # lost a race: fine
                     raise
-    wait_until_usable(admin, {n: (partitions if n in created else 1) for n in names}, bootstrap_servers)
+    wait_until_usable(admin, {n: (partitions if n in created else 1) for n in names}, kafka)
     infos = describe_topics(admin, names)
     return [
         dataclasses.replace(i, created=True) if i.name in created
@@ -169,7 +170,7 @@ def delete_topics(admin: AdminClient, names: list[str], timeout_s: float = ADMIN
 
 
 def wait_until_usable(
-    admin: AdminClient, partitions: dict[str, int], bootstrap_servers: str, timeout: float = ADMIN_TIMEOUT_S
+    admin: AdminClient, partitions: dict[str, int], kafka: KafkaClientSettings | str, timeout: float = ADMIN_TIMEOUT_S
 ) -> None:
     """Return once every partition of every topic answers a ListOffsets request.
 
@@ -181,7 +182,7 @@ def wait_until_usable(
     answers closes that window.
     """
     deadline = time.monotonic() + timeout
-    probe = Consumer(with_logging({"bootstrap.servers": bootstrap_servers, "group.id": "society-ingest-topic-probe"}))
+    probe = Consumer(client_config(kafka, {"group.id": "society-ingest-topic-probe"}))
     try:
         while True:
             pending = _unusable(admin, probe, partitions)

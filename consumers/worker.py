@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from consumers.batch import Batch, DeadLetter, Source
 from consumers.dlq import DeadLetterPublisher
 from consumers.dlq_limit import DeadLetterLimit
-from consumers.errors import FatalError, Interrupted, TransientError
+from consumers.errors import ConfigurationError, FatalError, Interrupted, TransientError
 from consumers.settings import WorkerSettings
 from consumers.sink import PostgresSink, WriteResult
 from consumers.writer import BatchWriter, Job, Outcome
@@ -91,6 +91,8 @@ class Worker:
         self._range_error = {t: SPECS[t].range_error for t in tables.TABLES}
         #: A replay's filter on decoded records: (table, fields) -> load it? None: load all.
         self._wanted: Any = None
+        #: Why Kafka refused the consumer (credentials, TLS): fatal, raised by the consuming loop.
+        self._refused: str | None = None
 
     # -- lifecycle ----------------------------------------------------------
     def stop(self) -> None:
@@ -124,7 +126,7 @@ class Worker:
         consumer: Consumer | None = None
         try:
             self._prepare()
-            consumer = Consumer(self.settings.consumer_config())
+            consumer = Consumer({**self.settings.consumer_config(), "error_cb": self._on_kafka_error})
             self._consumer = consumer
             self._start(consumer)
             self._loop(consumer, idle_exit_s)
@@ -149,6 +151,10 @@ class Worker:
         """Before consuming: wrong password, missing database or tables fail now, not at the first batch."""
         self._retry(self._sink.check_schema)
 
+    def _on_kafka_error(self, err: Any) -> None:
+        """librdkafka's client-level errors, served by consume(); the rest it logs itself."""
+        self._refused = self._refused or self.settings.kafka.refused(err)
+
     def _start(self, consumer: Consumer) -> None:
         """Join the group; partitions come through the rebalance callbacks."""
         consumer.subscribe(
@@ -163,6 +169,8 @@ class Worker:
         last_message = time.monotonic()
         while not self._stop.is_set():
             messages = consumer.consume(self.settings.poll_batch, timeout=min(0.2, self._linger_s or 0.2))
+            if self._refused is not None:  # a wrong password or certificate: retrying cannot help
+                raise ConfigurationError(self._refused)
             for msg in messages:
                 self._accept(msg)
             if messages:

@@ -10,6 +10,8 @@ from producers.errors import (
     CodecError,
     DeliveryError,
     InvalidRecordError,
+    KafkaAuthenticationError,
+    KafkaSettingsError,
     MalformedRecordError,
     ProducerError,
     QueueFullError,
@@ -18,7 +20,8 @@ from producers.errors import (
 )
 from producers.handler import KafkaDatabaseHandler
 from producers.producer import DeliveryFailure, ProducerStats, SocietyProducer
-from producers.settings import KafkaSecurity, ProducerSettings
+from producers.kafka_config import KafkaClientSettings
+from producers.settings import ProducerSettings
 from producers.tables import TABLES, dlq_topic, topic_for
 
 __all__ = [
@@ -29,7 +32,9 @@ __all__ = [
     "DeliveryFailure",
     "InvalidRecordError",
     "KafkaDatabaseHandler",
-    "KafkaSecurity",
+    "KafkaAuthenticationError",
+    "KafkaClientSettings",
+    "KafkaSettingsError",
     "MalformedRecordError",
     "ProducerError",
     "ProducerSettings",

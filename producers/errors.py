@@ -26,12 +26,20 @@ class InvalidRecordError(SocietyIngestError, ValueError):
         super().__init__(f"{table}.{field}: {reason} (got {shown})")
 
 
+class KafkaSettingsError(SocietyIngestError, ValueError):
+    """Kafka client settings that are invalid, incomplete or unreadable (a file, a variable): fix them."""
+
+
 class ProducerError(SocietyIngestError):
     """The producer could not accept or deliver records."""
 
 
 class QueueFullError(ProducerError):
     """The local queue stayed full past the configured bound: slow down or retry."""
+
+
+class KafkaAuthenticationError(ProducerError):
+    """Kafka refused the credentials or the TLS handshake: nothing is delivered until the settings are fixed."""
 
 
 class DeliveryError(ProducerError):

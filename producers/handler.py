@@ -25,9 +25,10 @@ import uuid
 from functools import partial
 from typing import Any, Callable, Mapping, TypeVar
 
-from producers import tables
+from producers import kafka_config, tables
 from producers._json import json_text
 from producers.errors import InvalidRecordError, QueueFullError
+from producers.kafka_config import KafkaClientSettings
 from producers.producer import SocietyProducer, without_waiting
 from producers.settings import ProducerSettings
 
@@ -149,6 +150,16 @@ def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> 
     )
 
 
+def resolve_kafka(db_url: str | None, config: Any, explicit: str | None) -> KafkaClientSettings:
+    """The handler's Kafka client settings: the broker as :func:`resolve_bootstrap` picks it, the rest
+    (security protocol, SASL, TLS, client id) from the environment as the CLI reads it
+    (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD[_FILE]``,
+    ``KAFKA_CONFIG_FILE`` …; see ``producers.kafka_config``).
+    """
+    broker = resolve_bootstrap(db_url, config, explicit)
+    return kafka_config.resolve(flags={"bootstrap_servers": broker}, environ=os.environ)
+
+
 def resolve_topic_prefix(db_url: str | None, config: Any, explicit: str | None) -> str:
     """Pick the topic prefix: explicit argument, the kafka:// URL's path, the environment, else "society".
 
@@ -177,7 +188,8 @@ class KafkaDatabaseHandler:
 
     Construct it like the original: ``KafkaDatabaseHandler(db_url, config, config_snapshot)``.
     Keyword arguments name Kafka settings explicitly (``bootstrap_servers``,
-    ``topic_prefix`` and any ProducerSettings field), or pass a ready ``producer``.
+    ``topic_prefix``, ``kafka`` (a KafkaClientSettings) and any ProducerSettings
+    field), or pass a ready ``producer``.
 
     Where the settings come from, first match wins (this drop-in is the one
     part of the library that reads the environment, because the simulation
@@ -186,7 +198,10 @@ class KafkaDatabaseHandler:
     - broker: ``bootstrap_servers=``, a ``kafka://host:port[/prefix]`` URL in
       `db_url` or ``config.output.database_url``, ``KAFKA_BOOTSTRAP_SERVERS``;
     - topic prefix: ``topic_prefix=``, that URL's path, ``SOCIETY_TOPIC_PREFIX``,
-      else ``"society"``.
+      else ``"society"``;
+    - security (SASL, TLS) and client id: ``kafka=``, else the environment as
+      the CLI reads it (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``,
+      ``KAFKA_SSL_*``, ``KAFKA_CONFIG_FILE``), with the broker found above.
     """
 
     def __init__(
@@ -198,14 +213,17 @@ class KafkaDatabaseHandler:
         producer: SocietyProducer | None = None,
         bootstrap_servers: str | None = None,
         topic_prefix: str | None = None,
+        kafka: KafkaClientSettings | None = None,
         flush_timeout: float = 60.0,
         **settings: Any,
     ) -> None:
         if producer is None:
-            settings["bootstrap_servers"] = resolve_bootstrap(db_url, config, bootstrap_servers)
+            if kafka is not None and bootstrap_servers is not None:
+                raise ValueError("pass kafka= or bootstrap_servers=, not both: kafka= names the brokers")
+            settings["kafka"] = kafka or resolve_kafka(db_url, config, bootstrap_servers)
             settings["topic_prefix"] = resolve_topic_prefix(db_url, config, topic_prefix)
             producer = SocietyProducer(ProducerSettings(**settings))
-        elif bootstrap_servers is not None or topic_prefix is not None or settings:
+        elif bootstrap_servers is not None or topic_prefix is not None or kafka is not None or settings:
             raise ValueError("pass either producer= or Kafka settings, not both: the producer has its own settings")
         self.producer = producer
         #: Truthy like the original handler's SQLAlchemy engine, which the simulation checks.

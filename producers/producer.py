@@ -25,7 +25,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from producers import _sequences, ids, tables
 from producers._json import json_text
 from producers.codec import AvroCodec
-from producers.errors import DeliveryError, InvalidRecordError, ProducerError, QueueFullError
+from producers.errors import DeliveryError, InvalidRecordError, KafkaAuthenticationError, ProducerError, QueueFullError
+from producers.kafka_config import KafkaClientSettings
 from producers.models import validate_record
 from producers.settings import ProducerSettings
 
@@ -54,6 +55,8 @@ ABANDONED_FLUSH_SECONDS = 5.0
 #: librdkafka's largest per-record overhead (RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD: length, attributes,
 #: timestamp and offset deltas, key and value lengths, header count), counted in message.max.bytes.
 RECORD_FRAMING_BYTES = 36
+#: flush() waits in slices this long, to give up early once Kafka refused the credentials.
+_FLUSH_SLICE_S = 0.5
 #: Stands in for a memory or event id until the record validated and its number is taken.
 _UNNUMBERED = ids.NAMESPACE
 
@@ -87,13 +90,22 @@ class ProducerStats:
 class _Deliveries:
     """Delivery counters and failures, shared by a producer, librdkafka's callbacks and its finalizer."""
 
-    __slots__ = ("lock", "stats", "failures", "reported")
+    __slots__ = ("lock", "stats", "failures", "reported", "kafka", "refused")
 
-    def __init__(self) -> None:
+    def __init__(self, kafka: KafkaClientSettings) -> None:
         self.lock = threading.Lock()
         self.stats = ProducerStats()
         self.failures: deque[DeliveryFailure] = deque(maxlen=MAX_KEPT_FAILURES)
         self.reported = 0  # failures already raised in a DeliveryError
+        self.kafka = kafka
+        #: Why the brokers refused this client (credentials, TLS), once they did.
+        self.refused: str | None = None
+
+    def on_error(self, err: KafkaError) -> None:
+        """librdkafka's client-level errors (served by poll/flush): remember a refusal."""
+        refusal = self.kafka.refused(err)
+        if refusal is not None:
+            self.refused = refusal
 
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         """librdkafka's delivery report (served by poll/flush)."""
@@ -177,8 +189,10 @@ class SocietyProducer:
         # Delivery reports go to a separate object, not to self: librdkafka's queued records
         # then hold no reference to this producer, so a producer dropped without close() is
         # collected and its finalizer can deliver what it still holds.
-        self._deliveries = deliveries = _Deliveries()
-        self._producer = Producer({**settings.librdkafka(), "on_delivery": deliveries.on_delivery})
+        self._deliveries = deliveries = _Deliveries(settings.kafka)
+        self._producer = Producer(
+            {**settings.librdkafka(), "on_delivery": deliveries.on_delivery, "error_cb": deliveries.on_error}
+        )
         self._topics = {t: tables.topic_for(settings.topic_prefix, t) for t in tables.TABLES}
         self._lock = deliveries.lock
         self._stats = deliveries.stats
@@ -422,9 +436,17 @@ class SocietyProducer:
         """Wait until every queued record is delivered or failed.
 
         Returns the stats; raises DeliveryError when records failed since the
-        last flush or are still queued after `timeout`.
+        last flush or are still queued after `timeout`, KafkaAuthenticationError
+        at once when records are queued and Kafka refused the credentials or
+        the TLS handshake (waiting cannot deliver them).
         """
-        pending = self._producer.flush(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            pending = self._producer.flush(max(0.0, min(_FLUSH_SLICE_S, deadline - time.monotonic())))
+            if not pending or time.monotonic() >= deadline:
+                break
+            if self._deliveries.refused is not None:
+                raise KafkaAuthenticationError(f"{self._deliveries.refused}; {pending} record(s) not delivered")
         stats = self.stats()
         new_failures, kept = self._deliveries.take_unreported()
         if pending or new_failures:
@@ -481,7 +503,7 @@ class SocietyProducer:
         # Do not hide the exception in flight behind a delivery report.
         try:
             self.close()
-        except DeliveryError as e:
+        except (DeliveryError, KafkaAuthenticationError) as e:
             log.error("while handling %s: %s", exc_type.__name__, e)
 
     # -- internals ----------------------------------------------------------

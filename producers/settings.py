@@ -4,44 +4,27 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from producers.kafka_config import KafkaClientSettings, bootstrap_shorthand
 from producers.tables import DEFAULT_TOPIC_PREFIX, TOPIC_PREFIX_PATTERN
 
 
-class KafkaSecurity(BaseModel):
-    """SASL/TLS settings passed through to librdkafka; secrets are never logged."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_ca_location: str | None = None
-
-    def librdkafka(self) -> dict[str, Any]:
-        """The matching librdkafka properties."""
-        conf: dict[str, Any] = {"security.protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            conf["sasl.username"] = self.sasl_username
-        if self.sasl_password:
-            conf["sasl.password"] = self.sasl_password.get_secret_value()
-        if self.ssl_ca_location:
-            conf["ssl.ca.location"] = self.ssl_ca_location
-        return conf
-
-
 class ProducerSettings(BaseModel):
-    """How the embedded producer reaches Kafka and how much it may hold locally."""
+    """How the embedded producer reaches Kafka and how much it may hold locally.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    ``ProducerSettings(bootstrap_servers="host:9092")`` is short for
+    ``ProducerSettings(kafka=KafkaClientSettings(bootstrap_servers="host:9092"))``;
+    a secured cluster needs the whole ``kafka`` settings (SASL, TLS).
+    """
 
-    bootstrap_servers: str = Field(min_length=1)
+    # Errors never quote the input: it may hold the Kafka password.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    kafka: KafkaClientSettings
     topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=TOPIC_PREFIX_PATTERN)
-    client_id: str = "society-ingest-producer"
+    #: The producer's client.id; None: ``<kafka.client_id>-producer``.
+    client_id: str | None = None
     # Batching: a few ms of linger turns per-record calls into large compressed batches.
     linger_ms: int = Field(default=20, ge=0)
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
@@ -61,9 +44,10 @@ class ProducerSettings(BaseModel):
     #: recently used steps (a few KB each at 2,500 agents). Recording for a step that fell out
     #: restarts its numbering at 0 and logs a warning: ids may repeat (see SocietyProducer).
     sequence_steps: int = Field(default=64, ge=1)
-    security: KafkaSecurity = KafkaSecurity()
     #: Extra librdkafka properties, applied last (an escape hatch for tuning).
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    _bootstrap_shorthand = model_validator(mode="before")(bootstrap_shorthand)
 
     @field_validator("extra")
     @classmethod
@@ -75,8 +59,8 @@ class ProducerSettings(BaseModel):
     def librdkafka(self) -> dict[str, Any]:
         """The confluent-kafka Producer configuration."""
         conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "client.id": self.client_id,
+            **self.kafka.librdkafka(),
+            "client.id": self.client_id or f"{self.kafka.client_id}-producer",
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": self.linger_ms,
@@ -86,6 +70,5 @@ class ProducerSettings(BaseModel):
             "message.timeout.ms": self.message_timeout_ms,
             "message.max.bytes": self.max_message_bytes,
         }
-        conf.update(self.security.librdkafka())
         conf.update(self.extra)
         return conf

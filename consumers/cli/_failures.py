@@ -24,6 +24,7 @@ from consumers.cli._options import print_error
 from consumers.cli._redact import secrets
 from consumers.kafka_clients import KafkaUnreachableError
 from producers.errors import SocietyIngestError
+from producers.kafka_config import SETTINGS, KafkaClientSettings
 
 EXIT_FAILURE = 1
 DATABASE_HINT = "(--database-url / DATABASE_URL)"
@@ -48,6 +49,8 @@ class Context:
     #: Connection string of the database in use (shown only through pg_errors.where: no password).
     conninfo: str | None = None
     bootstrap: str | None = None
+    #: The Kafka client settings in use (for a refusal's message: user name, never the password).
+    kafka: KafkaClientSettings | None = None
 
 
 context = Context()
@@ -85,6 +88,9 @@ def _kafka_failure(e: KafkaException) -> str:
     err = e.args[0] if e.args else None
     if not isinstance(err, KafkaError):
         return f"Kafka at {context.bootstrap}: {e}"
+    refusal = context.kafka.refused(err) if context.kafka is not None else None
+    if refusal is not None:
+        return refusal
     hint = f" {KAFKA_HINT}" if err.code() in _KAFKA_UNREACHABLE else ""
     return f"Kafka at {context.bootstrap}: {err.str()}{hint}"
 
@@ -126,6 +132,9 @@ def report(e: BaseException) -> None:
 def run(app: Any) -> NoReturn:
     """Run the Typer `app` as ``society-ingest``; exit 1 with one line on an expected failure."""
     secrets.add_dsn(os.environ.get("DATABASE_URL"))
+    for setting in SETTINGS:
+        if setting.secret:
+            secrets.add(os.environ.get(setting.env))
     try:
         app(prog_name="society-ingest")
     except Exception as e:  # SystemExit (Typer's exits, usage errors) and KeyboardInterrupt pass

@@ -20,10 +20,6 @@ rich_text = require("rich.text", "cli")
 console = rich_console.Console()
 err_console = rich_console.Console(stderr=True)
 
-Bootstrap = Annotated[
-    str,
-    typer.Option("--bootstrap-servers", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers."),
-]
 DatabaseUrl = Annotated[
     str,
     typer.Option("--database-url", "-d", envvar="DATABASE_URL", help="PostgreSQL connection URL.", show_default=False),

@@ -1,11 +1,12 @@
-"""Keeping database passwords out of everything the CLI prints.
+"""Keeping passwords (the database's, Kafka's) out of everything the CLI prints.
 
 A PostgreSQL connection string carries its password either in a URL
 (``postgresql://user:secret@host/db`` or ``?password=secret``) or as
 ``password=secret`` in key=value form. :func:`redact_dsn` masks it for display;
 :class:`Secrets` remembers the passwords of the connection strings the CLI was
 given and scrubs them out of any text, because some messages quote them (psycopg's
-parse errors do: ``invalid percent-encoded token: "S3cret%ZZ"``).
+parse errors do: ``invalid percent-encoded token: "S3cret%ZZ"``). Kafka's
+passwords come on their own (:meth:`Secrets.add`), as soon as they are read.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 MASK = "***"
@@ -61,6 +63,11 @@ def passwords_in(dsn: str) -> set[str]:
     return {p for p in found if p}
 
 
+def _alone(secret: str) -> re.Pattern[str]:
+    # A password given on its own: wherever it is not part of a longer word.
+    return re.compile(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])")
+
+
 def _in_context(secret: str) -> re.Pattern[str]:
     # Where messages put a password: after "user:" or "password=", or quoted; never inside a word
     # (a password "ion" must not turn "authentication" into "authenticat***").
@@ -80,13 +87,21 @@ class Secrets:
         if not dsn:
             return
         with self._lock:
-            known = {p.pattern for p in self._patterns}
-            # Longest first, so a password that contains another is replaced whole.
-            found = sorted(passwords_in(dsn), key=len, reverse=True)
-            self._patterns += [p for p in map(_in_context, found) if p.pattern not in known]
-            self._patterns.sort(key=lambda p: len(p.pattern), reverse=True)
+            self._remember(map(_in_context, passwords_in(dsn)))
             if dsn not in self._dsns:
                 self._dsns.append(dsn)
+
+    def add(self, secret: str | None) -> None:
+        """Remember a password given on its own (Kafka's SASL or TLS key password)."""
+        if secret:
+            with self._lock:
+                self._remember([_alone(secret)])
+
+    def _remember(self, patterns: Iterable[re.Pattern[str]]) -> None:
+        known = {p.pattern for p in self._patterns}
+        self._patterns += [p for p in patterns if p.pattern not in known]
+        # Longest first, so a password that contains another is replaced whole.
+        self._patterns.sort(key=lambda p: len(p.pattern), reverse=True)
 
     def scrub(self, text: str) -> str:
         """`text` with the remembered connection strings redacted and their passwords masked."""

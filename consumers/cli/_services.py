@@ -2,8 +2,9 @@
 
 Every command that needs a service goes through here first: :func:`database`
 turns the URL into a connection string that gives up after the timeout (and
-rejects a malformed URL without quoting its password); :func:`kafka` waits
-for a broker to answer, at most the timeout.
+rejects a malformed URL without quoting its password); :func:`reach_kafka` waits
+for a broker to answer, at most the timeout, and fails at once when it refuses
+the credentials.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from consumers.kafka_clients import probe
 from consumers.topics import all_topics
 from consumers.migrations import load_migrations
 from consumers.pg_errors import where
+from producers.kafka_config import KafkaClientSettings
 from producers.tables import dlq_topic, topic_for
 
 #: How long a command waits for Kafka or PostgreSQL before it gives up (--timeout).
@@ -67,10 +69,12 @@ def require_schema(conninfo: str) -> None:
         )
 
 
-def kafka(bootstrap_servers: str, timeout_s: float, extra: dict[str, Any] | None = None) -> set[str]:
-    """The broker's topics once a broker of `bootstrap_servers` answers; KafkaUnreachableError after `timeout_s`."""
-    context.bootstrap = bootstrap_servers
-    return probe(bootstrap_servers, timeout_s, extra)
+def reach_kafka(settings: KafkaClientSettings, timeout_s: float, extra: dict[str, Any] | None = None) -> set[str]:
+    """The broker's topics once a broker answers; KafkaUnreachableError after `timeout_s`,
+    ConfigurationError at once when it refuses the credentials or the TLS handshake."""
+    context.bootstrap = settings.bootstrap_servers
+    context.kafka = settings
+    return probe(settings, timeout_s, extra)
 
 
 def require_topics(existing: set[str], prefix: str, tables: tuple[str, ...] | None = None) -> None:

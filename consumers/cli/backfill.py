@@ -8,13 +8,12 @@ from types import FrameType
 from typing import Annotated, Any
 
 from consumers import backfill as ops
-from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, Timeout, console, err_console, fail, print_json, print_table, typer,
-)
+from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
+from consumers.cli._options import Json, Prefix, Timeout, console, err_console, fail, print_json, print_table, typer
 from consumers.cli._progress import Progress
-from consumers.cli._services import DEFAULT_TIMEOUT_S, kafka, require_topics
+from consumers.cli._services import DEFAULT_TIMEOUT_S, reach_kafka, require_topics
 from consumers.kafka_clients import librdkafka_logger
-from producers import ProducerSettings, SocietyProducer
+from producers import KafkaClientSettings, ProducerSettings, SocietyProducer
 from producers.tables import TABLES
 
 #: Bad lines printed when a batch stops the run (all of them are in the report).
@@ -94,6 +93,7 @@ def _stopped(result: ops.BackfillResult) -> None:
          "fix them and run the same command again to resume, or add --skip-bad to skip them")
 
 
+@kafka_options
 def backfill(
     files: Annotated[
         list[Path],
@@ -104,7 +104,7 @@ def backfill(
         str | None,
         typer.Option("--table", help=f"Table of every line (else each line's 'table' field): {', '.join(TABLES)}."),
     ] = None,
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip bad lines (listed in --report) instead of stopping.")
@@ -137,9 +137,9 @@ def backfill(
     """
     if table is not None and table not in TABLES:
         raise typer.BadParameter(f"unknown table {table!r}; expected one of {', '.join(TABLES)}", param_hint="--table")
-    require_topics(kafka(bootstrap_servers, timeout), topic_prefix)
+    require_topics(reach_kafka(kafka, timeout), topic_prefix)
     producer = SocietyProducer(ProducerSettings(
-        bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, client_id="society-ingest-backfill",
+        kafka=kafka, topic_prefix=topic_prefix, client_id=f"{kafka.client_id}-backfill",
         extra={"logger": librdkafka_logger()},
     ))
     job = ops.Backfill(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from consumers.tools.bench import run_bench
-from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, Timeout, print_json, print_table, typer,
-)
-from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka, require_schema
+from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
+from consumers.cli._options import DatabaseUrl, Json, Timeout, print_json, print_table, typer
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema
+from producers.kafka_config import KafkaClientSettings
 
 _BASELINE = {
     "copy": "copy",
@@ -20,9 +20,10 @@ _BASELINE = {
 }
 
 
+@kafka_options
 def bench(
     database_url: DatabaseUrl,
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     rows: Annotated[int, typer.Option(min=1000, help="Agent memories per measurement.")] = 100_000,
     repeats: Annotated[int, typer.Option(min=1, help="Repeat every measurement; figures are medians.")] = 3,
     timeout: Timeout = DEFAULT_TIMEOUT_S,
@@ -30,8 +31,8 @@ def bench(
 ) -> None:
     """Measure producer and worker throughput against raw baselines on the same rows."""
     require_schema(database(database_url, timeout))
-    kafka(bootstrap_servers, timeout)
-    result = run_bench(bootstrap_servers, database_url, rows, repeats)
+    reach_kafka(kafka, timeout)
+    result = run_bench(kafka, database_url, rows, repeats)
     data = {
         name: {
             "rows_per_s": round(result.rate(name)),

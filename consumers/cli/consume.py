@@ -6,18 +6,19 @@ import dataclasses
 import logging
 from typing import Annotated
 
-from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Group, Prefix, Timeout, print_json, setup_logging, typer,
-)
-from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka, require_schema
+from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options, properties
+from consumers.cli._options import DatabaseUrl, Group, Prefix, Timeout, print_json, setup_logging, typer
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema
 from consumers.settings import DEFAULT_GROUP, WorkerSettings
 from consumers.worker import Worker
+from producers.kafka_config import KafkaClientSettings
 from producers.tables import TABLES
 
 
+@kafka_options
 def consume(
     database_url: DatabaseUrl,
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     group: Group = DEFAULT_GROUP,
     tables: Annotated[
@@ -59,16 +60,11 @@ def consume(
     unknown = set(chosen) - set(TABLES)
     if unknown:
         raise typer.BadParameter(f"unknown table(s): {', '.join(sorted(unknown))}", param_hint="--tables")
-    extra = {}
-    for prop in consumer_property or []:
-        key, sep, value = prop.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{prop!r} is not KEY=VALUE", param_hint="--consumer-property")
-        extra[key.strip()] = value.strip()
+    extra = properties(consumer_property)
     require_schema(database(database_url, timeout))
-    kafka(bootstrap_servers, timeout, extra)
+    reach_kafka(kafka, timeout, extra)
     settings = WorkerSettings(
-        bootstrap_servers=bootstrap_servers,
+        kafka=kafka,
         database_url=database_url,
         topic_prefix=topic_prefix,
         group_id=group,

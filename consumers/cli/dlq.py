@@ -6,11 +6,11 @@ import dataclasses
 from typing import Annotated
 
 from consumers import dead_letters as ops
-from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, Prefix, Timeout, console, print_json, print_table, typer,
-)
-from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka
+from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
+from consumers.cli._options import DatabaseUrl, Json, Prefix, Timeout, console, print_json, print_table, typer
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka
 from producers.codec import AvroCodec
+from producers.kafka_config import KafkaClientSettings
 
 app = typer.Typer(help="Inspect and redrive dead letters.", no_args_is_help=True)
 
@@ -19,15 +19,16 @@ ErrorClass = Annotated[str | None, typer.Option("--error-class", help="Only dead
 
 
 @app.command("list")
+@kafka_options
 def list_(
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Count dead letters by table and reason."""
-    kafka(bootstrap_servers, timeout)
-    rows = ops.summarize(ops.read_dead_letters(bootstrap_servers, topic_prefix, timeout_s=timeout))
+    reach_kafka(kafka, timeout)
+    rows = ops.summarize(ops.read_dead_letters(kafka, topic_prefix, timeout_s=timeout))
     if as_json:
         print_json([{"table": t, "error_class": e, "count": n} for t, e, n in rows])
         return
@@ -35,8 +36,9 @@ def list_(
 
 
 @app.command()
+@kafka_options
 def show(
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     table: Table = None,
     error_class: ErrorClass = None,
@@ -45,10 +47,10 @@ def show(
     as_json: Json = False,
 ) -> None:
     """Show dead letters decoded, with their reasons and origins."""
-    kafka(bootstrap_servers, timeout)
+    reach_kafka(kafka, timeout)
     codec = AvroCodec()
     letters = [
-        d for d in ops.read_dead_letters(bootstrap_servers, topic_prefix, timeout_s=timeout)
+        d for d in ops.read_dead_letters(kafka, topic_prefix, timeout_s=timeout)
         if (table is None or d.table == table) and (error_class is None or d.error_class == error_class)
     ][:limit]
     items = [
@@ -70,9 +72,10 @@ def show(
 
 
 @app.command()
+@kafka_options
 def redrive(
     database_url: DatabaseUrl,
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     table: Table = None,
     error_class: ErrorClass = None,
@@ -82,9 +85,9 @@ def redrive(
 ) -> None:
     """Send dead letters back to their original topics (each at most once)."""
     db = database(database_url, timeout)
-    kafka(bootstrap_servers, timeout)
+    reach_kafka(kafka, timeout)
     result = ops.redrive(
-        bootstrap_servers, db, topic_prefix, table=table, error_class=error_class, dry_run=dry_run, timeout_s=timeout
+        kafka, db, topic_prefix, table=table, error_class=error_class, dry_run=dry_run, timeout_s=timeout
     )
     if as_json:
         print_json({**dataclasses.asdict(result), "dry_run": dry_run})

@@ -10,16 +10,18 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 from consumers._deps import psycopg
+from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options, properties
 from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Json, Prefix, Timeout, console, err_console, fail, print_json,
+    DatabaseUrl, Json, Prefix, Timeout, console, err_console, fail, print_json,
     print_table, setup_logging, typer,
 )
 from consumers.cli._progress import Progress
-from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka, require_schema, require_topics
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema, require_topics
 from consumers.migrations import create_schema, in_schema
 from consumers.replay import OffsetRange, Replay, ReplaySummary, Selection, TableSummary, replay_worker_id
 from consumers.settings import WorkerSettings
 from producers import tables
+from producers.kafka_config import KafkaClientSettings
 
 #: Exit status of a replay stopped (Ctrl-C, SIGTERM) before its end: run it again with --resume.
 EXIT_INTERRUPTED = 130
@@ -76,9 +78,10 @@ def parse_offsets(specs: list[str]) -> tuple[OffsetRange, ...]:
     return tuple(ranges)
 
 
+@kafka_options
 def replay(
     database_url: DatabaseUrl = "",
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     table: Annotated[
         list[str] | None,
@@ -172,10 +175,10 @@ def replay(
             if applied:
                 err_console.print(f"schema {target_schema}: applied {len(applied)} migration(s)")
             target = in_schema(live, target_schema)
-    require_topics(kafka(bootstrap_servers, timeout, extra), topic_prefix, chosen)
+    require_topics(reach_kafka(kafka, timeout, extra), topic_prefix, chosen)
 
     settings = WorkerSettings(
-        bootstrap_servers=bootstrap_servers,
+        kafka=kafka,
         database_url=target or "",
         topic_prefix=topic_prefix,
         group_id=selection.group(topic_prefix, target_schema),
@@ -222,15 +225,11 @@ _OWN_PROPERTIES = {"group.id", "group.instance.id", "enable.auto.commit", "enabl
 
 
 def _properties(props: list[str]) -> dict[str, Any]:
-    extra = {}
-    for prop in props:
-        key, sep, value = prop.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{prop!r} is not KEY=VALUE", param_hint="--consumer-property")
-        if key.strip() in _OWN_PROPERTIES:
-            raise typer.BadParameter(f"{key.strip()} is the replay's own setting (its group keeps the live "
+    extra = properties(props)
+    for key in extra:
+        if key in _OWN_PROPERTIES:
+            raise typer.BadParameter(f"{key} is the replay's own setting (its group keeps the live "
                                      "workers' offsets untouched)", param_hint="--consumer-property")
-        extra[key.strip()] = value.strip()
     return extra
 
 

@@ -7,24 +7,25 @@ import time
 import uuid
 from typing import Annotated
 
-from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, Timeout, console, fail, print_json, print_table, typer,
-)
-from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka, require_schema, require_topics
+from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
+from consumers.cli._options import Json, Prefix, Timeout, console, fail, print_json, print_table, typer
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema, require_topics
 from consumers.kafka_clients import librdkafka_logger
 from consumers.tools.simulate import run_society
 from consumers.status import row_counts
 from producers.handler import KafkaDatabaseHandler
+from producers.kafka_config import KafkaClientSettings
 
 #: How often --wait-loaded polls PostgreSQL.
 POLL_INTERVAL_S = 0.5
 
 
+@kafka_options
 def simulate(
     agents: Annotated[int, typer.Option(min=1, help="Number of agents.")] = 100,
     steps: Annotated[int, typer.Option(min=1, help="Number of steps.")] = 10,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     wait_loaded: Annotated[
         float | None,
@@ -46,10 +47,8 @@ def simulate(
             fail("--wait-loaded needs --database-url or DATABASE_URL")
         db = database(database_url, timeout)
         require_schema(db)  # before the run, not after it
-    require_topics(kafka(bootstrap_servers, timeout), topic_prefix)
-    handler = KafkaDatabaseHandler(
-        bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, extra={"logger": librdkafka_logger()}
-    )
+    require_topics(reach_kafka(kafka, timeout), topic_prefix)
+    handler = KafkaDatabaseHandler(kafka=kafka, topic_prefix=topic_prefix, extra={"logger": librdkafka_logger()})
     try:
         report = asyncio.run(run_society(handler, agents, steps, seed))
     finally:  # also on Ctrl-C: deliver what was recorded

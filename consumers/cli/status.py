@@ -7,11 +7,11 @@ import uuid
 from typing import Annotated
 
 from consumers import status as ops
-from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, DatabaseUrl, Group, Json, Prefix, Timeout, console, print_json, print_table, typer,
-)
-from consumers.cli._services import DEFAULT_TIMEOUT_S, database, kafka
+from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
+from consumers.cli._options import DatabaseUrl, Group, Json, Prefix, Timeout, console, print_json, print_table, typer
+from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka
 from consumers.settings import DEFAULT_GROUP
+from producers.kafka_config import KafkaClientSettings
 
 
 def _run_status(answer: ops.RunCompleteness, as_json: bool) -> None:
@@ -41,9 +41,10 @@ def _run_status(answer: ops.RunCompleteness, as_json: bool) -> None:
 RUN_EXIT = {ops.COMPLETE: 0, ops.INCOMPLETE: 1, ops.NOT_YET: 3}
 
 
+@kafka_options
 def status(
     database_url: DatabaseUrl,
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     group: Group = DEFAULT_GROUP,
     run: Annotated[
@@ -56,13 +57,13 @@ def status(
     """Show rows per table, recent runs, the group's lag per partition and its workers; or one run's completeness."""
     db = database(database_url, timeout)
     if run is not None:
-        kafka(bootstrap_servers, timeout)
-        _run_status(ops.run_completeness(bootstrap_servers, db, topic_prefix, group, run, timeout_s=timeout), as_json)
+        reach_kafka(kafka, timeout)
+        _run_status(ops.run_completeness(kafka, db, topic_prefix, group, run, timeout_s=timeout), as_json)
         return
     counts = ops.row_counts(db)
     workers = [w for w in ops.worker_health(db) if w.consumer_group == group]
-    kafka(bootstrap_servers, timeout)
-    lags = ops.consumer_lag(bootstrap_servers, db, topic_prefix, group, timeout_s=timeout)
+    reach_kafka(kafka, timeout)
+    lags = ops.consumer_lag(kafka, db, topic_prefix, group, timeout_s=timeout)
     runs = ops.recent_runs(db)
     if as_json:
         print_json({

@@ -8,10 +8,10 @@ from typing import Annotated
 from confluent_kafka.admin import AdminClient
 
 from consumers import topics as ops
-from consumers.cli._options import (
-    DEFAULT_BOOTSTRAP, Bootstrap, Json, Prefix, Timeout, console, err_console, print_json, print_table, typer,
-)
-from consumers.cli._services import DEFAULT_TIMEOUT_S, kafka
+from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
+from consumers.cli._options import Json, Prefix, Timeout, console, err_console, print_json, print_table, typer
+from consumers.cli._services import DEFAULT_TIMEOUT_S, reach_kafka
+from producers.kafka_config import KafkaClientSettings
 
 app = typer.Typer(help="Create, change, inspect and delete the table and dead-letter topics.", no_args_is_help=True)
 
@@ -21,10 +21,10 @@ Names = Annotated[list[str] | None, typer.Argument(help="Topics (default: all of
 CleanupPolicy = Annotated[str, typer.Option(help="Topic cleanup.policy (delete keeps a time window to replay).")]
 
 
-def _admin(bootstrap_servers: str, timeout: float) -> AdminClient:
+def _admin(kafka: KafkaClientSettings, timeout: float) -> AdminClient:
     """An admin client, once a broker answered within `timeout`."""
-    kafka(bootstrap_servers, timeout)
-    return ops.admin_client(bootstrap_servers)
+    reach_kafka(kafka, timeout)
+    return ops.admin_client(kafka)
 
 
 def _show(infos: list[ops.TopicInfo], as_json: bool, title: str) -> None:
@@ -42,8 +42,9 @@ def _show(infos: list[ops.TopicInfo], as_json: bool, title: str) -> None:
 
 
 @app.command()
+@kafka_options
 def create(
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     partitions: Annotated[int, typer.Option(min=1, help="Partitions per topic.")] = ops.DEFAULT_PARTITIONS,
     replication_factor: Annotated[int, typer.Option(min=1, help="Replicas per partition.")] = 1,
@@ -55,7 +56,7 @@ def create(
 ) -> None:
     """Create missing topics (idempotent); show them, and how existing ones differ from what was asked."""
     infos = ops.create_topics(
-        _admin(bootstrap_servers, timeout), topic_prefix, bootstrap_servers, partitions=partitions,
+        _admin(kafka, timeout), topic_prefix, kafka, partitions=partitions,
         replication=replication_factor, retention_ms=retention_ms, compression=compression,
         cleanup_policy=cleanup_policy,
     )
@@ -63,9 +64,10 @@ def create(
 
 
 @app.command()
+@kafka_options
 def alter(
     names: Names = None,
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     partitions: Annotated[int | None, typer.Option(min=1, help="Grow to this many partitions (never shrinks).")] = None,
     retention_ms: Annotated[int | None, typer.Option(min=-1, help="New retention.ms (-1: forever).")] = None,
@@ -76,23 +78,24 @@ def alter(
 ) -> None:
     """Add partitions or change configs of existing topics; refuses to shrink."""
     infos = ops.alter_topics(
-        _admin(bootstrap_servers, timeout), names or ops.all_topics(topic_prefix), partitions=partitions,
+        _admin(kafka, timeout), names or ops.all_topics(topic_prefix), partitions=partitions,
         retention_ms=retention_ms, compression=compression, cleanup_policy=cleanup_policy, timeout_s=timeout,
     )
     _show(infos, as_json, "topics")
 
 
 @app.command()
+@kafka_options
 def delete(
     names: Names = None,
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")] = False,
     timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Delete topics and every record in them (asks first)."""
-    admin = _admin(bootstrap_servers, timeout)
+    admin = _admin(kafka, timeout)
     wanted = [i.name for i in ops.describe_topics(admin, names or ops.all_topics(topic_prefix), timeout)]
     if wanted and not yes:
         typer.confirm(f"delete {', '.join(wanted)} and every record in them?", abort=True, err=True)
@@ -104,24 +107,26 @@ def delete(
 
 
 @app.command("list")
+@kafka_options
 def list_(
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """List this prefix's topics that exist."""
-    _show(ops.list_topics(_admin(bootstrap_servers, timeout), topic_prefix, timeout), as_json, "topics")
+    _show(ops.list_topics(_admin(kafka, timeout), topic_prefix, timeout), as_json, "topics")
 
 
 @app.command()
+@kafka_options
 def describe(
     names: Names = None,
-    bootstrap_servers: Bootstrap = DEFAULT_BOOTSTRAP,
+    kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     timeout: Timeout = DEFAULT_TIMEOUT_S,
     as_json: Json = False,
 ) -> None:
     """Describe topics: partitions, replication, retention, compression."""
     wanted = names or ops.all_topics(topic_prefix)
-    _show(ops.describe_topics(_admin(bootstrap_servers, timeout), wanted, timeout), as_json, "topics")
+    _show(ops.describe_topics(_admin(kafka, timeout), wanted, timeout), as_json, "topics")

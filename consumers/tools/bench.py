@@ -38,6 +38,7 @@ from consumers.topics import admin_client, create_topics
 from consumers.worker import Worker
 from producers import ProducerSettings, SocietyProducer, tables
 from producers.codec import AvroCodec
+from producers.kafka_config import KafkaClientSettings, as_client_settings
 
 AGENTS = 2500
 WORDS = ("market", "bread", "river", "loan", "friend", "harvest", "tools", "price", "family", "trade")
@@ -152,17 +153,17 @@ def _sql_baselines(conn: Any, rows: list[dict[str, Any]], result: BenchResult) -
         result.add(name, len(data) / _timed(lambda: fn(data)))
 
 
-def _producer_rates(bootstrap_servers: str, prefix: str, codec: AvroCodec, sample: list[dict[str, Any]],
+def _producer_rates(kafka: KafkaClientSettings, prefix: str, codec: AvroCodec, sample: list[dict[str, Any]],
                     encoded: list[bytes], result: BenchResult) -> uuid.UUID:
     """record_memory vs raw produce of the same pre-encoded bytes; returns the run recorded."""
-    raw = Producer(ProducerSettings(bootstrap_servers=bootstrap_servers).librdkafka())
+    raw = Producer(ProducerSettings(kafka=kafka).librdkafka())
     start = time.perf_counter()
     for value in encoded:
         raw.produce(tables.dlq_topic(prefix), value)  # a topic no worker reads
         raw.poll(0)
     result.add("raw_produce", len(encoded) / (time.perf_counter() - start))
     raw.flush(120)
-    producer = SocietyProducer(ProducerSettings(bootstrap_servers=bootstrap_servers, topic_prefix=prefix), codec)
+    producer = SocietyProducer(ProducerSettings(kafka=kafka, topic_prefix=prefix), codec)
     run_id = producer.start_run({"bench": len(sample)})
     start = time.perf_counter()
     for r in sample:
@@ -174,13 +175,13 @@ def _producer_rates(bootstrap_servers: str, prefix: str, codec: AvroCodec, sampl
     return run_id
 
 
-def _pipeline_rate(bootstrap_servers: str, database_url: str, prefix: str, codec: AvroCodec, conn: Any,
+def _pipeline_rate(kafka: KafkaClientSettings, database_url: str, prefix: str, codec: AvroCodec, conn: Any,
                    run_id: uuid.UUID, rows: int) -> float:
     """Consume the run just recorded, from the first message consumed to the last commit.
 
     Every repeat's worker joins the same group, so it starts where the previous one stopped.
     """
-    worker = Worker(WorkerSettings(bootstrap_servers=bootstrap_servers, database_url=database_url,
+    worker = Worker(WorkerSettings(kafka=kafka, database_url=database_url,
                                    topic_prefix=prefix, group_id=f"{prefix}-bench"), codec)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -199,11 +200,13 @@ def _pipeline_rate(bootstrap_servers: str, database_url: str, prefix: str, codec
     return rows / (s.last_commit_at - s.first_message_at)
 
 
-def run_bench(bootstrap_servers: str, database_url: str, rows: int, repeats: int = 3, seed: int = 11) -> BenchResult:
+def run_bench(kafka: KafkaClientSettings | str, database_url: str, rows: int, repeats: int = 3,
+              seed: int = 11) -> BenchResult:
     """Measure everything on `rows` agent memories, `repeats` times (see module doc)."""
+    kafka = as_client_settings(kafka)
     result = BenchResult(rows)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    create_topics(admin_client(bootstrap_servers), prefix, bootstrap_servers, partitions=6)
+    create_topics(admin_client(kafka), prefix, kafka, partitions=6)
     codec = AvroCodec()
     sample = _memories(uuid.uuid4(), rows, seed)
     encoded = [codec.encode(tables.AGENT_MEMORIES, r) for r in sample]
@@ -211,7 +214,7 @@ def run_bench(bootstrap_servers: str, database_url: str, rows: int, repeats: int
         _warm_up(conn, sample[:WARM_UP_ROWS])
         for _ in range(repeats):
             _sql_baselines(conn, sample, result)
-            run_id = _producer_rates(bootstrap_servers, prefix, codec, sample, encoded, result)
+            run_id = _producer_rates(kafka, prefix, codec, sample, encoded, result)
             _settle(conn)
-            result.add("pipeline", _pipeline_rate(bootstrap_servers, database_url, prefix, codec, conn, run_id, rows))
+            result.add("pipeline", _pipeline_rate(kafka, database_url, prefix, codec, conn, run_id, rows))
     return result

@@ -11,6 +11,7 @@ Usable as a module (pytest fixtures, fault tests), with scripts/ on ``sys.path``
     stack = LocalStack()          # state in <repo>/.stack or $SOCIETY_STACK_DIR
     stack.up()                    # idempotent; returns quickly when already up
     stack.kafka_bootstrap         # "127.0.0.1:19092"
+    stack.kafka_sasl_bootstrap    # "127.0.0.1:19094": SASL_SSL, SCRAM-SHA-512; stack.kafka_client_config
     stack.database_url            # "postgresql://postgres:society-local@127.0.0.1:15432/society"
     stack.stop_kafka(kill=True); stack.start_kafka()   # data is kept
 
@@ -21,11 +22,12 @@ and as a CLI (``scripts/stack``, which runs ``python -m localstack``)::
     scripts/stack stop kafka|postgres [--kill]
 
 Environment: SOCIETY_STACK_DIR (state dir), SOCIETY_KAFKA_PORT (default 19092;
-the controller listens on the next port), SOCIETY_PG_PORT (default 15432),
+the controller listens on the next port, a SASL_SSL listener on the one after:
+see ``_sasl``), SOCIETY_PG_PORT (default 15432),
 SOCIETY_INGEST_CACHE (jar cache, default ~/.cache/society-ingest).
 
 Modules: ``_stack`` (LocalStack), ``_kafka`` (the broker), ``_postgres`` (the
-server), ``_processes`` (pid files, ports, the lock, subprocesses), ``_cli``.
+server), ``_sasl`` (the SASL_SSL listener), ``_processes`` (pid files, ports, the lock, subprocesses), ``_cli``.
 """
 
 from ._cli import main

@@ -13,13 +13,18 @@ SCALA_VERSION = "2.13"
 LOG4J_VERSION = "2.24.3"
 
 HOST = "127.0.0.1"
-DEFAULT_KAFKA_PORT = 19092  # the KRaft controller listens on the next port
+DEFAULT_KAFKA_PORT = 19092  # the KRaft controller listens on the next port, SASL_SSL on the one after
 DEFAULT_PG_PORT = 15432
 DATABASE_NAME = "society"
 PG_SUPERUSER = "postgres"
 #: The local stack's superuser password. TCP connections must present it (as a
 #: real server would), so a wrong password fails here as it would in production.
 PG_PASSWORD = "society-local"
+#: The SASL_SSL listener's user and mechanism (its password is random per state dir, see _sasl).
+SASL_USERNAME = "society"
+SASL_MECHANISM = "SCRAM-SHA-512"
+#: Kafka's minimum for SCRAM-SHA-512 is 4096; 8192 is the Java client tools' default.
+SCRAM_ITERATIONS = 8192
 
 KAFKA_READY_TIMEOUT_S = 90.0
 KAFKA_STOP_TIMEOUT_S = 30.0  # SIGTERM, then SIGKILL after this long

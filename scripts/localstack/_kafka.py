@@ -28,6 +28,7 @@ from ._errors import StackError
 from ._processes import (
     StateLock, launch_detached, log, pid_alive, port_open, require_free_port, run, running, stop_process, tail,
 )
+from ._sasl import SaslFiles, declared_in, server_properties
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
@@ -60,11 +61,11 @@ _SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers={host}:{cport}
-listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}
-advertised.listeners=PLAINTEXT://{host}:{port}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport},SASL_SSL://{host}:{sport}
+advertised.listeners=PLAINTEXT://{host}:{port},SASL_SSL://{host}:{sport}
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 log.dirs={data}
 
 num.partitions=6
@@ -94,7 +95,7 @@ num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=2
 log.retention.hours=168
-"""
+{sasl}"""
 
 _LOG4J2 = """\
 # Written by scripts/localstack/_kafka.py: broker logs (INFO) to one rolling file.
@@ -170,6 +171,7 @@ class Kafka:
         self.state_dir = state_dir
         self.port = port
         self.controller_port = port + 1
+        self.sasl_port = port + 2
         self.home = cache_dir / f"kafka-{KAFKA_VERSION}"
         self.libs = self.home / "libs"
         self.dir = state_dir / "kafka"
@@ -178,10 +180,15 @@ class Kafka:
         self._pidfile = self.dir / "kafka.pid"
         self._config = self.dir / "server.properties"
         self._started_at: float | None = None  # set by launch(), for the "ready in" line
+        self.sasl = SaslFiles(self.dir, self.sasl_port)
 
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
+
+    def has_sasl_listener(self) -> bool:
+        """Whether the broker's config (written at its last launch) has the SASL_SSL listener."""
+        return declared_in(self._config)
 
     def pid(self) -> int | None:
         """Pid of this state dir's broker: the pid file's, while it runs kafka.Kafka on our config."""
@@ -193,8 +200,8 @@ class Kafka:
         return port_open(self.port) and _lists_itself(_admin_client(self.bootstrap), self.port, timeout=2.0)
 
     def check_ports(self) -> None:
-        """PortInUse unless the broker's and the controller's ports are free."""
-        for port in (self.port, self.controller_port):
+        """PortInUse unless the broker's, the controller's and the SASL_SSL listener's ports are free."""
+        for port in (self.port, self.controller_port, self.sasl_port):
             require_free_port(port, service="kafka", env_var="SOCIETY_KAFKA_PORT", state_dir=self.state_dir)
 
     def launch(self) -> None:
@@ -202,7 +209,7 @@ class Kafka:
         self.check_ports()
         classpath = f"{self.ensure_jars()}/*"
         java = _java()
-        self._write_files()
+        self._write_files(java)
         self._format_storage(java, classpath)
         out = self.dir / "kafka.out"
         with open(out, "ab") as f:
@@ -239,6 +246,8 @@ class Kafka:
                 raise StackError(
                     f"kafka (pid {pid}) did not answer a metadata request on "
                     f"{self.bootstrap} within {KAFKA_READY_TIMEOUT_S:.0f} s", self._log_tail())
+        if self.has_sasl_listener():
+            self.sasl.ensure_user(self.bootstrap)
         if self._started_at is not None:
             log(f"kafka ready in {time.monotonic() - self._started_at:.1f} s")
             self._started_at = None
@@ -286,10 +295,12 @@ class Kafka:
             return False
         return bool(names) and all((self.libs / n).is_file() for n in names)
 
-    def _write_files(self) -> None:
+    def _write_files(self, java: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.sasl.ensure(java)
         self._config.write_text(_SERVER_PROPERTIES.format(
-            host=HOST, port=self.port, cport=self.controller_port, data=self.data))
+            host=HOST, port=self.port, cport=self.controller_port, sport=self.sasl_port, data=self.data,
+            sasl=server_properties(self.sasl)))
         (self.dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log))
 
     def _format_storage(self, java: str, classpath: str) -> None:

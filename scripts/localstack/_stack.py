@@ -13,6 +13,7 @@ from ._config import (
     PG_PASSWORD,
     PG_SUPERUSER,
     REPO_ROOT,
+    SASL_USERNAME,
 )
 from ._errors import StackError
 from ._kafka import Kafka
@@ -46,6 +47,7 @@ class LocalStack:
         self.state_dir = Path(state_dir).expanduser().absolute()
         self.kafka_port = kafka_port or _env_port("SOCIETY_KAFKA_PORT", DEFAULT_KAFKA_PORT)
         self.controller_port = self.kafka_port + 1
+        self.kafka_sasl_port = self.kafka_port + 2
         self.pg_port = pg_port or _env_port("SOCIETY_PG_PORT", DEFAULT_PG_PORT)
         if cache_dir is None:
             cache_dir = os.environ.get("SOCIETY_INGEST_CACHE") or Path.home() / ".cache" / "society-ingest"
@@ -74,8 +76,33 @@ class LocalStack:
     def kafka_dir(self) -> Path:
         return self._kafka.dir
 
+    @property
+    def kafka_sasl_bootstrap(self) -> str:
+        """The SASL_SSL listener (SCRAM-SHA-512, user ``society``): see ``kafka_client_config``."""
+        return self._kafka.sasl.bootstrap
+
+    @property
+    def kafka_client_config(self) -> Path:
+        """A ``--kafka-config`` file for the SASL_SSL listener: address, user, password, CA."""
+        return self._kafka.sasl.client_config
+
+    def has_sasl_listener(self) -> bool:
+        """Whether the broker was started with the SASL_SSL listener (a stack started by older code was not)."""
+        return self._kafka.has_sasl_listener()
+
     def env(self) -> dict[str, str]:
-        return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap, "DATABASE_URL": self.database_url}
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap, "DATABASE_URL": self.database_url}
+        if self.has_sasl_listener():
+            # Not the clients' own KAFKA_SASL_* names: those would turn every client to SASL.
+            sasl = self._kafka.sasl
+            env.update({
+                "SOCIETY_STACK_SASL_BOOTSTRAP_SERVERS": sasl.bootstrap,
+                "SOCIETY_STACK_SASL_USERNAME": SASL_USERNAME,
+                "SOCIETY_STACK_SASL_PASSWORD_FILE": str(sasl.password_file),
+                "SOCIETY_STACK_SSL_CA_LOCATION": str(sasl.ca),
+                "SOCIETY_STACK_KAFKA_CONFIG": str(sasl.client_config),
+            })
+        return env
 
     def env_lines(self) -> str:
         return "".join(f"export {k}={v}\n" for k, v in self.env().items())
@@ -128,6 +155,7 @@ class LocalStack:
                 "state": state(kpid, self.is_kafka_up()),
                 "pid": kpid,
                 "bootstrap": self.kafka_bootstrap,
+                "sasl_bootstrap": self.kafka_sasl_bootstrap if self.has_sasl_listener() else None,
                 "log": str(self._kafka.log),
                 "data": str(self._kafka.data),
             },
@@ -182,13 +210,16 @@ class LocalStack:
 
 
 def free_ports(stack: LocalStack) -> tuple[int, int]:
-    """Ports for this state dir: the configured ones when free (or ours), else the next free."""
+    """Ports for this state dir: the configured ones when free (or ours), else the next free.
+
+    Kafka takes three: its own, the controller's (+1) and the SASL_SSL listener's (+2).
+    """
     kafka, pg = stack.kafka_port, stack.pg_port
     if stack._kafka.pid() is None:
-        while not (port_bindable(kafka) and port_bindable(kafka + 1)):
+        while not all(port_bindable(kafka + i) for i in range(3)):
             kafka += 2
     if stack._postgres.pid() is None:
-        while not port_bindable(pg) or pg in (kafka, kafka + 1):
+        while not port_bindable(pg) or pg in (kafka, kafka + 1, kafka + 2):
             pg += 1
     return kafka, pg
 
