@@ -95,22 +95,41 @@ def client_config(kafka: KafkaClientSettings | str, conf: Mapping[str, Any] | No
     return with_logging({**as_client_settings(kafka).librdkafka(), **(conf or {})})
 
 
-def _silent_logger() -> logging.Logger:
-    # The probe reports its failure itself; librdkafka's lines about it would only repeat it.
-    logger = logging.getLogger(f"{LIBRDKAFKA_LOGGER}.probe")
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-        logger.propagate = False
-    return logger
+class _Lines(logging.Handler):
+    """Keeps the messages of the records it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
-def _reason(error: KafkaError) -> str | None:
-    """What an error librdkafka reported during a failed probe means for a person, if it says."""
-    if error.code() == KafkaError._RESOLVE:
+def _probe_logger() -> tuple[logging.Logger, list[str]]:
+    # The probe reports its failure itself; librdkafka's lines about it would only repeat it. Kept
+    # apart from logging's hierarchy (never printed), they may still say why (a wrong protocol).
+    logger = logging.Logger(f"{LIBRDKAFKA_LOGGER}.probe")
+    lines = _Lines()
+    logger.addHandler(lines)
+    return logger, lines.lines
+
+
+#: A wrong security protocol, as librdkafka's errors and log lines show it.
+_PROTOCOL_HINT = "is the security protocol right? (--security-protocol / KAFKA_SECURITY_PROTOCOL)"
+
+
+def _reason(errors: list[KafkaError], lines: list[str]) -> str:
+    """What librdkafka reported during a failed probe means for a person."""
+    if any(e.code() == KafkaError._RESOLVE for e in errors):
         return "its host name does not resolve"
-    if "incorrect security.protocol" in error.str():  # e.g. PLAINTEXT to a TLS listener
-        return "it closed the connection: is the security protocol right? (--security-protocol / KAFKA_SECURITY_PROTOCOL)"
-    return None
+    said = [e.str() for e in errors] + lines
+    if any("connecting to a PLAINTEXT broker listener" in text for text in said):  # TLS to a plaintext port
+        return f"it does not speak TLS there: {_PROTOCOL_HINT}"
+    # A plaintext client at a TLS listener: the broker drops it at its first request.
+    if any("Disconnected" in text and "in state APIVERSION_QUERY" in text for text in said):
+        return f"it closes the connection at the first request (a TLS listener?): {_PROTOCOL_HINT}"
+    return "is it running?"
 
 
 def probe(kafka: KafkaClientSettings | str, timeout_s: float, extra: dict[str, Any] | None = None) -> set[str]:
@@ -121,12 +140,8 @@ def probe(kafka: KafkaClientSettings | str, timeout_s: float, extra: dict[str, A
     """
     kafka = as_client_settings(kafka)
     errors: list[KafkaError] = []
-    admin = AdminClient({
-        **kafka.librdkafka(),
-        **(extra or {}),
-        "logger": _silent_logger(),
-        "error_cb": errors.append,
-    })
+    logger, lines = _probe_logger()
+    admin = AdminClient({**kafka.librdkafka(), **(extra or {}), "logger": logger, "error_cb": errors.append})
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -139,5 +154,5 @@ def probe(kafka: KafkaClientSettings | str, timeout_s: float, extra: dict[str, A
             raise ConfigurationError(refusal)
         if time.monotonic() >= deadline:
             break
-    reason = next((r for r in map(_reason, reversed(errors)) if r is not None), "is it running?")
+    reason = _reason(errors, lines)
     raise KafkaUnreachableError(f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:g}s: {reason}")

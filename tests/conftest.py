@@ -37,6 +37,16 @@ class Services:
     source: str
     #: The local stack, when the services are it (fault tests restart them).
     stack: LocalStack | None = None
+    #: A --kafka-config file for Kafka's SASL_SSL listener (the local stack has one), else None.
+    kafka_sasl_config: Path | None = None
+
+
+def _sasl_config(stack: LocalStack | None) -> Path | None:
+    """The SASL_SSL listener's client file: the local stack's own, or one named by ``scripts/stack env``."""
+    if stack is not None:
+        return stack.kafka_client_config if stack.has_sasl_listener() else None
+    named = os.environ.get("SOCIETY_STACK_KAFKA_CONFIG")
+    return Path(named) if named else None
 
 
 def _docker_answers() -> bool:
@@ -55,7 +65,7 @@ def services(request: pytest.FixtureRequest) -> Iterator[Services]:
     if bootstrap and url:
         local = LocalStack()
         stack = local if (local.kafka_bootstrap, local.database_url) == (bootstrap, url) else None
-        svc = Services(bootstrap, url, "environment" + (" (local stack)" if stack else ""), stack)
+        svc = Services(bootstrap, url, "environment" + (" (local stack)" if stack else ""), stack, _sasl_config(stack))
         request.config.stash[_SOURCE] = svc.source
         yield svc
         return
@@ -71,7 +81,7 @@ def services(request: pytest.FixtureRequest) -> Iterator[Services]:
     stack = LocalStack()
     started = not (stack.is_kafka_up() and stack.is_postgres_up())
     stack.up()
-    svc = Services(stack.kafka_bootstrap, stack.database_url, "local stack", stack)
+    svc = Services(stack.kafka_bootstrap, stack.database_url, "local stack", stack, _sasl_config(stack))
     request.config.stash[_SOURCE] = svc.source
     try:
         yield svc
