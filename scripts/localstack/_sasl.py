@@ -107,6 +107,7 @@ class SaslFiles:
         run([keytool, "-exportcert", "-rfc", "-alias", "broker", "-keystore", str(store), *storepass,
              "-file", str(cert)],
             what="keytool -exportcert", timeout=120)
+        store.chmod(0o600)
         for name in ("broker.p12", "ca.pem", "keystore.password"):
             (tmp / name).replace(self.dir / name)
         tmp.rmdir()

@@ -23,16 +23,16 @@ PORT_RANGE = (20000, 32000)
 
 
 def free_ports() -> tuple[int, int]:
-    """A Kafka port (the controller takes the next one) and a PostgreSQL port, all free now."""
-    taken = {DEFAULT_KAFKA_PORT, DEFAULT_KAFKA_PORT + 1, DEFAULT_PG_PORT}
+    """A Kafka port (the controller and the SASL_SSL listener take the next two) and a PostgreSQL port, all free now."""
+    taken = {DEFAULT_KAFKA_PORT, DEFAULT_KAFKA_PORT + 1, DEFAULT_KAFKA_PORT + 2, DEFAULT_PG_PORT}
     for name in ("SOCIETY_KAFKA_PORT", "SOCIETY_PG_PORT"):
         if os.environ.get(name, "").isdigit():
             port = int(os.environ[name])
-            taken |= {port, port + 1}
+            taken |= {port, port + 1, port + 2}
     while True:
         kafka, pg = random.randrange(*PORT_RANGE, 2), random.randrange(*PORT_RANGE)
-        wanted = {kafka, kafka + 1, pg}
-        if len(wanted) == 3 and not wanted & taken and all(port_bindable(p) for p in wanted):
+        wanted = {kafka, kafka + 1, kafka + 2, pg}
+        if len(wanted) == 4 and not wanted & taken and all(port_bindable(p) for p in wanted):
             return kafka, pg
 
 

@@ -41,7 +41,7 @@ def test_status_of_a_stopped_stack(private_stack: PrivateStack) -> None:
     assert json.loads(res.stdout) == {
         "state_dir": str(state),
         "kafka": {"state": "down", "pid": None, "bootstrap": f"127.0.0.1:{private_stack.kafka_port}",
-                  "log": f"{state}/kafka/server.log", "data": f"{state}/kafka/data"},
+                  "sasl_bootstrap": None, "log": f"{state}/kafka/server.log", "data": f"{state}/kafka/data"},
         "postgres": {"state": "down", "pid": None, "url": private_stack.local().database_url,
                      "log": None, "data": None},
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from localstack import LocalStack, PortInUse
@@ -53,10 +54,34 @@ def private(started: tuple[PrivateStack, list[str]]) -> PrivateStack:
 
 def test_two_processes_bring_it_up_at_once_and_print_the_env_lines(started) -> None:
     private, outputs = started
+    tls = private.state_dir / "kafka" / "tls"
     expected = (f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{private.kafka_port}\n"
-                f"export DATABASE_URL=postgresql://postgres:society-local@127.0.0.1:{private.pg_port}/society\n")
+                f"export DATABASE_URL=postgresql://postgres:society-local@127.0.0.1:{private.pg_port}/society\n"
+                f"export SOCIETY_STACK_SASL_BOOTSTRAP_SERVERS=127.0.0.1:{private.kafka_port + 2}\n"
+                "export SOCIETY_STACK_SASL_USERNAME=society\n"
+                f"export SOCIETY_STACK_SASL_PASSWORD_FILE={tls}/sasl.password\n"
+                f"export SOCIETY_STACK_SSL_CA_LOCATION={tls}/ca.pem\n"
+                f"export SOCIETY_STACK_KAFKA_CONFIG={tls}/client.properties\n")
     assert outputs == [expected, expected]
     assert private.local().env_lines() == expected
+
+
+def test_the_sasl_ssl_listener_takes_the_stacks_user_and_its_files_are_private(stack: LocalStack) -> None:
+    from producers.kafka_config import resolve
+
+    config = stack.kafka_client_config
+    settings = resolve(config_file=config)
+    assert (settings.bootstrap_servers, settings.security_protocol, settings.sasl_mechanism,
+            settings.sasl_username) == (stack.kafka_sasl_bootstrap, "SASL_SSL", "SCRAM-SHA-512", "society")
+    password = settings.sasl_password.get_secret_value()
+    assert (config.parent / "sasl.password").read_text().strip() == password and len(password) >= 24
+    for name in ("sasl.password", "client.properties", "keystore.password", "broker.p12"):
+        assert (config.parent / name).stat().st_mode & 0o077 == 0, name
+    admin = AdminClient({**settings.librdkafka(), "log_level": 0})
+    assert any(b.port == stack.kafka_sasl_port for b in admin.list_topics(timeout=30).brokers.values())
+    wrong = AdminClient({**settings.librdkafka(), "sasl.password": "wrong", "log_level": 0})
+    with pytest.raises(KafkaException):
+        wrong.list_topics(timeout=3)
 
 
 def test_another_instance_takes_over_the_running_stack(stack: LocalStack, private: PrivateStack) -> None:

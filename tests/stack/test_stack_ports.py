@@ -34,7 +34,7 @@ def _nothing_started(private: PrivateStack) -> None:
     assert not (private.state_dir / "pg.location").exists()  # no initdb either
 
 
-@pytest.mark.parametrize("offset", [0, 1], ids=["broker", "controller"])
+@pytest.mark.parametrize("offset", [0, 1, 2], ids=["broker", "controller", "sasl_ssl"])
 def test_kafka_port_held(private_stack: PrivateStack, hold, offset: int) -> None:
     port = private_stack.kafka_port + offset
     hold(port)
@@ -68,7 +68,7 @@ def test_free_ports_moves_off_held_ports(private_stack: PrivateStack, hold) -> N
     assert [line.split("=")[0] for line in lines] == ["export SOCIETY_KAFKA_PORT", "export SOCIETY_PG_PORT"]
     kafka, pg = (int(line.split("=")[1]) for line in lines)
     assert kafka > private_stack.kafka_port + 1 and (kafka - private_stack.kafka_port) % 2 == 0
-    assert pg > private_stack.pg_port and pg not in (kafka, kafka + 1)
+    assert pg > private_stack.pg_port and pg not in (kafka, kafka + 1, kafka + 2)
 
 
 def test_free_ports_keeps_free_ports(private_stack: PrivateStack) -> None:
