@@ -129,16 +129,24 @@ def _kafka_url(db_url: Any, config: Any) -> tuple[str, str, str | None] | None:
     return None
 
 
-def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> str:
-    """Pick the broker: explicit argument, a kafka:// URL (argument, then config), else the environment."""
+def _named_broker(db_url: str | None, config: Any, explicit: str | None) -> str | None:
+    """The broker the arguments name: the explicit one, else a kafka:// URL (argument, then config); else None."""
     if explicit:
         return explicit
     found = _kafka_url(db_url, config)
-    if found is not None:
-        url, servers, _ = found
-        if not servers:
-            raise ValueError(f"{url!r} names no broker: expected 'kafka://host:port[,host:port][/prefix]'")
-        return servers
+    if found is None:
+        return None
+    url, servers, _ = found
+    if not servers:
+        raise ValueError(f"{url!r} names no broker: expected 'kafka://host:port[,host:port][/prefix]'")
+    return servers
+
+
+def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> str:
+    """Pick the broker: explicit argument, a kafka:// URL (argument, then config), else the environment."""
+    named = _named_broker(db_url, config, explicit)
+    if named is not None:
+        return named
     # The simulation builds its handler without Kafka settings, so this
     # drop-in (unlike the rest of the library) falls back to the environment.
     from_env = os.environ.get(BOOTSTRAP_ENV)
@@ -151,13 +159,17 @@ def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> 
 
 
 def resolve_kafka(db_url: str | None, config: Any, explicit: str | None) -> KafkaClientSettings:
-    """The handler's Kafka client settings: the broker as :func:`resolve_bootstrap` picks it, the rest
-    (security protocol, SASL, TLS, client id) from the environment as the CLI reads it
-    (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD[_FILE]``,
-    ``KAFKA_CONFIG_FILE`` …; see ``producers.kafka_config``).
+    """The handler's Kafka client settings, read from the environment as the CLI reads them.
+
+    The broker: the one the arguments name (see :func:`resolve_bootstrap`), else
+    ``bootstrap.servers`` in the ``KAFKA_CONFIG_FILE`` file, else ``KAFKA_BOOTSTRAP_SERVERS``.
+    The rest (security protocol, SASL, TLS, client id): that file, else ``KAFKA_SECURITY_PROTOCOL``,
+    ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD[_FILE]`` … (see ``producers.kafka_config``).
     """
-    broker = resolve_bootstrap(db_url, config, explicit)
-    return kafka_config.resolve(flags={"bootstrap_servers": broker}, environ=os.environ)
+    named = _named_broker(db_url, config, explicit)
+    if named is None and not os.environ.get(kafka_config.CONFIG_FILE_ENV):
+        named = resolve_bootstrap(db_url, config, explicit)  # the environment's, or "no Kafka broker"
+    return kafka_config.resolve(flags={"bootstrap_servers": named}, environ=os.environ)
 
 
 def resolve_topic_prefix(db_url: str | None, config: Any, explicit: str | None) -> str:

@@ -346,6 +346,8 @@ def resolve(
         for field, value in values.items():
             merged[field] = value
             origin[field] = _origin(layer, BY_FIELD[field], environ)
+    if "bootstrap_servers" not in merged:
+        raise KafkaSettingsError(f"no Kafka brokers: set {BY_FIELD['bootstrap_servers'].names()}")
     try:
         return KafkaClientSettings(**merged)
     except ValidationError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,26 @@ def test_a_refusal_names_the_user_never_the_password() -> None:
     assert s.refused(tls).startswith("Kafka at h:1 (SASL_SSL, SCRAM-SHA-512, user \"env-user\"): the TLS handshake "
                                      "failed (SSL handshake failed: certificate verify failed): check KAFKA_SSL_CA")
     assert s.refused(KafkaError(KafkaError._TRANSPORT, "down")) is None
+
+
+def test_the_drop_in_handler_reads_what_the_cli_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from producers.handler import resolve_kafka
+
+    for name in [n for n in os.environ if n.startswith("KAFKA_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**SASL, "KAFKA_BOOTSTRAP_SERVERS": "env:9092"}.items():
+        monkeypatch.setenv(name, value)
+    got = resolve_kafka("kafka://url:9093/prefix", None, None)
+    assert (got.bootstrap_servers, got.sasl_username, got.sasl_password.get_secret_value()) == (
+        "url:9093", "env-user", SECRET)
+    assert resolve_kafka(None, None, None).bootstrap_servers == "env:9092"
+    monkeypatch.setenv("KAFKA_CONFIG_FILE", str(_file(tmp_path, "c", "bootstrap.servers=file:9094\n")))
+    assert resolve_kafka(None, None, None).bootstrap_servers == "file:9094"   # the file over the environment
+    assert resolve_kafka(None, None, "arg:9095").bootstrap_servers == "arg:9095"
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
+    monkeypatch.setenv("KAFKA_CONFIG_FILE", str(_file(tmp_path, "d", "sasl.username=u\n")))
+    with pytest.raises(KafkaSettingsError, match="no Kafka brokers: set --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS"):
+        resolve_kafka(None, None, None)
+    monkeypatch.delenv("KAFKA_CONFIG_FILE")
+    with pytest.raises(ValueError, match="no Kafka broker: pass bootstrap_servers="):
+        resolve_kafka(None, None, None)
