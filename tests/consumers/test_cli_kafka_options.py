@@ -6,8 +6,6 @@ No service is needed: these fail (or print help) before any client connects.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,8 @@ from typer.testing import CliRunner
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
 from consumers.cli._redact import Secrets
 from producers.kafka_config import KafkaClientSettings
+from support.cli import Ran, run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 SECRET = "Zq9-not-for-ps"
 KAFKA_COMMANDS = [
     ["topics", "create"], ["topics", "alter"], ["topics", "delete"], ["topics", "list"], ["topics", "describe"],
@@ -27,11 +25,9 @@ KAFKA_COMMANDS = [
 ]
 
 
-def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+def cli(*args: str, **env: str) -> Ran:
     """``python -m consumers.cli`` with no Kafka or database settings but `env`."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DATABASE_URL", "SOCIETY_"))}
-    return subprocess.run([sys.executable, "-m", "consumers.cli", *args], env={**base, "COLUMNS": "200", **env},
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    return run_cli(*args, timeout=60, COLUMNS="200", **env)
 
 
 def _probe_app() -> tuple[typer.Typer, list[KafkaClientSettings]]:

@@ -8,26 +8,20 @@ real closed port (127.0.0.1:1) or a real listener that never answers.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from support.cli import Ran, run_cli
 from support.db import url_with, wrong_password_url
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 #: A failing command must give up well within this (a hang guard, not a timing test).
 HANG_GUARD_S = 30.0
 #: Passed as --timeout where the test waits for a silent or closed Kafka port.
@@ -45,25 +39,10 @@ KAFKA_COMMANDS = {
 }
 
 
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-
 def cli(*args: str, database_url: str, bootstrap: str, **env: str) -> Ran:
     """Run ``python -m consumers.cli`` with only these settings in its environment."""
-    base = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("PG", "SOCIETY_")) and k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
-    }
-    full_env = {**base, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, **env}
-    started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "consumers.cli", *args], env=full_env, cwd=REPO,
-                         capture_output=True, text=True, timeout=HANG_GUARD_S * 2)
-    return Ran(out.returncode, out.stdout, out.stderr, time.monotonic() - started)
+    return run_cli(*args, timeout=HANG_GUARD_S * 2, DATABASE_URL=database_url, KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+                   **env)
 
 
 def assert_one_line_failure(ran: Ran, *expected: str, secrets: tuple[str, ...] = ()) -> str:

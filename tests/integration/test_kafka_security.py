@@ -31,14 +31,15 @@ from confluent_kafka import Consumer, Producer
 from consumers.errors import ConfigurationError
 from consumers.kafka_clients import client_config
 from consumers.topics import admin_client, all_topics
-from producers import KafkaAuthenticationError, KafkaClientSettings, KafkaDatabaseHandler, ProducerSettings, \
-    SocietyProducer, tables
+from producers import (
+    KafkaAuthenticationError, KafkaClientSettings, KafkaDatabaseHandler, ProducerSettings, SocietyProducer, tables,
+)
 from producers.kafka_config import resolve
+from support.cli import REPO, Ran, run_cli
 from support.pipeline import WAIT_TIMEOUT_S, WorkerThread, wait_for, worker_settings
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 WRONG = "not-the-Passw0rd-7"
 #: A refused client must say so well within this (the probe fails at the first refusal).
 REFUSAL_WITHIN_S = 15.0
@@ -99,22 +100,9 @@ def password_file(sasl: Listener, tmp_path: Path) -> Path:
     return path
 
 
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-
 def cli(*args: str, database_url: str = "", **env: str) -> Ran:
     """``python -m consumers.cli`` with no Kafka settings in its environment but `env`."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SOCIETY_", "DATABASE_URL"))}
-    started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "consumers.cli", *args], cwd=REPO, capture_output=True, text=True,
-                         env={**base, "DATABASE_URL": database_url, "COLUMNS": "200", **env},
-                         timeout=WAIT_TIMEOUT_S * 2)
-    return Ran(out.returncode, out.stdout, out.stderr, time.monotonic() - started)
+    return run_cli(*args, timeout=WAIT_TIMEOUT_S * 2, DATABASE_URL=database_url, COLUMNS="200", **env)
 
 
 def _ok(ran: Ran, *secrets: str) -> str:
