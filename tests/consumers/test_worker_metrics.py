@@ -6,14 +6,12 @@ import json
 import socket
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.batch import Batch, DeadLetter, Source
 from consumers.errors import MetricsServerError
@@ -23,6 +21,7 @@ from consumers.settings import WorkerSettings
 from consumers.sink import WriteResult
 from consumers.worker import WorkerStats
 from support.pipeline import wait_for
+from support.scrape import get, parse
 
 PREFIX = "unit"
 MEMORIES = f"{PREFIX}.agent_memories"
@@ -42,12 +41,7 @@ def bound(**kw: Any) -> tuple[WorkerMetrics, WorkerStats]:
 
 
 def samples(m: WorkerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape, by name and sorted labels (parsed as Prometheus would)."""
-    text = m.scrape()[0].decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
-    }
+    return parse(m.scrape()[0].decode())
 
 
 def value(m: WorkerMetrics, name: str, **labels: str) -> float:
@@ -229,14 +223,6 @@ def served() -> Iterator[tuple[WorkerMetrics, WorkerStats, MetricsServer]]:
     m, stats = bound()
     with MetricsServer(m, "127.0.0.1", 0, scrub=lambda s: s.replace("pw", "***")) as server:
         yield m, stats, server
-
-
-def get(url: str) -> tuple[int, str, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.headers["Content-Type"], r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers["Content-Type"], e.read().decode()
 
 
 def test_http_endpoints(served) -> None:

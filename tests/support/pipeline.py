@@ -74,8 +74,8 @@ def worker_settings(bootstrap: str, database_url: str, prefix: str, **overrides:
 class WorkerThread:
     """A Worker running in a background thread; use as a context manager."""
 
-    def __init__(self, settings: WorkerSettings, codec: AvroCodec | None = None) -> None:
-        self.worker = Worker(settings, codec)
+    def __init__(self, settings: WorkerSettings, codec: AvroCodec | None = None, metrics: Any = None) -> None:
+        self.worker = Worker(settings, codec, metrics=metrics)
         self.error: BaseException | None = None
         self.stats: WorkerStats | None = None
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
