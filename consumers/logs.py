@@ -35,8 +35,8 @@ FIELDS = (
     "error_class",
 )
 
-#: ``--log-format`` values.
-LOG_FORMATS = ("text", "json")
+#: Dead letters of one batch logged one by one; the rest are counted in one line.
+MAX_LOGGED_DEAD_LETTERS = 10
 
 
 def _iso_utc(created: float) -> str:
@@ -102,3 +102,33 @@ def bind_fields(logger: logging.Logger | None = None, **fields: Any) -> None:
     for handler in (logger or logging.getLogger()).handlers:
         if isinstance(handler.formatter, JsonFormatter):
             handler.formatter.bind(**fields)
+
+
+def log_committed(logger: logging.Logger, result: Any) -> None:
+    """Log what a committed batch (a ``consumers.sink.WriteResult``) did: a few lines a batch, never one a record.
+
+    Each dead letter (WARNING, with table, topic, partition, offset and error
+    class) up to MAX_LOGGED_DEAD_LETTERS, then one line counting the rest by
+    error class; at DEBUG, one line with the batch's counts.
+    """
+    dead = result.dead
+    for d in dead[:MAX_LOGGED_DEAD_LETTERS]:
+        src = d.source
+        logger.warning(
+            "dead-lettered %s[%d]@%d: %s: %s", src.topic, src.partition, src.offset, d.error_class, d.message,
+            extra={"table": d.table, "topic": src.topic, "partition": src.partition, "offset": src.offset,
+                   "error_class": d.error_class},
+        )
+    if len(dead) > MAX_LOGGED_DEAD_LETTERS:
+        by_class: dict[str, int] = {}
+        for d in dead[MAX_LOGGED_DEAD_LETTERS:]:
+            by_class[d.error_class] = by_class.get(d.error_class, 0) + 1
+        logger.warning(
+            "dead-lettered %d more record(s) of the batch: %s", len(dead) - MAX_LOGGED_DEAD_LETTERS,
+            ", ".join(f"{n} {c}" for c, n in sorted(by_class.items())), extra={"counts": by_class},
+        )
+    if logger.isEnabledFor(logging.DEBUG):
+        counts = {"loaded": sum(result.inserted.values()), "duplicates": sum(result.duplicates.values()),
+                  "conflicts": result.conflicts, "dead_lettered": len(dead)}
+        logger.debug("committed a batch: %s", ", ".join(f"{n} {k}" for k, n in counts.items()),
+                     extra={"counts": counts})

@@ -27,6 +27,7 @@ from consumers.batch import Batch, DeadLetter, Source
 from consumers.dlq import DeadLetterPublisher
 from consumers.dlq_limit import DeadLetterLimit
 from consumers.errors import FatalError, Interrupted, TransientError
+from consumers.logs import log_committed
 from consumers.metrics import NoMetrics
 from consumers.settings import WorkerSettings
 from consumers.sink import PostgresSink, WriteResult
@@ -40,9 +41,6 @@ from producers.models import validate_record
 log = logging.getLogger(__name__)
 
 _ABSENT = object()
-
-#: Dead letters of one batch logged one by one; the rest are summed up in one line.
-MAX_LOGGED_DEAD_LETTERS = 10
 
 
 @dataclass(slots=True)
@@ -367,24 +365,7 @@ class Worker:
         for d in result.dead[result.held_dead:]:
             # Rows PostgreSQL rejected: already committed, but they count toward the rate.
             self._limit.dead(f"{d.error_class}: {d.message}", consecutive=False)
-        for d in result.dead[:MAX_LOGGED_DEAD_LETTERS]:
-            log.warning(
-                "dead-lettered %s[%d]@%d: %s: %s",
-                d.source.topic, d.source.partition, d.source.offset, d.error_class, d.message,
-                extra={"table": d.table, "topic": d.source.topic, "partition": d.source.partition,
-                       "offset": d.source.offset, "error_class": d.error_class},
-            )
-        if len(result.dead) > MAX_LOGGED_DEAD_LETTERS:
-            by_class: dict[str, int] = {}
-            for d in result.dead[MAX_LOGGED_DEAD_LETTERS:]:
-                by_class[d.error_class] = by_class.get(d.error_class, 0) + 1
-            log.warning("dead-lettered %d more record(s) of the batch: %s", len(result.dead) - MAX_LOGGED_DEAD_LETTERS,
-                        ", ".join(f"{n} {c}" for c, n in sorted(by_class.items())), extra={"counts": by_class})
-        if log.isEnabledFor(logging.DEBUG):
-            counts = {"loaded": sum(result.inserted.values()), "duplicates": sum(result.duplicates.values()),
-                      "conflicts": result.conflicts, "dead_lettered": len(result.dead)}
-            log.debug("committed a batch: %s", ", ".join(f"{n} {k}" for k, n in counts.items()),
-                      extra={"counts": counts})
+        log_committed(log, result)
 
     def _mirror_offsets(self, next_offsets: dict[tuple[str, int], int]) -> None:
         if self._consumer is None:

@@ -144,3 +144,24 @@ def test_cli_log_format_switches_the_one_handler() -> None:
         for h in [h for h in root.handlers if h not in before[0]]:
             root.removeHandler(h)
         root.setLevel(before[1])
+
+
+def test_a_committed_batch_logs_a_few_lines_however_many_dead_letters(capture) -> None:
+    from consumers.batch import DeadLetter, Source
+    from consumers.logs import MAX_LOGGED_DEAD_LETTERS, log_committed
+    from consumers.sink import WriteResult
+
+    logger, out, _ = capture
+    dead = [DeadLetter(Source("p.agent_memories", 1, i, None, None, b""), "agent_memories",
+                       "CodecError" if i % 2 else "InvalidRecordError", "bad") for i in range(MAX_LOGGED_DEAD_LETTERS + 5)]
+    result = WriteResult(dead=dead, held_dead=len(dead))
+    result.inserted["agent_memories"] = 7
+    log_committed(logger, result)
+    got = lines(out)
+    one_each, rest, summary = got[:MAX_LOGGED_DEAD_LETTERS], got[MAX_LOGGED_DEAD_LETTERS], got[-1]
+    assert len(got) == MAX_LOGGED_DEAD_LETTERS + 2
+    assert [line["offset"] for line in one_each] == list(range(MAX_LOGGED_DEAD_LETTERS))
+    assert all(line["table"] == "agent_memories" and line["partition"] == 1 for line in one_each)
+    assert rest["counts"] == {"CodecError": 2, "InvalidRecordError": 3} and "5 more" in rest["message"]
+    assert summary["level"] == "DEBUG"
+    assert summary["counts"] == {"loaded": 7, "duplicates": 0, "conflicts": 0, "dead_lettered": 15}

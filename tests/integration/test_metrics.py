@@ -29,7 +29,7 @@ from consumers.metrics import WorkerMetrics
 from consumers.probes import MetricsServer
 from producers import tables
 from support.db import count, fetch
-from support.pipeline import WorkerThread, producer, wait_for, worker_settings
+from support.pipeline import WorkerThread, add_memories, producer, wait_for, worker_settings
 from support.reconcile import all_committed
 from support.scrape import by_label, probe, scrape, value
 
@@ -177,17 +177,13 @@ def test_readyz_follows_the_worker(services, database_url, topic_prefix):
 
             p = producer(services.bootstrap, topic_prefix)
             p.start_run()
-            for i in range(50):
-                p.record_memory("agent_0", f"m{i}", i)
-            p.flush()
+            add_memories(p, 0, 50)
             wait_for(lambda: count(database_url, "agent_memories") == 50, "the first memories")
             wait_for(lambda: probe(url, "/readyz")[0] == 200, "ready after the first commits")
 
             # Now a batch cannot commit (the table is locked again): not ready once it waited 1 s.
             locker.execute("LOCK TABLE agent_memories IN ACCESS EXCLUSIVE MODE")
-            for i in range(50, 60):
-                p.record_memory("agent_0", f"m{i}", i)
-            p.flush()
+            add_memories(p, 50, 10)
             status, body = wait_for(lambda: (r := probe(url, "/readyz"))[0] == 503 and r, "a stale batch")
             assert "for its commit" in body["reason"], body
             assert not w.worker.stats.degraded  # waiting on a lock is not a failure
