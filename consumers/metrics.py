@@ -51,6 +51,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
+from confluent_kafka import KafkaException
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
 from consumers._deps import require
 from consumers.batch import Batch, TopicPartition
 
@@ -104,7 +107,7 @@ class NoMetrics:
 
 
 class WorkerMetrics(NoMetrics):
-    """A worker's Prometheus metrics (module doc) and its liveness and readiness.
+    """A worker's Prometheus metrics (module doc) and its liveness and readiness; one per worker.
 
     `ready_window_s`: a batch handed to the writer and not committed within it
     makes the worker not ready. `registry`: where to register (default: a new
@@ -260,12 +263,13 @@ class WorkerMetrics(NoMetrics):
         if now - self._lag_at < self._lag_refresh_s:
             return
         self._lag_at = now
-        from confluent_kafka import TopicPartition as KafkaTopicPartition
-
         with self._lock:
             owned = list(self._committed.items())
         for (topic, partition), committed in owned:
-            low, high = consumer.get_watermark_offsets(KafkaTopicPartition(topic, partition), cached=True)
+            try:
+                low, high = consumer.get_watermark_offsets(KafkaTopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue  # a gauge is not worth stopping a worker for; the next refresh tries again
             if high < 0:
                 continue  # nothing fetched from this partition yet
             done = committed if committed is not None else max(low, 0)

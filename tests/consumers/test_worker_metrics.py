@@ -265,3 +265,23 @@ def test_close_releases_the_port() -> None:
     server.close()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_consume_with_a_port_in_use_exits_1_with_one_line() -> None:
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "DATABASE_URL": "postgresql://u:pw@127.0.0.1:1/db", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+        done = subprocess.run(
+            [sys.executable, "-m", "consumers.cli", "consume", "--metrics-port", str(port)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    # Before any service is tried: the metrics port is the mistake reported.
+    assert done.stderr == (f"error: cannot serve metrics on 127.0.0.1:{port}: the port is in use "
+                           "(--metrics-host / --metrics-port)\n")
