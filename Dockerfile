@@ -12,6 +12,9 @@ RUN pip install '.[worker,cli]' \
  && useradd --system --uid 10001 --home-dir /app society
 USER society
 
+# Metrics and probes, when the worker is started with --metrics-port 9464 (docker-compose.yml does).
+EXPOSE 9464
+
 # SIGTERM (docker stop) lets the worker finish its batch and commit its offsets.
 STOPSIGNAL SIGTERM
 CMD ["society-ingest", "consume"]

@@ -39,3 +39,7 @@ class MigrationError(ConsumerError):
 
 class MigrationChecksumError(MigrationError):
     """An already-applied migration file was edited."""
+
+
+class MetricsServerError(ConfigurationError):
+    """The metrics and health endpoint cannot listen where asked (port in use, address not local)."""

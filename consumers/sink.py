@@ -62,6 +62,8 @@ class WriteResult:
     inserted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(tables.TABLES, 0))
     duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(tables.TABLES, 0))
     conflicts: int = 0
+    #: `conflicts` per table.
+    table_conflicts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(tables.TABLES, 0))
     dead: list[DeadLetter] = field(default_factory=list)
     #: How many of `dead` the batch held before loading (decode and validation failures);
     #: the rest are rows PostgreSQL rejected.
@@ -440,6 +442,7 @@ class PostgresSink:
         # Facts: the rest are duplicates or conflicts. States: the rest were there already or older.
         result.duplicates[spec.name] += len(rows) - inserted - len(divergent)
         result.conflicts += len(divergent)
+        result.table_conflicts[spec.name] += len(divergent)
 
     def _heartbeat(self, cur: Any, result: WriteResult) -> None:
         if not self._worker_id:

@@ -27,6 +27,8 @@ from consumers.batch import Batch, DeadLetter, Source
 from consumers.dlq import DeadLetterPublisher
 from consumers.dlq_limit import DeadLetterLimit
 from consumers.errors import ConfigurationError, FatalError, Interrupted, TransientError
+from consumers.logs import log_committed
+from consumers.metrics import NoMetrics
 from consumers.settings import WorkerSettings
 from consumers.sink import PostgresSink, WriteResult
 from consumers.writer import BatchWriter, Job, Outcome
@@ -61,11 +63,19 @@ class WorkerStats:
 
 
 class Worker:
-    """Consumes ``<prefix>.<table>`` topics into PostgreSQL until stopped."""
+    """Consumes ``<prefix>.<table>`` topics into PostgreSQL until stopped.
 
-    def __init__(self, settings: WorkerSettings, codec: AvroCodec | None = None) -> None:
+    `metrics`: a ``consumers.metrics.WorkerMetrics`` to update (at batch
+    granularity, never per record) and to answer health probes from.
+    """
+
+    def __init__(
+        self, settings: WorkerSettings, codec: AvroCodec | None = None, *, metrics: NoMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.stats = WorkerStats()
+        self._metrics = metrics if metrics is not None else NoMetrics()
+        self._metrics.bind(settings, self.stats)
         self._codec = codec or AvroCodec()
         self._stop = threading.Event()
         self._topics = {tables.topic_for(settings.topic_prefix, t): t for t in settings.tables}
@@ -124,6 +134,7 @@ class Worker:
         """
         self._writer = BatchWriter(self._write)
         consumer: Consumer | None = None
+        self._metrics.started()
         try:
             self._prepare()
             consumer = Consumer({**self.settings.consumer_config(), "error_cb": self._on_kafka_error})
@@ -144,6 +155,7 @@ class Worker:
             self._giving_up = True
             raise
         finally:
+            self._metrics.stopped()
             self._close(consumer)
         return self.stats
 
@@ -179,6 +191,7 @@ class Worker:
                 self._hand_over()
             self._handle(self._writer.outcomes())
             self._dlq.poll()
+            self._metrics.tick(consumer)
             idle = idle_exit_s is not None and not self._batch.next_offsets
             if idle and time.monotonic() - last_message >= idle_exit_s or self._finished():
                 break
@@ -210,7 +223,12 @@ class Worker:
             tp = (p.topic, p.partition)
             self._positions[tp] = stored.get(tp)
             p.offset = stored.get(tp, OFFSET_BEGINNING)
-        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
+        offsets = {(p.topic, p.partition): stored.get((p.topic, p.partition)) for p in partitions}
+        self._metrics.assigned(offsets)
+        log.info(
+            "assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions),
+            extra={"offsets": {f"{t}[{p}]": o for (t, p), o in offsets.items()}},
+        )
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -219,6 +237,7 @@ class Worker:
             self._flush(self.settings.shutdown_timeout_s if self._stop.is_set() else None)
         for p in partitions:
             self._positions.pop((p.topic, p.partition), None)
+        self._metrics.revoked((p.topic, p.partition) for p in partitions)
         consumer.unassign()
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -228,6 +247,7 @@ class Worker:
         self._drain()
         for p in partitions:
             self._positions.pop((p.topic, p.partition), None)
+        self._metrics.revoked((p.topic, p.partition) for p in partitions)
         consumer.unassign()
 
     # -- per message --------------------------------------------------------
@@ -285,6 +305,7 @@ class Worker:
             return
         expected = {tp: self._positions.get(tp) for tp in batch.next_offsets}
         self._batch = Batch()
+        self._metrics.handed_over(batch)
         self._writer.submit(Job(batch, expected), self._stop)
         for tp, next_offset in batch.next_offsets.items():
             if tp in self._positions:
@@ -306,7 +327,16 @@ class Worker:
 
     def _write(self, job: Job) -> WriteResult:
         """Runs in the writer thread: transient failures are retried there."""
-        return self._retry(lambda: self._sink.write(job.batch, job.expected, self._dlq.publish))
+        try:
+            return self._retry(lambda: self._write_once(job))
+        finally:
+            self._metrics.finished()
+
+    def _write_once(self, job: Job) -> WriteResult:
+        started = time.monotonic()
+        result = self._sink.write(job.batch, job.expected, self._dlq.publish)
+        self._metrics.committed(job.batch, result, time.monotonic() - started)
+        return result
 
     def _handle(self, outcomes: list[Outcome]) -> None:
         fenced = []
@@ -343,11 +373,7 @@ class Worker:
         for d in result.dead[result.held_dead:]:
             # Rows PostgreSQL rejected: already committed, but they count toward the rate.
             self._limit.dead(f"{d.error_class}: {d.message}", consecutive=False)
-        for d in result.dead:
-            log.warning(
-                "dead-lettered %s[%d]@%d: %s: %s",
-                d.source.topic, d.source.partition, d.source.offset, d.error_class, d.message,
-            )
+        log_committed(log, result)
 
     def _mirror_offsets(self, next_offsets: dict[tuple[str, int], int]) -> None:
         if self._consumer is None:
@@ -390,7 +416,8 @@ class Worker:
                 self.stats.last_error = str(e)
                 if self._stop.is_set():
                     raise Interrupted(f"waiting on a service that failed ({e})") from e
-                log.warning("transient failure, retrying in up to %.1fs: %s", delay, e)
+                log.warning("transient failure, retrying in up to %.1fs: %s", delay, e,
+                            extra={"error_class": type(e).__name__, "counts": {"retries": self.stats.retries}})
                 if self._stop.wait(random.uniform(0, delay)):
                     raise Interrupted(f"waiting on a service that failed ({e})") from e
                 delay = min(delay * 2, self.settings.retry_max_s)

@@ -181,9 +181,15 @@ class SocietyProducer:
     any order of steps (late asyncio tasks may record for an earlier step).
     Counters live for the ``sequence_steps`` most recently used steps; see
     ``restart_step`` for re-running a step.
+
+    `metrics_registry`: a prometheus-client ``CollectorRegistry`` that gets a
+    collector reading ``stats()`` at scrape time (``producers._metrics``:
+    ``society_ingest_producer_*``); nothing is counted twice, nothing per record.
     """
 
-    def __init__(self, settings: ProducerSettings, codec: AvroCodec | None = None) -> None:
+    def __init__(
+        self, settings: ProducerSettings, codec: AvroCodec | None = None, *, metrics_registry: Any = None
+    ) -> None:
         self.settings = settings
         self._codec = codec or AvroCodec()
         # Delivery reports go to a separate object, not to self: librdkafka's queued records
@@ -205,6 +211,10 @@ class SocietyProducer:
         self._max_payload = settings.max_message_bytes - RECORD_FRAMING_BYTES  # value + key
         self._closed = False
         self._finalizer = weakref.finalize(self, _flush_abandoned, self._producer, deliveries)
+        if metrics_registry is not None:
+            from producers import _metrics  # prometheus-client only for those who ask for metrics
+
+            _metrics.register(metrics_registry, self.stats)
 
     # -- runs ---------------------------------------------------------------
     @property

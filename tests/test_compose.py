@@ -83,3 +83,15 @@ def test_worker_depends_on_kafka_and_postgres(compose_services: dict[str, Any]) 
     depends = compose_services["worker"].get("depends_on") or []
     names = set(depends) if isinstance(depends, (list, dict)) else set()
     assert {"kafka", "postgres"} <= names, depends
+
+
+def test_worker_serves_metrics_on_a_published_port(compose_services: dict[str, Any]) -> None:
+    worker = compose_services["worker"]
+    command = worker["command"]
+    assert isinstance(command, list) and "consume" in command, command
+    args = command[command.index("consume") + 1:]
+    port = args[args.index("--metrics-port") + 1]
+    # Inside a container the default 127.0.0.1 would be unreachable for Prometheus.
+    assert args[args.index("--metrics-host") + 1] == "0.0.0.0"
+    assert port.isdigit() and f"{port}:{port}" in [str(p) for p in worker.get("ports") or []]
+    assert f":{port}/healthz" in " ".join(worker["healthcheck"]["test"])

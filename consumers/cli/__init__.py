@@ -6,7 +6,7 @@ from typing import Annotated
 
 from consumers.cli import backfill, bench, consume, dlq, export, migrate, replay, simulate, status, topics
 from consumers.cli._failures import context, run
-from consumers.cli._options import setup_logging, typer
+from consumers.cli._options import LogFormatOption, setup_logging, typer
 
 app = typer.Typer(
     name="society-ingest",
@@ -23,10 +23,11 @@ def _options(
         bool,
         typer.Option("--debug", envvar="SOCIETY_DEBUG", help="On a failure, print the traceback too (passwords hidden)."),
     ] = False,
+    log_format: LogFormatOption = None,
 ) -> None:
     context.debug = debug
     context.command = ctx.invoked_subcommand
-    setup_logging()
+    setup_logging(log_format=log_format)
 
 
 app.command()(migrate.migrate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sys
@@ -10,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 from consumers._deps import require
 from consumers.cli._redact import ScrubFilter, secrets
 from consumers.kafka_clients import LIBRDKAFKA_LOGGER
+from consumers.logs import JsonFormatter
 from producers.handler import TOPIC_PREFIX_ENV
 
 typer = require("typer", "cli")
@@ -37,17 +39,44 @@ Timeout = Annotated[
     ),
 ]
 
+
+
+class LogFormat(str, enum.Enum):
+    """How log lines look on stderr."""
+
+    text = "text"
+    json = "json"
+
+
+LogFormatOption = Annotated[
+    LogFormat | None,
+    typer.Option(
+        "--log-format", envvar="SOCIETY_LOG_FORMAT", case_sensitive=False, show_default=False,
+        help="Log lines as text (default) or json: one JSON object per line (see consumers/logs.py).",
+    ),
+]
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-def setup_logging(level: int = logging.WARNING) -> None:
-    """Log to stderr with timestamps and without passwords; librdkafka's own lines from WARNING (INFO below INFO)."""
+
+def setup_logging(level: int = logging.WARNING, log_format: LogFormat | None = None) -> None:
+    """Log to stderr with timestamps and without passwords; librdkafka's own lines from WARNING (INFO below INFO).
+
+    `log_format` None keeps the format already set (text at first).
+    """
     root = logging.getLogger()
-    if not any(isinstance(f, ScrubFilter) for h in root.handlers for f in h.filters):
+    handler = next((h for h in root.handlers if any(isinstance(f, ScrubFilter) for f in h.filters)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(ScrubFilter(secrets))
         root.addHandler(handler)
+        log_format = log_format or LogFormat.text
+    if log_format is LogFormat.json:
+        handler.setFormatter(JsonFormatter(scrub=secrets.scrub))
+    elif log_format is LogFormat.text:
+        handler.setFormatter(logging.Formatter(TEXT_LOG_FORMAT))
     root.setLevel(level)
     logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.INFO if level < logging.INFO else logging.WARNING)
 

@@ -7,8 +7,12 @@ import logging
 from typing import Annotated
 
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options, properties
-from consumers.cli._options import DatabaseUrl, Group, Prefix, Timeout, print_json, setup_logging, typer
+from consumers.cli._options import DatabaseUrl, Group, LogFormatOption, Prefix, Timeout, print_json, setup_logging, typer
+from consumers.cli._redact import secrets
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema
+from consumers.logs import bind_fields
+from consumers.metrics import DEFAULT_READY_WINDOW_S, WorkerMetrics
+from consumers.probes import DEFAULT_HOST, MetricsServer
 from consumers.settings import DEFAULT_GROUP, WorkerSettings
 from consumers.worker import Worker
 from producers.kafka_config import KafkaClientSettings
@@ -46,6 +50,21 @@ def consume(
         float, typer.Option(min=0.1, max=3600, help="On SIGTERM, give up a batch not committed within this many seconds.")
     ] = 30.0,
     timeout: Timeout = DEFAULT_TIMEOUT_S,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, envvar="SOCIETY_METRICS_PORT", show_default=False,
+            help="Serve /metrics, /healthz and /readyz on this port (off by default; 0: any free port, logged).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(envvar="SOCIETY_METRICS_HOST", help="Address to serve them on (0.0.0.0: every interface).")
+    ] = DEFAULT_HOST,
+    ready_window: Annotated[
+        float,
+        typer.Option(min=1, help="/readyz fails while a batch has waited longer than this many seconds for its commit."),
+    ] = DEFAULT_READY_WINDOW_S,
+    log_format: LogFormatOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a worker: load the table topics into PostgreSQL until SIGTERM/SIGINT.
@@ -55,14 +74,12 @@ def consume(
     that the worker rides out outages (it retries) and stops only on a fatal
     error (wrong password, missing tables, too many dead letters).
     """
-    setup_logging(logging.DEBUG if verbose else logging.INFO)
+    setup_logging(logging.DEBUG if verbose else logging.INFO, log_format)
     chosen = tuple(tables or TABLES)
     unknown = set(chosen) - set(TABLES)
     if unknown:
         raise typer.BadParameter(f"unknown table(s): {', '.join(sorted(unknown))}", param_hint="--tables")
     extra = properties(consumer_property)
-    require_schema(database(database_url, timeout))
-    reach_kafka(kafka, timeout, extra)
     settings = WorkerSettings(
         kafka=kafka,
         database_url=database_url,
@@ -77,7 +94,18 @@ def consume(
         shutdown_timeout_s=shutdown_timeout,
         consumer_extra=extra,
     )
-    worker = Worker(settings)
-    worker.install_signal_handlers()
-    stats = worker.run(idle_exit_s=idle_exit)
+    bind_fields(worker_id=settings.worker_id)
+    metrics = server = None
+    if metrics_port is not None:  # before the checks: a port in use is a mistake to report first
+        metrics = WorkerMetrics(ready_window_s=ready_window)
+        server = MetricsServer(metrics, metrics_host, metrics_port, scrub=secrets.scrub).start()
+    try:
+        require_schema(database(database_url, timeout))
+        reach_kafka(kafka, timeout, extra)
+        worker = Worker(settings, metrics=metrics)
+        worker.install_signal_handlers()
+        stats = worker.run(idle_exit_s=idle_exit)
+    finally:
+        if server is not None:
+            server.close()
     print_json(dataclasses.asdict(stats))

@@ -35,7 +35,7 @@ def probe() -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("forbidden", ["psycopg", "psycopg_binary", "typer", "rich", "consumers"])
+@pytest.mark.parametrize("forbidden", ["psycopg", "psycopg_binary", "typer", "rich", "consumers", "prometheus_client"])
 def test_import_producers_does_not_load(probe: dict, forbidden: str) -> None:
     loaded = [m for m in probe["modules"] if m == forbidden or m.startswith(forbidden + ".")]
     assert loaded == []

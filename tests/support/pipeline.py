@@ -49,6 +49,13 @@ def record_memories(bootstrap: str, prefix: str, n: int) -> None:
     p.close()
 
 
+def add_memories(p: SocietyProducer, start: int, n: int) -> None:
+    """Memories `start`..`start+n-1` of agent_0 (one a step) in the producer's run, delivered."""
+    for i in range(start, start + n):
+        p.record_memory("agent_0", f"memory {i}", i)
+    p.flush()
+
+
 def codec_lacking_newest_memory_schema(tmp_path: Path) -> AvroCodec:
     """The codec of a worker deployed without the newest agent_memories schema."""
     old = tmp_path / "schemas"
@@ -74,8 +81,8 @@ def worker_settings(bootstrap: str, database_url: str, prefix: str, **overrides:
 class WorkerThread:
     """A Worker running in a background thread; use as a context manager."""
 
-    def __init__(self, settings: WorkerSettings, codec: AvroCodec | None = None) -> None:
-        self.worker = Worker(settings, codec)
+    def __init__(self, settings: WorkerSettings, codec: AvroCodec | None = None, metrics: Any = None) -> None:
+        self.worker = Worker(settings, codec, metrics=metrics)
         self.error: BaseException | None = None
         self.stats: WorkerStats | None = None
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
