@@ -111,12 +111,14 @@ def kafka_options(command: F) -> F:
     return with_kafka  # type: ignore[return-value]
 
 
-#: librdkafka properties that hold a secret, and where to set it instead of a command line (ps shows those).
+#: librdkafka properties that hold a secret, and what to do instead of a command line (ps shows those).
 _SECRET_PROPERTIES = {
-    **{s.key: f"{s.env}, {s.file_env} or {s.file_flag}" for s in SETTINGS if s.secret},
-    "ssl.key.pem": "--ssl-key-location",
-    "ssl.keystore.password": "--kafka-config",
-    "sasl.oauthbearer.client.secret": "--kafka-config",
+    **{s.key: f"set it in the environment or a file ({s.env}, {s.file_env} or {s.file_flag})"
+       for s in SETTINGS if s.secret},
+    "ssl.key.pem": "put the key in a file (--ssl-key-location)",
+    "ssl.keystore.password": "use PEM files (--ssl-certificate-location, --ssl-key-location, --ssl-key-password-file)",
+    "sasl.oauthbearer.client.secret": "no command line takes it: use SCRAM or PLAIN with a password file, or TLS "
+                                      "client certificates",
 }
 
 
@@ -128,8 +130,8 @@ def properties(props: list[str] | None, option: str = "--consumer-property") -> 
         if key in _SECRET_PROPERTIES:
             secrets.add(value)
             raise typer.BadParameter(
-                f"{key} is refused on the command line, where ps shows it to every user: "
-                f"set it in the environment or a file ({_SECRET_PROPERTIES[key]})", param_hint=option)
+                f"{key} is refused on the command line, where ps shows it to every user: {_SECRET_PROPERTIES[key]}",
+                param_hint=option)
         if not sep:
             raise typer.BadParameter(f"{prop!r} is not KEY=VALUE", param_hint=option)
         extra[key] = value

@@ -230,6 +230,13 @@ def test_a_wrong_password_is_one_line_naming_the_user(sasl: Listener, database_u
     assert ran.seconds < REFUSAL_WITHIN_S, ran.seconds
 
 
+def test_the_debug_traceback_never_carries_a_password(sasl: Listener) -> None:
+    ran = cli("--debug", "dlq", "list", **sasl.env(WRONG))
+    assert ran.returncode == 1 and "Traceback" in ran.stderr, ran.stderr
+    assert ran.stderr.splitlines()[-1].startswith(f"error: Kafka at {sasl.settings.bootstrap_servers} (SASL_SSL")
+    assert WRONG not in ran.stdout + ran.stderr and sasl.password not in ran.stdout + ran.stderr
+
+
 def test_an_untrusted_certificate_is_one_line(sasl: Listener, password_file: Path, tmp_path: Path) -> None:
     other_ca = tmp_path / "other-ca.pem"
     store, secret = tmp_path / "other.p12", "other-store-pass"
