@@ -49,6 +49,41 @@ def _sasl_config(stack: LocalStack | None) -> Path | None:
     return Path(named) if named else None
 
 
+#: Passwords no test output may contain: the services' own, and those tests give to roles they make.
+SECRETS: set[str] = {"role-pw"}
+#: (test id, where) of each captured output that contained one.
+_LEAKS: list[tuple[str, str]] = []
+
+
+def _watch_secrets(svc: Services) -> None:
+    """Add the services' passwords to SECRETS (the check runs over every test's captured output)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    password = conninfo_to_dict(svc.database_url).get("password")
+    if password:
+        SECRETS.add(password)
+    if svc.kafka_sasl_config is not None and svc.kafka_sasl_config.exists():
+        for line in svc.kafka_sasl_config.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "sasl.password" and value.strip():
+                SECRETS.add(value.strip())
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Look for a password in everything a test printed or logged, passed or failed."""
+    texts = [(name, content) for name, content in report.sections]
+    if report.longrepr is not None:
+        texts.append(("failure report", str(report.longrepr)))
+    for name, content in texts:
+        if any(secret in content for secret in SECRETS) and (report.nodeid, name) not in _LEAKS:
+            _LEAKS.append((report.nodeid, name))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _LEAKS:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def _docker_answers() -> bool:
     try:
         import docker
@@ -67,6 +102,7 @@ def services(request: pytest.FixtureRequest) -> Iterator[Services]:
         stack = local if (local.kafka_bootstrap, local.database_url) == (bootstrap, url) else None
         svc = Services(bootstrap, url, "environment" + (" (local stack)" if stack else ""), stack, _sasl_config(stack))
         request.config.stash[_SOURCE] = svc.source
+        _watch_secrets(svc)
         yield svc
         return
     if _docker_answers():
@@ -76,6 +112,7 @@ def services(request: pytest.FixtureRequest) -> Iterator[Services]:
         with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka, PostgresContainer(POSTGRES_IMAGE, driver=None) as pg:
             svc = Services(kafka.get_bootstrap_server(), pg.get_connection_url(), "testcontainers")
             request.config.stash[_SOURCE] = svc.source
+            _watch_secrets(svc)
             yield svc
         return
     stack = LocalStack()
@@ -83,6 +120,7 @@ def services(request: pytest.FixtureRequest) -> Iterator[Services]:
     stack.up()
     svc = Services(stack.kafka_bootstrap, stack.database_url, "local stack", stack, _sasl_config(stack))
     request.config.stash[_SOURCE] = svc.source
+    _watch_secrets(svc)
     try:
         yield svc
     finally:
@@ -94,6 +132,13 @@ _SOURCE = pytest.StashKey[str]()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for nodeid, where in _LEAKS:
+        terminalreporter.write_line(f"PASSWORD IN OUTPUT: {nodeid} ({where})", red=True)
+    if SECRETS - {"role-pw"}:
+        terminalreporter.write_line(
+            f"checked every test's captured output for {len(SECRETS)} password(s): "
+            + ("none found" if not _LEAKS else f"found in {len(_LEAKS)}")
+        )
     source = config.stash.get(_SOURCE, None)
     if source:
         terminalreporter.write_line(f"Kafka and PostgreSQL came from: {source}")
