@@ -13,8 +13,12 @@ class CheckpointMismatchError(BackfillError):
     """The checkpoint belongs to other inputs, or the lines it counts as done have changed."""
 
 
+class CheckpointInUseError(BackfillError):
+    """Another backfill holds the checkpoint's lock: wait for it, or use another checkpoint."""
+
+
 class BackfillDeliveryError(BackfillError):
     """Kafka did not acknowledge a batch: the checkpoint stays before it."""
 
 
-__all__ = ["BackfillDeliveryError", "BackfillError", "CheckpointMismatchError"]
+__all__ = ["BackfillDeliveryError", "BackfillError", "CheckpointInUseError", "CheckpointMismatchError"]

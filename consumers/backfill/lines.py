@@ -1,4 +1,11 @@
-"""Lines to records: strict JSON, the table of a line, derived ids, and reading the input files (plain or gzip)."""
+"""Lines to records: strict JSON, the table of a line, derived ids, and reading the input files (plain or gzip).
+
+A run or agent line without ``updated_at`` gets the backfill's start time
+plus its position among all the lines of the inputs, in microseconds: a
+later state of the same run or agent is always newer, so the worker keeps
+the last one whatever its batches, and a resume gives every line the same
+time again.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import json
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Final
@@ -40,6 +47,7 @@ DERIVED_ID: Final[dict[str, str]] = {tables.AGENT_MEMORIES: "memory_id", tables.
 _NAMES: Final = {t: frozenset(c.name for c in cols) for t, cols in COLUMNS.items()}
 JSONB_COLUMNS: Final = {t: tuple(c.name for c in cols if c.sql == "jsonb") for t, cols in COLUMNS.items()}
 _TIMES: Final = {t: tuple(c.name for c in cols if c.avro == "timestamp-micros") for t, cols in COLUMNS.items()}
+_REALS: Final = {t: frozenset(c.name for c in cols if c.avro in ("float", "double")) for t, cols in COLUMNS.items()}
 #: Tables whose rows are states with an ``updated_at`` (filled when a line has none).
 _STATES: Final = frozenset(t for t, d in tables.DECLARATIONS.items() if d.upsert)
 
@@ -85,6 +93,17 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+class _NegativeZero(int):
+    """JSON's ``-0``, which Python's int cannot tell from 0: 0 in an integer column, -0.0 in a REAL one."""
+
+
+_NEGATIVE_ZERO: Final = _NegativeZero(0)
+
+
+def _integer(text: str) -> int:
+    return _NEGATIVE_ZERO if text == "-0" else int(text)
+
+
 def _decimal_as_float(value: Any) -> Any:
     if isinstance(value, Decimal):
         return float(value)
@@ -121,8 +140,12 @@ class LineParser:
         self.derived = 0
         self.ignored: Counter[str] = Counter()
 
-    def parse(self, raw: bytes) -> tuple[str, dict[str, Any]] | None:
-        """(table, record) of a line, None for a blank line; BadLine naming the field otherwise."""
+    def parse(self, raw: bytes, position: int = 0) -> tuple[str, dict[str, Any]] | None:
+        """(table, record) of a line, None for a blank line; BadLine naming the field otherwise.
+
+        `position` is the line's place among all the lines of the backfill (from 0): a run or agent
+        without ``updated_at`` gets the start time plus that many microseconds.
+        """
         if not raw.strip():
             return None
         try:
@@ -130,7 +153,8 @@ class LineParser:
         except UnicodeDecodeError as e:
             raise BadLine(None, LINE, f"not valid UTF-8 (byte {e.start + 1})") from None
         try:
-            obj = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant, object_pairs_hook=_object)
+            obj = json.loads(text, parse_float=Decimal, parse_int=_integer, parse_constant=_reject_constant,
+                             object_pairs_hook=_object)
         except RecursionError:
             raise BadLine(None, LINE, "not valid JSON: nested too deeply") from None
         except ValueError as e:  # JSONDecodeError too
@@ -149,7 +173,7 @@ class LineParser:
         id_column = DERIVED_ID.get(table)
         if id_column is not None and obj.get(id_column) is None:
             obj[id_column] = self._derive(table, obj, id_column)
-        return table, self._converted(table, obj)
+        return table, self._converted(table, obj, position)
 
     def _table_of(self, obj: dict[str, Any]) -> str:
         named = obj.pop("table", None)
@@ -171,8 +195,8 @@ class LineParser:
         self.derived += 1
         return first if n == 0 else derived_id(table, canonical, n)
 
-    def _converted(self, table: str, obj: dict[str, Any]) -> dict[str, Any]:
-        """JSON values as the producer takes them: jsonb as JSON text, numbers as floats."""
+    def _converted(self, table: str, obj: dict[str, Any], position: int) -> dict[str, Any]:
+        """JSON values as the producer takes them: jsonb as JSON text, numbers as floats (-0 too)."""
         for name in JSONB_COLUMNS[table]:
             value = obj.get(name)
             if value is not None and type(value) is not str:
@@ -188,8 +212,10 @@ class LineParser:
         for name, value in obj.items():
             if type(value) is Decimal:
                 obj[name] = float(value)
+            elif value is _NEGATIVE_ZERO:
+                obj[name] = -0.0 if name in _REALS[table] else 0
         if table in _STATES and obj.get("updated_at") is None:
-            obj["updated_at"] = self._updated_at
+            obj["updated_at"] = self._updated_at + timedelta(microseconds=position)
         return obj
 
 
@@ -209,8 +235,17 @@ def _decompressed(f: IO[bytes]) -> IO[bytes]:
     return gzip.GzipFile(fileobj=f, mode="rb") if magic == GZIP_MAGIC else f
 
 
+def _without_terminator(line: bytes) -> bytes:
+    """A line without its terminator: the checkpoint's hash covers lines, not terminators, so a last
+    line without a newline hashes the same once a newline and more lines are appended after it."""
+    return line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
+
+
 class InputLines:
-    """The lines of one input file as (number, bytes), with a SHA-256 of every byte read so far."""
+    """The lines of one input file as (number, bytes), with a SHA-256 of the lines read so far.
+
+    The hash covers each line's bytes without its terminator, then ``\\n``.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -232,16 +267,17 @@ class InputLines:
             line = self._stream.readline(MAX_LINE_BYTES)
             if not line:
                 return None
-            self.digest.update(line)
+            self.digest.update(_without_terminator(line))
             self.number += 1
             if self.number == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]  # a UTF-8 byte-order mark
             if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
                 while True:  # the rest of the long line, read and hashed, not kept
                     rest = self._stream.readline(MAX_LINE_BYTES)
-                    self.digest.update(rest)
+                    self.digest.update(_without_terminator(rest))
                     if not rest or rest.endswith(b"\n"):
                         break
+            self.digest.update(b"\n")
         except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated gzip an EOFError
             raise BackfillError(f"cannot read {self.path} after line {self.number}: {e or type(e).__name__}") from e
         return line

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import os
+import re
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from consumers.backfill.checkpoint import (
-    Checkpoint, FileProgress, TableCounts, default_checkpoint, default_report, inputs_of, new_counts,
+    CHECKPOINT_FORMAT, Checkpoint, CheckpointLock, FileProgress, TableCounts, default_checkpoint, default_report,
+    inputs_of, new_counts, same_file, written_as,
 )
 from consumers.backfill.errors import BackfillDeliveryError, BackfillError, CheckpointMismatchError
 from consumers.backfill.lines import (
     JSONB_COLUMNS, LINE, MAX_LINE_BYTES, UNKNOWN_TABLE, BadLine, InputLines, LineError, LineParser, invalid_reason,
 )
+from consumers.backfill.report import Report
 from consumers.backfill.sink import Sink
 from producers import tables
 from producers.codec import AvroCodec
@@ -29,6 +32,11 @@ from producers.producer import RECORD_FRAMING_BYTES
 #: enough that the flush and checkpoint per batch cost little, small enough that a bad line
 #: or a kill holds back little.
 BATCH_LINES: Final = 5_000
+#: A batch ends early once its lines hold this many bytes: a batch is held whole (lines,
+#: records, and their encodings in the producer's queue), so this bounds memory with large lines.
+BATCH_BYTES: Final = 64 * 1024 * 1024
+#: Lines delivered before are re-checked on resume in steps this long (progress, Ctrl-C).
+CHECK_LINES: Final = 10_000
 #: How much of a bad line the report keeps.
 REPORT_RAW_CHARS: Final = 100_000
 #: Bytes an Avro record may take beyond its line's own (header, ids and nulls a line leaves out).
@@ -36,6 +44,8 @@ _ENCODING_SLACK: Final = 256
 
 #: How a backfill ended.
 COMPLETE, ALREADY_DONE, STOPPED, INTERRUPTED = "complete", "already backfilled", "stopped", "interrupted"
+#: Every line was read and every one was bad (skipped): nothing was ever sent.
+NO_VALID_LINE: Final = "no valid line"
 
 
 @dataclass
@@ -59,6 +69,8 @@ class BackfillResult:
     report: str | None
     #: Where the run stopped: file and lines delivered in it.
     position: tuple[str, int] | None = None
+    #: The checkpoint said every line was delivered when this invocation started.
+    was_complete: bool = False
 
     @property
     def sent(self) -> int:
@@ -73,12 +85,36 @@ class BackfillResult:
         return out
 
 
+def check_inputs(files: Sequence[Path]) -> list[Path]:
+    """The input files, resolved; BackfillError for one that is not a regular file or is given twice.
+
+    A resume re-reads the files from the start (to check the lines delivered and to number
+    identical lines alike), which a pipe, a device or a process substitution cannot do.
+    """
+    resolved = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError as e:
+            raise BackfillError(f"cannot open {f}: {e.strerror or e}") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise BackfillError(f"{f} is not a regular file: backfill reads regular files (it re-reads them to "
+                                "resume); save the lines to a file first")
+        resolved.append(Path(f).resolve())
+    if len(set(resolved)) != len(resolved):
+        raise BackfillError("an input file is given twice")
+    return resolved
+
+
 class Backfill:
-    """One backfill of `files` into the topics of `topic_prefix`: ``Backfill(...).run()``."""
+    """One backfill of `files` into the topics of `topic_prefix`: ``Backfill(...).run(sink)``.
+
+    The constructor checks the paths (the inputs are regular files; neither the checkpoint nor
+    the report is one of them) without touching any file; ``run`` does the rest.
+    """
 
     def __init__(
         self,
-        sink: Sink,
         files: Sequence[Path],
         *,
         topic_prefix: str,
@@ -88,47 +124,73 @@ class Backfill:
         skip_bad: bool = False,
         restart: bool = False,
         batch_lines: int = BATCH_LINES,
+        batch_bytes: int = BATCH_BYTES,
         errors_kept: int = 1000,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         if not files:
             raise ValueError("no input files")
-        if batch_lines < 1:
-            raise ValueError("batch_lines must be at least 1")
-        self._sink = sink
-        self._files = [Path(f).resolve() for f in files]
-        if len(set(self._files)) != len(self._files):
-            raise BackfillError("an input file is given twice")
+        if batch_lines < 1 or batch_bytes < 1:
+            raise ValueError("batch_lines and batch_bytes must be at least 1")
+        if not re.match(tables.TOPIC_PREFIX_PATTERN, topic_prefix):
+            raise BackfillError(f"{topic_prefix!r} is not a topic prefix (letters, digits, . _ -)")
+        self._files = check_inputs(files)
         self._inputs = inputs_of(self._files, table, topic_prefix)
-        self.checkpoint_path = checkpoint or default_checkpoint(self._files, table, topic_prefix)
-        self.report_path = report or default_report(self.checkpoint_path)
+        self.checkpoint_path = Path(checkpoint or default_checkpoint(self._files, table, topic_prefix)).absolute()
+        self._report_option = Path(report).absolute() if report is not None else None
+        #: The report's path; a resume takes the one its checkpoint names.
+        self.report_path = self._report_option or default_report(self.checkpoint_path)
+        self._refuse_input(self.checkpoint_path, "--checkpoint", "the checkpoint")
+        self._refuse_input(self.report_path, "--report", "the bad-line report")
+        if same_file(self.report_path, self.checkpoint_path):
+            raise BackfillError(f"--report and --checkpoint are the same file ({self.report_path}): give them two")
         self._table = table
         self._skip_bad = skip_bad
         self._restart = restart
         self._batch_lines = batch_lines
+        self._batch_bytes = batch_bytes
         self._errors_kept = errors_kept
         self._now = now
         self._codec = AvroCodec()
-        self._report: IO[bytes] | None = None
+
+    def _refuse_input(self, path: Path, option: str, what: str) -> None:
+        for f in self._files:
+            if same_file(path, f):
+                raise BackfillError(f"{what} would be written to {path}, which is an input file: the backfill "
+                                    f"never writes its inputs; give {option} another path")
 
     # -- the run ------------------------------------------------------------------
-    def run(self, stop: Callable[[], bool] = lambda: False, progress: Callable[[int], None] = lambda n: None
-            ) -> BackfillResult:
-        """Send every line not yet delivered; stop at a bad batch (unless skip_bad) or when `stop()` holds.
+    def run(self, sink: Sink, stop: Callable[[], bool] = lambda: False,
+            progress: Callable[[int], None] = lambda n: None) -> BackfillResult:
+        """Send every line not yet delivered to `sink`; stop at a bad batch (unless skip_bad) or when `stop()` holds.
 
-        `stop` is asked between batches (a signal handler's flag); `progress` gets the lines of each
-        batch once delivered.
+        Holds the checkpoint's lock throughout (CheckpointInUseError when another backfill has
+        it). `stop` is asked between batches and while the lines delivered before are checked (a
+        signal handler's flag); `progress` gets the lines of each batch once delivered, and those
+        found delivered before as they are checked.
         """
+        with CheckpointLock(self.checkpoint_path):
+            return self._run(sink, stop, progress)
+
+    def _run(self, sink: Sink, stop: Callable[[], bool], progress: Callable[[int], None]) -> BackfillResult:
         started = time.monotonic()
-        state = self._load_state()
+        self._sink = sink
+        state, fresh = self._load_state(sink.kafka_cluster)
+        self._report = Report(self.report_path, self.checkpoint_path,
+                              "pass --report PATH to keep it elsewhere" if fresh
+                              else "pass --restart and --report PATH to start over with a report elsewhere")
+        self._report.check()
+        self._report.cut(state.report_bytes)
+        if fresh:
+            self._save(state, "before anything is sent: the place must be writable")
         was_complete, state.complete = state.complete, False
         parser = LineParser(self._table, datetime.fromisoformat(state.started_at))
-        self._open_report(state)
         result = BackfillResult(
             state=COMPLETE, counts=new_counts(), totals=state.totals, resumed_lines=0, blank_lines=0,
             derived_ids=0, ignored_columns={}, bad_lines=0, errors=[], elapsed_s=0.0,
-            checkpoint=str(self.checkpoint_path), report=None,
+            checkpoint=str(self.checkpoint_path), report=None, was_complete=was_complete,
         )
+        self._lines_before = 0  # lines of the files before the one being read (positions count all lines)
         try:
             for path in self._files:
                 ended = self._run_file(path, state, parser, result, stop, progress)
@@ -137,55 +199,73 @@ class Backfill:
                     break
             else:
                 state.complete = True
-                state.save(self.checkpoint_path)
-                if was_complete and result.sent == 0 and result.bad_lines == 0:
+                self._save(state, "every line is delivered")
+                if not any(c.sent for c in state.totals.values()) and any(c.skipped for c in state.totals.values()):
+                    result.state = NO_VALID_LINE
+                elif was_complete and result.sent == 0 and result.bad_lines == 0:
                     result.state = ALREADY_DONE
         finally:
-            if self._report is not None:
-                self._report.close()
+            self._report.close()
             result.elapsed_s = time.monotonic() - started
             result.ignored_columns = dict(parser.ignored)
-            if self.report_path.exists() and self.report_path.stat().st_size:
+            if self._report.written():
                 result.report = str(self.report_path)
         return result
 
-    def _load_state(self) -> Checkpoint:
+    def _load_state(self, kafka_cluster: str | None) -> tuple[Checkpoint, bool]:
+        """The checkpoint to go on from, and whether it is a new one (not yet written)."""
         existing = None if self._restart else Checkpoint.load(self.checkpoint_path)
-        if existing is not None:
-            if existing.inputs != self._inputs:
-                raise CheckpointMismatchError(
-                    f"checkpoint {self.checkpoint_path} belongs to another backfill ({_describe(existing.inputs)}; "
-                    f"this one is {_describe(self._inputs)}): pass --restart to start over, "
-                    "or --checkpoint to choose another file"
-                )
-            return existing
-        state = Checkpoint.new(self._inputs, self._now())
-        try:
-            state.save(self.checkpoint_path)  # before anything is sent: the place must be writable
-        except OSError as e:
-            raise BackfillError(f"cannot write the checkpoint {self.checkpoint_path}: {e.strerror or e}; "
-                                "pass --checkpoint PATH to keep it elsewhere") from e
-        return state
+        if existing is None:
+            if self._restart and self.checkpoint_path.exists() and self.checkpoint_path.stat().st_size and \
+                    not written_as(self.checkpoint_path, CHECKPOINT_FORMAT):
+                raise BackfillError(f"{self.checkpoint_path} is not a backfill checkpoint, so --restart does not "
+                                    "replace it: give --checkpoint another path")
+            return Checkpoint.new(self._inputs, self._now(), self.report_path, kafka_cluster), True
+        if existing.inputs != self._inputs:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.checkpoint_path} belongs to another backfill ({_describe(existing.inputs)}; "
+                f"this one is {_describe(self._inputs)}): pass --restart to start over, "
+                "or --checkpoint to choose another file"
+            )
+        if existing.kafka_cluster != kafka_cluster:
+            raise CheckpointMismatchError(
+                f"checkpoint {self.checkpoint_path} records lines delivered to Kafka cluster {existing.kafka_cluster}, "
+                f"but these brokers are cluster {kafka_cluster}: pass --restart to send every line to this one, "
+                "or --checkpoint for a backfill of its own"
+            )
+        report = Path(existing.report)
+        if self._report_option is not None and not same_file(self._report_option, report):
+            raise CheckpointMismatchError(
+                f"checkpoint {self.checkpoint_path} lists bad lines in {report}, not {self._report_option}: "
+                "leave --report out to resume, or pass --restart to start over with the new report"
+            )
+        self.report_path = report
+        self._refuse_input(report, "--report", "the bad-line report")
+        return existing, False
 
-    def _open_report(self, state: Checkpoint) -> None:
-        """Cut the report to what the checkpoint covers (a fresh backfill starts an empty one)."""
-        if self.report_path.exists():
-            with self.report_path.open("r+b") as f:
-                f.truncate(state.report_bytes)
+    def _save(self, state: Checkpoint, when: str) -> None:
+        try:
+            state.save(self.checkpoint_path)
+        except OSError as e:
+            raise BackfillError(f"cannot write the checkpoint {self.checkpoint_path} ({when}): {e.strerror or e}; "
+                                "pass --checkpoint PATH to keep it elsewhere") from e
 
     def _run_file(self, path: Path, state: Checkpoint, parser: LineParser, result: BackfillResult,
                   stop: Callable[[], bool], progress: Callable[[int], None]) -> str | None:
         done = state.files[str(path)]
         lines = InputLines(path)
         try:
-            self._skip_done(lines, done, state, parser, result)
+            if not self._skip_done(lines, done, state, parser, result, stop, progress):
+                result.position = (str(path), done.lines)
+                return INTERRUPTED
             while True:
-                if stop():
-                    result.position = (str(path), done.lines)
-                    return INTERRUPTED
                 batch = self._read_batch(lines)
                 if not batch:
+                    self._lines_before += lines.number
                     return None
+                if stop():  # only now: a stop after the last batch leaves nothing to resume
+                    result.position = (str(path), done.lines)
+                    return INTERRUPTED
                 self._check_order(path, state)
                 try:
                     sent = self._send_batch(path, batch, state, parser, result)
@@ -197,10 +277,11 @@ class Backfill:
                 if not sent:
                     result.position = (str(path), done.lines)
                     return STOPPED
-                done.lines = lines.number
+                first, done.lines = done.lines + 1, lines.number
                 done.sha256 = lines.digest.hexdigest()
                 state.derived_ids = parser.derived
-                state.save(self.checkpoint_path)
+                self._save(state, f"lines {first:,}–{done.lines:,} of {path} were sent and acknowledged, so a "
+                                  "resume sends them again: PostgreSQL still holds each row once")
                 progress(len(batch))
         finally:
             lines.close()
@@ -216,20 +297,27 @@ class Backfill:
             )
 
     def _skip_done(self, lines: InputLines, done: FileProgress, state: Checkpoint, parser: LineParser,
-                   result: BackfillResult) -> None:
-        """Read past the lines the checkpoint counts as done, checking that they are unchanged."""
+                   result: BackfillResult, stop: Callable[[], bool], progress: Callable[[int], None]) -> bool:
+        """Read past the lines the checkpoint counts as done, checking that they are unchanged; False if stopped."""
         count_ids = state.derived_ids > 0  # identical id-less lines later on are numbered after these
         ignored = parser.ignored.copy()  # the summary counts what this invocation sends
-        while lines.number < done.lines:
-            raw = lines.next()
-            if raw is None:
-                break
-            if count_ids:
-                try:
-                    parser.parse(raw)
-                except BadLine:
-                    pass
-        parser.ignored = ignored
+        try:
+            while lines.number < done.lines:
+                raw = lines.next()
+                if raw is None:
+                    break
+                if count_ids:
+                    try:
+                        parser.parse(raw)
+                    except BadLine:
+                        pass
+                if lines.number % CHECK_LINES == 0:
+                    progress(CHECK_LINES)
+                    if stop():
+                        return False
+            progress(lines.number % CHECK_LINES)
+        finally:
+            parser.ignored = ignored
         if lines.number != done.lines or lines.digest.hexdigest() != done.sha256:
             raise CheckpointMismatchError(
                 f"{lines.path} changed in the {done.lines:,} line(s) checkpoint {self.checkpoint_path} counts as "
@@ -237,14 +325,18 @@ class Backfill:
                 "already loaded as duplicates)"
             )
         result.resumed_lines += done.lines
+        return True
 
     def _read_batch(self, lines: InputLines) -> list[tuple[int, bytes]]:
+        """The next lines, up to ``batch_lines`` of them or ``batch_bytes`` (whichever comes first)."""
         batch = []
-        while len(batch) < self._batch_lines:
+        size = 0
+        while len(batch) < self._batch_lines and size < self._batch_bytes:
             raw = lines.next()
             if raw is None:
                 break
             batch.append((lines.number, raw))
+            size += len(raw)
         return batch
 
     def _send_batch(self, path: Path, batch: list[tuple[int, bytes]], state: Checkpoint, parser: LineParser,
@@ -255,7 +347,7 @@ class Backfill:
         derived = parser.derived
         for number, raw in batch:
             try:
-                parsed = self._prepare(parser, raw)
+                parsed = self._prepare(parser, raw, self._lines_before + number - 1)
             except BadLine as e:
                 bad.append(LineError(str(path), number, e.table, e.field, e.reason, _shown(raw)))
                 continue
@@ -270,7 +362,7 @@ class Backfill:
         if bad:
             result.bad_lines += len(bad)
             result.errors.extend(bad[: max(0, self._errors_kept - len(result.errors))])
-            self._write_report(bad)
+            self._report.write(bad)
             if not self._skip_bad:
                 return False
         for table, fields in good:
@@ -286,17 +378,17 @@ class Backfill:
             result.counts[e.table or UNKNOWN_TABLE].skipped += 1
             state.totals[e.table or UNKNOWN_TABLE].read += 1
             state.totals[e.table or UNKNOWN_TABLE].skipped += 1
-        if self._report is not None:
-            self._report.flush()
-            os.fsync(self._report.fileno())
-            state.report_bytes = self._report.tell()
+        size = self._report.sync()
+        if size is not None:
+            state.report_bytes = size
         return True
 
-    def _prepare(self, parser: LineParser, raw: bytes) -> tuple[str, dict[str, Any]] | None:
-        """(table, validated fields) of a line, None for a blank one; BadLine otherwise."""
+    def _prepare(self, parser: LineParser, raw: bytes, position: int) -> tuple[str, dict[str, Any]] | None:
+        """(table, validated fields) of the line at `position` (from 0, over all inputs), None for a blank one;
+        BadLine otherwise."""
         if len(raw) >= MAX_LINE_BYTES and not raw.endswith(b"\n"):
             raise BadLine(None, LINE, f"longer than {MAX_LINE_BYTES:,} bytes")
-        parsed = parser.parse(raw)
+        parsed = parser.parse(raw, position)
         if parsed is None:
             return None
         table, record = parsed
@@ -323,14 +415,6 @@ class Backfill:
             raise InvalidRecordError(table, "<record>", None,
                                      f"encoded record is {size:,} bytes, over the {limit:,}-byte message limit")
 
-    def _write_report(self, bad: list[LineError]) -> None:
-        if self._report is None:
-            self.report_path.parent.mkdir(parents=True, exist_ok=True)
-            self._report = self.report_path.open("ab")
-        self._report.write(b"".join(
-            (json.dumps(asdict(e), ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace") for e in bad
-        ))
-
 
 def _shown(raw: bytes) -> str:
     text = raw.decode("utf-8", "replace").rstrip("\r\n")
@@ -343,6 +427,6 @@ def _describe(inputs: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "ALREADY_DONE", "BATCH_LINES", "COMPLETE", "INTERRUPTED", "REPORT_RAW_CHARS", "STOPPED", "Backfill",
-    "BackfillResult",
+    "ALREADY_DONE", "BATCH_BYTES", "BATCH_LINES", "COMPLETE", "INTERRUPTED", "NO_VALID_LINE", "REPORT_RAW_CHARS",
+    "STOPPED", "Backfill", "BackfillResult", "check_inputs",
 ]

@@ -14,6 +14,8 @@ class Sink(Protocol):
     """Where validated records go: the embedded producer (``ProducerSink``), or a fake in unit tests."""
 
     max_message_bytes: int
+    #: The id of the Kafka cluster the records go to (the checkpoint records it; None: unknown).
+    kafka_cluster: str | None
 
     def send(self, table: str, fields: dict[str, Any]) -> None:
         """Validate, encode and enqueue one record."""
@@ -27,11 +29,15 @@ FLUSH_SLICE_S: Final = 0.5
 
 
 class ProducerSink:
-    """A SocietyProducer as a backfill's sink: ``send`` is ``SocietyProducer.send`` (keys, encoding, checks)."""
+    """A SocietyProducer as a backfill's sink: ``send`` is ``SocietyProducer.send`` (keys, encoding, checks).
 
-    def __init__(self, producer: SocietyProducer) -> None:
+    `kafka_cluster` is the cluster id its brokers report (``list_topics().cluster_id``).
+    """
+
+    def __init__(self, producer: SocietyProducer, kafka_cluster: str | None) -> None:
         self._producer = producer
         self.max_message_bytes = producer.settings.max_message_bytes
+        self.kafka_cluster = kafka_cluster
         #: librdkafka gives a record up after message.timeout.ms; flushing longer cannot help.
         self._delivery_timeout_s = producer.settings.message_timeout_ms / 1000 + 5
 
@@ -39,14 +45,26 @@ class ProducerSink:
         self._producer.send(table, fields)
 
     def deliver(self) -> None:
-        deadline = time.monotonic() + self._delivery_timeout_s
+        started = time.monotonic()
+        deadline = started + self._delivery_timeout_s
         while True:
             try:
                 self._producer.flush(FLUSH_SLICE_S)  # in slices: a signal handler runs in between
                 return
             except DeliveryError as e:
                 if e.failures or time.monotonic() >= deadline:
-                    raise BackfillDeliveryError(f"Kafka did not acknowledge the batch: {e}") from e
+                    raise BackfillDeliveryError(f"Kafka did not acknowledge the batch within "
+                                                f"{time.monotonic() - started:.1f}s: {_undelivered(e)}") from e
+
+
+def _undelivered(e: DeliveryError) -> str:
+    parts = []
+    if e.failures:
+        first = e.failures[0]
+        parts.append(f"{len(e.failures):,} record(s) failed (the first: {first.topic} key={first.key}: {first.error})")
+    if e.pending:
+        parts.append(f"{e.pending:,} still queued")
+    return " and ".join(parts)
 
 
 __all__ = ["FLUSH_SLICE_S", "ProducerSink", "Sink"]

@@ -133,8 +133,9 @@ class Killed(Exception):
 class FakeSink:
     """Records what was sent and acknowledged; can be killed before or after a batch's acknowledgement."""
 
-    def __init__(self, max_message_bytes: int = 1_000_000) -> None:
+    def __init__(self, max_message_bytes: int = 1_000_000, kafka_cluster: str | None = "cluster-a") -> None:
         self.max_message_bytes = max_message_bytes
+        self.kafka_cluster = kafka_cluster
         self.pending: list[tuple[str, dict[str, Any]]] = []
         self.acked: list[tuple[str, dict[str, Any]]] = []
         self.batches = 0
@@ -162,7 +163,7 @@ def write_lines(path: Path, objs: list[Any], compress: bool = False) -> Path:
 
 
 def run(sink: FakeSink, files: list[Path], **options: Any) -> bf.BackfillResult:
-    return bf.Backfill(sink, files, topic_prefix="t", batch_lines=options.pop("batch_lines", 10), **options).run()
+    return bf.Backfill(files, topic_prefix="t", batch_lines=options.pop("batch_lines", 10), **options).run(sink)
 
 
 def keys(acked: list[tuple[str, dict[str, Any]]]) -> Counter:
@@ -216,7 +217,8 @@ def test_a_bad_line_stops_before_its_batch_is_sent_and_skip_bad_reports_it(tmp_p
     assert len(sink.acked) == 10  # the first batch only
     done = run(sink, [path], skip_bad=True)
     assert done.state == bf.COMPLETE and done.sent == 18 and done.bad_lines == 2 and len(sink.acked) == 28
-    report = [json.loads(x) for x in Path(done.report).read_text().splitlines()]
+    header, *report = [json.loads(x) for x in Path(done.report).read_text().splitlines()]
+    assert header["format"] == bf.REPORT_FORMAT
     # The stopped run's entry was cut off (its batch was not checkpointed); each bad line is listed once.
     assert [(r["line"], r["field"]) for r in report] == [(15, "importance"), (23, "colour")]
     assert json.loads(report[1]["raw"])["colour"] == "red" and report[0]["file"] == str(path)
@@ -244,7 +246,7 @@ def test_a_checkpoint_of_other_inputs_is_never_applied(tmp_path):
     with pytest.raises(bf.CheckpointMismatchError, match="belongs to another backfill"):
         run(FakeSink(), [b], checkpoint=checkpoint)
     with pytest.raises(bf.CheckpointMismatchError):
-        bf.Backfill(FakeSink(), [a], topic_prefix="other", checkpoint=checkpoint).run()
+        bf.Backfill([a], topic_prefix="other", checkpoint=checkpoint).run(FakeSink())
     # Different arguments have different default checkpoints; the report sits beside its checkpoint.
     assert bf.default_checkpoint([a], None, "t") != bf.default_checkpoint([a], None, "other")
     assert bf.default_checkpoint([a], None, "t").parent == tmp_path

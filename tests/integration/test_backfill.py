@@ -85,7 +85,8 @@ def test_good_lines_land_and_bad_lines_are_reported_with_their_line_numbers(
     summary = json.loads(done.stdout)
     assert summary["state"] == "complete" and summary["resumed_lines"] == 5 and summary["blank_lines"] == 1
     assert summary["ignored_columns"] == {"market_transactions.transaction_id_pk": 5, "simulation_events.event_id": 8}  # line 33 is bad
-    report = [json.loads(x) for x in Path(summary["report"]).read_text().splitlines()]
+    header, *report = [json.loads(x) for x in Path(summary["report"]).read_text().splitlines()]
+    assert header == {"format": "society-ingest backfill report", "version": 1, "checkpoint": summary["checkpoint"]}
     assert {r["line"]: r["field"] for r in report} == bad
     assert all(r["file"] == str(path) and r["reason"] and r["raw"] for r in report)
     assert messages(services.bootstrap, topic_prefix) == {t: good[t] for t in tables.TABLES}
