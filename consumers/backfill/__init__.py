@@ -22,7 +22,7 @@ UUIDv5 (``producers.ids.NAMESPACE``) of its table and its content (canonical
 JSON: keys sorted, nulls dropped, no id), numbered by how often that same
 content occurred before it in this backfill's inputs: re-running the same
 files gives the same ids, and two identical lines still get two ids (the
-counts take about 115 bytes of memory per distinct id-less content). Lines
+counts take about 100–115 bytes of memory per distinct id-less content). Lines
 that carry ids keep them. A run must carry its ``run_id`` (a backfill never
 invents a run). A run or agent without ``updated_at`` gets the time the
 backfill first started (kept in the checkpoint) plus its line's position

@@ -20,6 +20,14 @@ from consumers.backfill.lines import LineError
 
 REPORT_FORMAT: Final = "society-ingest backfill report"
 REPORT_VERSION: Final = 1
+#: How much of a bad line the report keeps (the rest is cut, marked "…").
+REPORT_RAW_CHARS: Final = 100_000
+
+
+def shown(raw: bytes) -> str:
+    """A bad line as the report keeps it: text (bad UTF-8 replaced), no terminator, at most REPORT_RAW_CHARS."""
+    text = raw.decode("utf-8", "replace").rstrip("\r\n")
+    return text if len(text) <= REPORT_RAW_CHARS else text[:REPORT_RAW_CHARS] + "…"
 
 
 class Report:
@@ -103,4 +111,4 @@ class Report:
             return False
 
 
-__all__ = ["REPORT_FORMAT", "REPORT_VERSION", "Report"]
+__all__ = ["REPORT_FORMAT", "REPORT_RAW_CHARS", "REPORT_VERSION", "Report", "shown"]

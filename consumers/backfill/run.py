@@ -20,7 +20,7 @@ from consumers.backfill.errors import BackfillDeliveryError, BackfillError, Chec
 from consumers.backfill.lines import (
     JSONB_COLUMNS, LINE, MAX_LINE_BYTES, UNKNOWN_TABLE, BadLine, InputLines, LineError, LineParser, invalid_reason,
 )
-from consumers.backfill.report import Report
+from consumers.backfill.report import Report, shown
 from consumers.backfill.sink import Sink
 from producers import tables
 from producers.codec import AvroCodec
@@ -37,8 +37,6 @@ BATCH_LINES: Final = 5_000
 BATCH_BYTES: Final = 64 * 1024 * 1024
 #: Lines delivered before are re-checked on resume in steps this long (progress, Ctrl-C).
 CHECK_LINES: Final = 10_000
-#: How much of a bad line the report keeps.
-REPORT_RAW_CHARS: Final = 100_000
 #: Bytes an Avro record may take beyond its line's own (header, ids and nulls a line leaves out).
 _ENCODING_SLACK: Final = 256
 
@@ -182,7 +180,7 @@ class Backfill:
         self._report.check()
         self._report.cut(state.report_bytes)
         if fresh:
-            self._save(state, "before anything is sent: the place must be writable")
+            self._save(state, "nothing was sent; pass --checkpoint PATH to keep it elsewhere")
         was_complete, state.complete = state.complete, False
         parser = LineParser(self._table, datetime.fromisoformat(state.started_at))
         result = BackfillResult(
@@ -199,7 +197,7 @@ class Backfill:
                     break
             else:
                 state.complete = True
-                self._save(state, "every line is delivered")
+                self._save(state, "every line was delivered; run the same command again to record that")
                 if not any(c.sent for c in state.totals.values()) and any(c.skipped for c in state.totals.values()):
                     result.state = NO_VALID_LINE
                 elif was_complete and result.sent == 0 and result.bad_lines == 0:
@@ -243,12 +241,12 @@ class Backfill:
         self._refuse_input(report, "--report", "the bad-line report")
         return existing, False
 
-    def _save(self, state: Checkpoint, when: str) -> None:
+    def _save(self, state: Checkpoint, then: str) -> None:
+        """Write the checkpoint; BackfillError saying what was delivered (`then`) when it cannot be written."""
         try:
             state.save(self.checkpoint_path)
         except OSError as e:
-            raise BackfillError(f"cannot write the checkpoint {self.checkpoint_path} ({when}): {e.strerror or e}; "
-                                "pass --checkpoint PATH to keep it elsewhere") from e
+            raise BackfillError(f"cannot write the checkpoint {self.checkpoint_path}: {e.strerror or e}; {then}") from e
 
     def _run_file(self, path: Path, state: Checkpoint, parser: LineParser, result: BackfillResult,
                   stop: Callable[[], bool], progress: Callable[[int], None]) -> str | None:
@@ -280,8 +278,9 @@ class Backfill:
                 first, done.lines = done.lines + 1, lines.number
                 done.sha256 = lines.digest.hexdigest()
                 state.derived_ids = parser.derived
-                self._save(state, f"lines {first:,}–{done.lines:,} of {path} were sent and acknowledged, so a "
-                                  "resume sends them again: PostgreSQL still holds each row once")
+                self._save(state, f"lines {first:,}–{done.lines:,} of {path} were sent and acknowledged, so the "
+                                  "resume sends them again (PostgreSQL still holds each row once): make the "
+                                  "checkpoint writable and run the same command again")
                 progress(len(batch))
         finally:
             lines.close()
@@ -349,7 +348,7 @@ class Backfill:
             try:
                 parsed = self._prepare(parser, raw, self._lines_before + number - 1)
             except BadLine as e:
-                bad.append(LineError(str(path), number, e.table, e.field, e.reason, _shown(raw)))
+                bad.append(LineError(str(path), number, e.table, e.field, e.reason, shown(raw)))
                 continue
             if parsed is None:
                 result.blank_lines += 1
@@ -416,17 +415,12 @@ class Backfill:
                                      f"encoded record is {size:,} bytes, over the {limit:,}-byte message limit")
 
 
-def _shown(raw: bytes) -> str:
-    text = raw.decode("utf-8", "replace").rstrip("\r\n")
-    return text if len(text) <= REPORT_RAW_CHARS else text[:REPORT_RAW_CHARS] + "…"
-
-
 def _describe(inputs: dict[str, Any]) -> str:
     return (f"files {', '.join(inputs['files'])}, table {inputs['table'] or 'from each line'}, "
             f"topic prefix {inputs['topic_prefix']}")
 
 
 __all__ = [
-    "ALREADY_DONE", "BATCH_BYTES", "BATCH_LINES", "COMPLETE", "INTERRUPTED", "NO_VALID_LINE", "REPORT_RAW_CHARS",
+    "ALREADY_DONE", "BATCH_BYTES", "BATCH_LINES", "COMPLETE", "INTERRUPTED", "NO_VALID_LINE",
     "STOPPED", "Backfill", "BackfillResult", "check_inputs",
 ]
