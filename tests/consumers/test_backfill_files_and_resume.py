@@ -251,6 +251,16 @@ def test_a_checkpoint_under_a_file_names_the_folder_and_does_not_advise_restart(
     assert f"its folder {path} is missing or not a folder" in str(e.value) and "--restart" not in str(e.value)
 
 
+def test_an_unusable_report_path_is_refused_before_anything_is_sent(tmp_path):
+    path = with_a_bad_line(tmp_path)
+    sink = FakeSink()
+    with pytest.raises(bf.BackfillError) as e:
+        run(sink, [path], report=path / "bad.ndjson", checkpoint=tmp_path / "cp.json", skip_bad=True)
+    assert str(e.value) == (f"cannot write the bad-line report {path / 'bad.ndjson'}: {path} is not a folder; "
+                            "pass --report PATH to keep it elsewhere")
+    assert sink.acked == [] and not (tmp_path / "cp.json").exists()
+
+
 def test_a_checkpoint_unwritable_after_a_batch_says_the_batch_will_be_sent_again(tmp_path):
     path = write_lines(tmp_path / "in.ndjson", [memory(i) for i in range(30)])
     checkpoint = tmp_path / "cp.json"
