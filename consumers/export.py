@@ -14,12 +14,15 @@ Stub rows (a run or agent the worker created because a child arrived first:
 ``updated_at`` is NULL) are not exported: loading the children makes the
 worker create the same stubs again. Rows are read through a server-side
 cursor in one read-only REPEATABLE READ transaction: a consistent snapshot of
-the run, in bounded memory however large it is.
+the run. Memory stays bounded however large the run or its rows: each round
+trip fetches about FETCH_BYTES of rows (as many rows as fit, at the sizes
+seen so far), and each row is written out as it comes.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import sys
 import time
 import uuid
@@ -36,8 +39,12 @@ from consumers.pg_errors import where
 from producers import tables
 from producers.columns import COLUMNS
 
-#: Rows fetched from the server-side cursor at a time (bounds the client's memory).
-FETCH_ROWS: Final = 10_000
+#: Rows of the first round trip on the server-side cursor, before any row size is known.
+FIRST_FETCH_ROWS: Final = 100
+#: Most rows per round trip (small rows): beyond this, fewer round trips gain nothing measurable.
+MAX_FETCH_ROWS: Final = 2_000
+#: Bytes of rows per round trip (the client holds one round trip's rows at a time).
+FETCH_BYTES: Final = 8 * 1024 * 1024
 #: gzip's default level: about 4x smaller NDJSON at a speed well above PostgreSQL's output rate.
 GZIP_LEVEL: Final = 6
 
@@ -132,19 +139,53 @@ def export_run(
             for table in tables.TABLES:  # parents first, whatever order they were asked in
                 if table not in chosen:
                     continue
-                result.rows[table] = 0
                 with conn.cursor(name=f"export_{table}") as cur:
-                    cur.itersize = FETCH_ROWS
                     cur.execute(export_query(table), (run_id,))
-                    while rows := cur.fetchmany(FETCH_ROWS):
-                        out.write("".join(f"{line}\n" for (line,) in rows).encode("utf-8"))
-                        result.rows[table] += len(rows)
-                        progress(len(rows))
+                    result.rows[table] = _copy_lines(cur, out, progress)
                 stubs = _stubs(conn, table, run_id)
                 if stubs:
                     result.stubs_skipped[table] = stubs
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+def _copy_lines(cur: Any, out: IO[bytes], progress: Callable[[int], None]) -> int:
+    """Write the cursor's lines to `out` as they come, one round trip of about FETCH_BYTES at a time; the rows."""
+    rows = size = 0
+    n = FIRST_FETCH_ROWS
+    while batch := cur.fetchmany(n):
+        for (line,) in batch:
+            data = line.encode("utf-8")
+            out.write(data)
+            out.write(b"\n")
+            size += len(data) + 1
+        rows += len(batch)
+        progress(len(batch))
+        del batch  # before the next round trip
+        n = max(1, min(MAX_FETCH_ROWS, FETCH_BYTES * rows // size))
+    return rows
+
+
+def check_output(name: str) -> None:
+    """ExportError unless a file can be written at `name` ('-': stdout): checked before the export starts.
+
+    The file is replaced whole (see ``open_output``), so it must be a regular file or not exist.
+    """
+    if name == "-":
+        return
+    path = Path(name)
+    if path.is_dir():
+        raise ExportError(f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'run.ndjson.gz'}")
+    if path.exists() and not path.is_file():
+        raise ExportError(f"cannot write {path}: it is not a regular file, and the export replaces its output "
+                          "whole; write to '-' and redirect")
+    folder = path.parent
+    if not folder.exists():
+        raise ExportError(f"cannot write {path}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ExportError(f"cannot write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {path}: no permission to create files in {folder}")
 
 
 @contextmanager
@@ -159,9 +200,8 @@ def open_output(name: str) -> Iterator[IO[bytes]]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
+    check_output(name)
     path = Path(name)
-    if not path.parent.is_dir():
-        raise ExportError(f"cannot write {path}: the folder {path.parent} does not exist")
     with replaced_atomically(path) as raw:
         if path.name.endswith(".gz"):
             with gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL) as gz:
@@ -170,5 +210,5 @@ def open_output(name: str) -> Iterator[IO[bytes]]:
             yield raw
 
 
-__all__ = ["ExportError", "ExportResult", "RunNotFoundError", "expected_rows", "export_query", "export_run",
-           "open_output"]
+__all__ = ["ExportError", "ExportResult", "RunNotFoundError", "check_output", "expected_rows", "export_query",
+           "export_run", "open_output"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Final
@@ -34,8 +35,10 @@ from producers.errors import InvalidRecordError
 
 #: Largest text we send in one record; Kafka's default message limit is 1 MiB.
 MAX_TEXT_CHARS: Final = 100_000
-#: Largest finite float4 (PostgreSQL REAL).
+#: Largest finite float4 (PostgreSQL REAL). A larger double may still round to it (3.4028235e38,
+#: its shortest spelling, does): the range check is on the value rounded to float4.
 REAL_MAX: Final = 3.4028234663852886e38
+_FLOAT4: Final = struct.Struct("<f")
 INT4_MAX: Final = 2**31 - 1
 INT4_MIN: Final = -(2**31)
 
@@ -64,8 +67,11 @@ def _number(value: Any) -> Any:
 
 
 def _real(value: float) -> float:
-    if abs(value) > REAL_MAX:
-        raise ValueError("out of range for REAL (float4)")
+    # struct rounds to nearest float4 and raises OverflowError only when that is infinite.
+    try:
+        _FLOAT4.pack(value)
+    except OverflowError:
+        raise ValueError("out of range for REAL (float4)") from None
     return value
 
 

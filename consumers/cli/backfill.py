@@ -13,6 +13,7 @@ from consumers.cli._options import Json, Prefix, Timeout, console, err_console, 
 from consumers.cli._progress import Progress
 from consumers.cli._services import DEFAULT_TIMEOUT_S, reach_kafka, require_topics
 from consumers.kafka_clients import librdkafka_logger
+from consumers.topics import admin_client
 from producers import KafkaClientSettings, ProducerSettings, SocietyProducer
 from producers.tables import TABLES
 
@@ -56,8 +57,11 @@ def _lines_in(files: list[Path]) -> int | None:
             if f.read(2) == ops.GZIP_MAGIC:
                 return None
             f.seek(0)
+            last = b"\n"
             while chunk := f.read(1 << 20):
                 total += chunk.count(b"\n")
+                last = chunk[-1:]
+            total += last != b"\n"  # a last line without a newline
     return total
 
 
@@ -111,8 +115,8 @@ def backfill(
     ] = False,
     report: Annotated[
         Path | None,
-        typer.Option(help="Where bad lines are listed (NDJSON: file, line, field, reason, raw). "
-                          "Default: beside the checkpoint.", dir_okay=False, show_default=False),
+        typer.Option(help="Where bad lines are listed (NDJSON: a header line, then file, line, field, reason, "
+                          "raw). Default: beside the checkpoint.", dir_okay=False, show_default=False),
     ] = None,
     checkpoint: Annotated[
         Path | None,
@@ -133,24 +137,25 @@ def backfill(
     Resumable: after every batch Kafka acknowledged, a checkpoint records the
     lines delivered; the same command resumes after them (and says "already
     backfilled" when nothing is left). Exit 0 when done, 1 on bad lines
-    (without --skip-bad) or failures, 130 when interrupted.
+    (without --skip-bad; with it, when no line at all was valid) or
+    failures, 130 when interrupted.
     """
     if table is not None and table not in TABLES:
         raise typer.BadParameter(f"unknown table {table!r}; expected one of {', '.join(TABLES)}", param_hint="--table")
+    # Every local check (inputs, paths, prefix) before Kafka is asked anything.
+    job = ops.Backfill(files, topic_prefix=topic_prefix, table=table, checkpoint=checkpoint, report=report,
+                       skip_bad=skip_bad, restart=restart, batch_lines=batch_lines)
     require_topics(reach_kafka(kafka, timeout), topic_prefix)
+    cluster = admin_client(kafka).list_topics(timeout=timeout).cluster_id
     producer = SocietyProducer(ProducerSettings(
         kafka=kafka, topic_prefix=topic_prefix, client_id=f"{kafka.client_id}-backfill",
         extra={"logger": librdkafka_logger()},
     ))
-    job = ops.Backfill(
-        ops.ProducerSink(producer), files, topic_prefix=topic_prefix, table=table, checkpoint=checkpoint,
-        report=report, skip_bad=skip_bad, restart=restart, batch_lines=batch_lines,
-    )
     total = _lines_in(files) if err_console.is_terminal else None
     resume = f"run the same command again to resume (checkpoint {job.checkpoint_path})"
     try:
         with StopOnSignal() as stop, Progress("backfill", total) as bar:
-            result = job.run(stop, bar.advance)
+            result = job.run(ops.ProducerSink(producer, cluster), stop, bar.advance)
     except KeyboardInterrupt:
         producer.abort()  # the batch in hand is not checkpointed: a resume sends it again
         fail(f"interrupted at once: {resume}", EXIT_INTERRUPTED)
@@ -168,6 +173,12 @@ def backfill(
         _summary(result)
     if result.state == ops.STOPPED:
         _stopped(result)
+    if result.state == ops.NO_VALID_LINE:
+        listed = f", listed in {result.report}" if result.report else ""
+        fail(f"no valid line: nothing sent ({sum(c.skipped for c in result.totals.values()):,} bad line(s){listed})")
     if result.state == ops.INTERRUPTED:
+        if result.was_complete and not result.sent:
+            fail("interrupted while re-checking a finished backfill: nothing was sent (every line had been "
+                 "delivered; run it again only to look for lines appended since)", EXIT_INTERRUPTED)
         file, delivered = result.position or ("?", 0)
         fail(f"interrupted: lines 1–{delivered:,} of {file} are delivered; {resume}", EXIT_INTERRUPTED)

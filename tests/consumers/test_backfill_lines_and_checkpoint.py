@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
 import json
+import math
 import uuid
-from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +13,7 @@ import pytest
 from consumers import backfill as bf
 from consumers._files import write_atomically
 from producers import ids
-
-RUN = "6d1c1b0e-0c5e-4f7b-9a43-5d1f0c2b7e11"
-STARTED = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-
-
-def memory(i: int, **extra: Any) -> dict[str, Any]:
-    return {"table": "agent_memories", "agent_id_str": f"agent_{i % 7}", "simulation_run_id": RUN,
-            "step_timestamp": i // 7, "real_timestamp": "2024-05-01T12:00:00.123456+02:00",
-            "content": f"memory {i}", "importance": 0.25, "tags": ["trade"], **extra}
-
-
-def line(obj: Any) -> bytes:
-    return (json.dumps(obj) + "\n").encode()
+from support.backfill_fakes import RUN, STARTED, FakeSink, Killed, keys, line, memory, run, write_lines
 
 
 def parse(raw: bytes | str, table: str | None = None) -> tuple[str, dict[str, Any]] | None:
@@ -91,6 +77,17 @@ def test_jsonb_takes_any_json_value_and_a_string_as_json_text_keeping_every_digi
     assert rec["details"] is None
 
 
+def test_negative_zero_keeps_its_sign_in_a_real_column_and_is_0_in_an_integer_one():
+    # PostgreSQL writes a REAL -0 as -0, which JSON reads as an integer (Python's int 0 has no sign).
+    for text in ("-0", "-0.0", "-0e0"):
+        raw = f'{{"table": "agent_memories", "importance": {text}, "step_timestamp": -0}}'
+        _, rec = parse(raw)
+        assert math.copysign(1, rec["importance"]) == -1.0 and type(rec["importance"]) is float, text
+        assert rec["step_timestamp"] == 0 and type(rec["step_timestamp"]) is int
+    _, rec = parse(b'{"table": "simulation_events", "details": {"x": -0}, "step_timestamp": 1}')
+    assert rec["details"] == '{"x":0}'  # jsonb numbers have no negative zero
+
+
 def test_states_without_updated_at_get_the_backfills_start_time():
     _, rec = parse(line({"table": "agents", "creation_run_id": RUN, "agent_id_str": "a"}))
     assert rec["updated_at"] == STARTED
@@ -125,49 +122,6 @@ def test_lines_that_carry_ids_keep_them():
 
 
 # -- backfill runs with a fake sink ----------------------------------------------------
-
-class Killed(Exception):
-    """Stands in for SIGKILL at a chosen point of a batch."""
-
-
-class FakeSink:
-    """Records what was sent and acknowledged; can be killed before or after a batch's acknowledgement."""
-
-    def __init__(self, max_message_bytes: int = 1_000_000) -> None:
-        self.max_message_bytes = max_message_bytes
-        self.pending: list[tuple[str, dict[str, Any]]] = []
-        self.acked: list[tuple[str, dict[str, Any]]] = []
-        self.batches = 0
-        self.kill_before_ack_at: int | None = None
-        self.kill_after_ack_at: int | None = None
-
-    def send(self, table: str, fields: dict[str, Any]) -> None:
-        self.pending.append((table, fields))
-
-    def deliver(self) -> None:
-        self.batches += 1
-        if self.batches == self.kill_before_ack_at:
-            self.pending.clear()
-            raise Killed
-        self.acked.extend(self.pending)
-        self.pending.clear()
-        if self.batches == self.kill_after_ack_at:
-            raise Killed
-
-
-def write_lines(path: Path, objs: list[Any], compress: bool = False) -> Path:
-    data = b"".join(line(o) for o in objs)
-    path.write_bytes(gzip.compress(data) if compress else data)
-    return path
-
-
-def run(sink: FakeSink, files: list[Path], **options: Any) -> bf.BackfillResult:
-    return bf.Backfill(sink, files, topic_prefix="t", batch_lines=options.pop("batch_lines", 10), **options).run()
-
-
-def keys(acked: list[tuple[str, dict[str, Any]]]) -> Counter:
-    return Counter(str(f["memory_id"]) for t, f in acked if t == "agent_memories")
-
 
 @pytest.mark.parametrize("compress", [False, True])
 def test_a_backfill_sends_every_line_once_and_a_rerun_sends_nothing(tmp_path, compress):
@@ -216,7 +170,8 @@ def test_a_bad_line_stops_before_its_batch_is_sent_and_skip_bad_reports_it(tmp_p
     assert len(sink.acked) == 10  # the first batch only
     done = run(sink, [path], skip_bad=True)
     assert done.state == bf.COMPLETE and done.sent == 18 and done.bad_lines == 2 and len(sink.acked) == 28
-    report = [json.loads(x) for x in Path(done.report).read_text().splitlines()]
+    header, *report = [json.loads(x) for x in Path(done.report).read_text().splitlines()]
+    assert header["format"] == bf.REPORT_FORMAT
     # The stopped run's entry was cut off (its batch was not checkpointed); each bad line is listed once.
     assert [(r["line"], r["field"]) for r in report] == [(15, "importance"), (23, "colour")]
     assert json.loads(report[1]["raw"])["colour"] == "red" and report[0]["file"] == str(path)
@@ -244,7 +199,7 @@ def test_a_checkpoint_of_other_inputs_is_never_applied(tmp_path):
     with pytest.raises(bf.CheckpointMismatchError, match="belongs to another backfill"):
         run(FakeSink(), [b], checkpoint=checkpoint)
     with pytest.raises(bf.CheckpointMismatchError):
-        bf.Backfill(FakeSink(), [a], topic_prefix="other", checkpoint=checkpoint).run()
+        bf.Backfill([a], topic_prefix="other", checkpoint=checkpoint).run(FakeSink())
     # Different arguments have different default checkpoints; the report sits beside its checkpoint.
     assert bf.default_checkpoint([a], None, "t") != bf.default_checkpoint([a], None, "other")
     assert bf.default_checkpoint([a], None, "t").parent == tmp_path

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import uuid
 from collections import Counter
 from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from consumers.backfill import GENERATED_COLUMNS
+from consumers.backfill import GENERATED_COLUMNS, CheckpointLock
+from consumers.topics import admin_client
 from producers import tables
 from producers.columns import COLUMNS
 from support.backfill_helpers import (
@@ -85,7 +88,8 @@ def test_good_lines_land_and_bad_lines_are_reported_with_their_line_numbers(
     summary = json.loads(done.stdout)
     assert summary["state"] == "complete" and summary["resumed_lines"] == 5 and summary["blank_lines"] == 1
     assert summary["ignored_columns"] == {"market_transactions.transaction_id_pk": 5, "simulation_events.event_id": 8}  # line 33 is bad
-    report = [json.loads(x) for x in Path(summary["report"]).read_text().splitlines()]
+    header, *report = [json.loads(x) for x in Path(summary["report"]).read_text().splitlines()]
+    assert header == {"format": "society-ingest backfill report", "version": 1, "checkpoint": summary["checkpoint"]}
     assert {r["line"]: r["field"] for r in report} == bad
     assert all(r["file"] == str(path) and r["reason"] and r["raw"] for r in report)
     assert messages(services.bootstrap, topic_prefix) == {t: good[t] for t in tables.TABLES}
@@ -211,3 +215,87 @@ def test_the_generated_columns_are_exactly_those_the_tables_add_to_the_records(d
         in_db = {c for (c,) in fetch(database_url, "SELECT column_name FROM information_schema.columns "
                                                    "WHERE table_name = %s", (table,))}
         assert in_db - {c.name for c in COLUMNS[table]} == set(GENERATED_COLUMNS.get(table, ())), table
+
+
+def _one_error_line(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    return lines[0]
+
+
+def test_a_later_state_without_updated_at_wins_when_the_worker_loads_it_in_a_later_batch(
+        services, database_url, topic_prefix, tmp_path):
+    run_line = {"table": "simulation_runs", "run_id": RUN, "start_time": "2024-05-01T10:00:00+00:00",
+                "status": "running"}
+    agent = {"table": "agents", "creation_run_id": RUN, "agent_id_str": "agent_0", "persona": "farmer"}
+    path = write_ndjson(tmp_path / "states.ndjson", [run_line, agent])
+    args = ("backfill", str(path), "--topic-prefix", topic_prefix, "--json")
+    assert society_ingest(services, *args).returncode == 0
+    load_everything(services, database_url, topic_prefix)
+    # The later states, appended: sent by the same backfill (same start time), loaded in a batch of their own.
+    with path.open("a") as f:
+        f.write(json.dumps({**run_line, "status": "completed"}) + "\n" + json.dumps({**agent, "persona": "miller"}) + "\n")
+    again = society_ingest(services, *args)
+    assert again.returncode == 0 and json.loads(again.stdout)["sent"] == 2, again.stderr
+    stats = load_everything(services, database_url, topic_prefix)
+    assert sum(stats.duplicates.values()) == 0
+    assert fetch(database_url, "SELECT status FROM simulation_runs") == [("completed",)]
+    assert fetch(database_url, "SELECT persona FROM agents") == [("miller",)]
+    (agent_at, run_at), = fetch(database_url, "SELECT a.updated_at, r.updated_at FROM agents a, simulation_runs r")
+    assert agent_at - run_at == timedelta(microseconds=1)  # lines 4 and 3 of the inputs
+
+
+def test_a_checkpoint_of_another_kafka_cluster_is_refused_in_one_line(services, topic_prefix, tmp_path):
+    path = write_ndjson(tmp_path / "m.ndjson", [memory(i) for i in range(3)])
+    checkpoint = tmp_path / "cp.json"
+    args = ("backfill", str(path), "--topic-prefix", topic_prefix, "--checkpoint", str(checkpoint))
+    assert society_ingest(services, *args).returncode == 0
+    state = json.loads(checkpoint.read_text())
+    cluster = admin_client(services.bootstrap).list_topics(timeout=WAIT_TIMEOUT_S).cluster_id
+    assert cluster and state["kafka_cluster"] == cluster
+    checkpoint.write_text(json.dumps({**state, "kafka_cluster": "another-cluster"}))
+    refused = _one_error_line(society_ingest(services, *args))
+    assert refused == (f"error: checkpoint {checkpoint} records lines delivered to Kafka cluster another-cluster, but "
+                       f"these brokers are cluster {cluster}: pass --restart to send every line to this one, or "
+                       "--checkpoint for a backfill of its own")
+    assert messages(services.bootstrap, topic_prefix)["agent_memories"] == 3
+    assert society_ingest(services, *args, "--restart").returncode == 0
+    assert messages(services.bootstrap, topic_prefix)["agent_memories"] == 6
+
+
+def test_a_second_backfill_of_a_checkpoint_in_use_fails_at_once_and_sends_nothing(services, topic_prefix, tmp_path):
+    path = write_ndjson(tmp_path / "m.ndjson", [memory(i) for i in range(3)])
+    checkpoint = tmp_path / "cp.json"
+    args = ("backfill", str(path), "--topic-prefix", topic_prefix, "--checkpoint", str(checkpoint))
+    with CheckpointLock(checkpoint):  # as a backfill running in another process holds it
+        refused = _one_error_line(society_ingest(services, *args))
+    assert refused == (f"error: another backfill is running with the checkpoint {checkpoint} (it holds "
+                       f"{checkpoint}.lock): wait until it ends, or give this one its own --checkpoint")
+    assert messages(services.bootstrap, topic_prefix)["agent_memories"] == 0 and not checkpoint.exists()
+    assert society_ingest(services, *args).returncode == 0
+
+
+def test_skip_bad_with_no_valid_line_exits_1_saying_nothing_was_sent(services, topic_prefix, tmp_path):
+    path = write_ndjson(tmp_path / "bad.ndjson", [{**memory(i), "colour": "red"} for i in range(3)])
+    args = ("backfill", str(path), "--topic-prefix", topic_prefix, "--skip-bad")
+    out = society_ingest(services, *args)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: no valid line: nothing sent (3 bad line(s), listed in ")
+    assert sum(messages(services.bootstrap, topic_prefix).values()) == 0
+
+
+def test_backfill_never_writes_an_input_and_reads_only_regular_files(services, topic_prefix, tmp_path):
+    path = write_ndjson(tmp_path / "m.ndjson", [memory(1), {**memory(2), "colour": "red"}])
+    before = path.read_bytes()
+    base = ("backfill", str(path), "--topic-prefix", topic_prefix, "--skip-bad")
+    for extra in (("--report", str(path)), ("--checkpoint", str(path), "--restart")):
+        assert "which is an input file: the backfill never writes its inputs" in _one_error_line(
+            society_ingest(services, *base, *extra))
+    assert path.read_bytes() == before
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert _one_error_line(society_ingest(services, "backfill", str(fifo), "--topic-prefix", topic_prefix)) == (
+        f"error: {fifo} is not a regular file: backfill reads regular files (it re-reads them to resume); save "
+        "the lines to a file first")
+    assert "is not a topic prefix" in _one_error_line(society_ingest(services, *base[:2], "--topic-prefix", "a b"))

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
+import psycopg
 import pytest
 
 from consumers.topics import admin_client, all_topics, create_topics
-from support.backfill_helpers import load_everything, rows_of_run_differ, society_ingest
-from support.db import clone_database, drop_database
-from support.pipeline import producer
+from support.backfill_helpers import cli_env, load_everything, rows_of_run_differ, society_ingest
+from support.db import clone_database, drop_database, fetch
+from support.pipeline import WAIT_TIMEOUT_S, producer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +55,10 @@ def record_awkward_run(bootstrap: str, prefix: str) -> uuid.UUID:
                                 seller_id="agent_1", quantity=0.1, price_per_unit=3.4e38, total_cost=1e-7,
                                 buy_order_id="b1")
     p.record_bank_transaction("bt_1", 1, account_id="acct_0", agent_id="agent_0", transaction_type="withdrawal",
-                              amount=-12.75, balance_after=0.0, counterparty_id="acct_1", reference_id="loan_1")
+                              amount=-12.75, balance_after=-0.0, counterparty_id="acct_1", reference_id="loan_1")
+    # REAL's largest values as PostgreSQL prints them (shortest digits: above FLT_MAX as doubles).
+    p.record_bank_transaction("bt_2", 2, account_id="acct_0", agent_id="agent_0", transaction_type="deposit",
+                              amount=3.4028235e38, balance_after=-3.4028235e38)
     p.record_event("E1", 0, agent_id_primary="agent_0",
                    details={"nested": {"deep": [1, {"x": None}]}, "big": 2**70, "f": 0.1})
     p.record_event("E2", 0, details='"just a jsonb string"')
@@ -62,7 +71,9 @@ def record_awkward_run(bootstrap: str, prefix: str) -> uuid.UUID:
 
 
 EXPORTED = {"simulation_runs": 1, "agents": 2, "agent_memories": 4, "market_transactions": 1,
-            "banking_transactions": 1, "simulation_events": 5}
+            "banking_transactions": 2, "simulation_events": 5}
+#: REALs whose text must come back the same: equality (-0 = 0) and EXCEPT ALL cannot tell the sign of zero.
+REAL_TEXTS = "SELECT transaction_sim_id, amount::text, balance_after::text FROM banking_transactions ORDER BY 1"
 
 
 def test_export_then_backfill_into_a_fresh_database_reproduces_the_run_exactly(
@@ -90,6 +101,8 @@ def test_export_then_backfill_into_a_fresh_database_reproduces_the_run_exactly(
     differ = rows_of_run_differ(database_url, dst_url, run_id)
     # Every column of every row, both ways; the stub agent is recreated the same by the worker.
     assert differ == {t: (n + (t == "agents"), 0, 0) for t, n in EXPORTED.items()}
+    reals = [("bt_1", "-12.75", "-0"), ("bt_2", "3.4028235e+38", "-3.4028235e+38")]
+    assert fetch(database_url, REAL_TEXTS) == fetch(dst_url, REAL_TEXTS) == reals
 
 
 def test_export_to_stdout_of_some_tables_with_the_summary_on_stderr(services, database_url, topic_prefix):
@@ -111,3 +124,74 @@ def test_export_of_an_unknown_run_exits_1_with_one_line_and_writes_no_file(servi
     assert out.stderr.startswith(f"error: run {run_id} is not in PostgreSQL at postgres@")
     assert len(out.stderr.strip().splitlines()) == 1 and "society-local" not in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@contextmanager
+def events_locked(database_url: str) -> Iterator[None]:
+    """Hold simulation_events in ACCESS EXCLUSIVE mode: an export writes the parents, then waits there."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("LOCK TABLE simulation_events IN ACCESS EXCLUSIVE MODE")
+        yield
+        conn.rollback()
+
+
+def waiting_on_the_lock(database_url: str) -> bool:
+    return fetch(database_url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND wait_event_type = 'Lock'")[0][0] > 0
+
+
+def spawn_export(services: Any, database_url: str, *args: str, **popen: Any) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "consumers.cli", "export", *args],
+                            env=cli_env(services, database_url), text=True, **popen)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_export_removes_its_partial_file_and_says_so_in_one_line(
+        services, database_url, topic_prefix, tmp_path, sig):
+    run_id = record_awkward_run(services.bootstrap, topic_prefix)
+    load_everything(services, database_url, topic_prefix)
+    out = tmp_path / "run.ndjson"
+    with events_locked(database_url):
+        proc = spawn_export(services, database_url, "--run", str(run_id), "-o", str(out), stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: waiting_on_the_lock(database_url) or proc.poll() is not None, "the export waiting")
+            assert [p.name for p in tmp_path.iterdir()][0].endswith(".partial")
+            proc.send_signal(sig)
+            _, stderr = proc.communicate(timeout=WAIT_TIMEOUT_S)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130
+    assert stderr.strip() == f"error: interrupted: {out} was not written (the partial file is removed)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_whose_reader_goes_away_stops_quietly(services, database_url, topic_prefix):
+    run_id = record_awkward_run(services.bootstrap, topic_prefix)
+    load_everything(services, database_url, topic_prefix)
+    with events_locked(database_url):
+        proc = spawn_export(services, database_url, "--run", str(run_id), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: waiting_on_the_lock(database_url) or proc.poll() is not None, "the export waiting")
+            proc.stdout.close()  # `export … | head -1`: the reader is gone before the events are written
+        except BaseException:
+            proc.kill()
+            raise
+    try:
+        assert proc.wait(WAIT_TIMEOUT_S) == 141
+        assert proc.stderr.read() == ""
+    finally:
+        proc.kill()
+        proc.stderr.close()
+
+
+def test_an_unusable_output_is_refused_before_the_export_starts(services, tmp_path):
+    unreachable = "postgresql://postgres@127.0.0.1:1/nowhere"  # never asked: the output is checked first
+    (tmp_path / "file").write_text("x")
+    for output, reason in [(tmp_path, "it is a folder"), (tmp_path / "file" / "x.ndjson", f"{tmp_path / 'file'} is "
+                                                                                         "not a folder"),
+                           (tmp_path / "no" / "x.ndjson", f"the folder {tmp_path / 'no'} does not exist")]:
+        out = society_ingest(services, "export", "--run", str(uuid.uuid4()), "-o", str(output),
+                             database_url=unreachable)
+        assert out.returncode == 1 and out.stderr.strip() == f"error: cannot write {output}: {reason}" + (
+            f"; give a file name, e.g. {output / 'run.ndjson.gz'}" if output == tmp_path else ""), out.stderr

@@ -344,8 +344,19 @@ def test_importance_must_be_finite_and_within_0_and_1(value: float, reason: str)
     assert err.value == value or (math.isnan(err.value) and math.isnan(value))
 
 
+#: FLT_MAX plus half its last unit: the smallest double that rounds to float4 infinity.
+FLOAT4_OVERFLOW = 3.4028235677973366e38
 REALS = [(float("nan"), "finite"), (float("inf"), "finite"), (float("-inf"), "finite"),
-         (3.5e38, "REAL"), (-3.5e38, "REAL"), (1e300, "REAL"), (int(REAL_MAX) * 2, "REAL")]
+         (3.5e38, "REAL"), (-3.5e38, "REAL"), (1e300, "REAL"), (int(REAL_MAX) * 2, "REAL"),
+         (FLOAT4_OVERFLOW, "REAL"), (-FLOAT4_OVERFLOW, "REAL")]
+
+
+@pytest.mark.parametrize(("table", "field"), FLOAT_FIELDS, ids=_ids(FLOAT_FIELDS))
+def test_reals_that_round_to_float4_max_fit_and_negative_zero_keeps_its_sign(table: str, field: str) -> None:
+    # 3.4028235e38 is FLT_MAX printed shortest (PostgreSQL's REAL output): above REAL_MAX as a double.
+    for given in (3.4028235e38, -3.4028235e38, math.nextafter(FLOAT4_OVERFLOW, 0), -0.0):
+        out = validate_record(table, {**valid(table), field: given})
+        assert out[field] == given and math.copysign(1, out[field]) == math.copysign(1, given)
 
 
 @pytest.mark.parametrize(("table", "field"), FLOAT_FIELDS, ids=_ids(FLOAT_FIELDS))
