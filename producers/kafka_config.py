@@ -8,7 +8,7 @@ its values with :func:`resolve`, from (first wins):
 
 1. flags (``--security-protocol`` …; no flag takes a password, only a password *file*),
 2. a config file (``--kafka-config FILE`` or ``KAFKA_CONFIG_FILE``): ``key=value``
-   lines with librdkafka's property names, ``#`` comments (see :func:`read_config_file`),
+   (or ``key: value``, ``key value``) lines with librdkafka's property names, ``#`` comments (see :func:`read_config_file`),
 3. the environment (``KAFKA_SECURITY_PROTOCOL`` …, each name in :data:`SETTINGS`),
 4. defaults.
 
@@ -255,14 +255,22 @@ def read_environment(environ: Mapping[str, str], on_secret: Callable[[str], None
     return found
 
 
-def read_config_file(path: str | Path, on_secret: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The settings in a client config file: ``key=value`` lines with librdkafka's names, ``#`` or ``!`` comments.
+# A Java properties line: the key ends at the first '=', ':' or whitespace; one '=' or ':' may follow,
+# with whitespace around it (``key=value``, ``key: value``, ``key value``).
+_PROPERTY = re.compile(r"(?P<key>[^=:\s]*)\s*(?P<sep>[=:]?)\s*(?P<value>.*)")
 
-    Keys: those of :data:`SETTINGS` (``bootstrap.servers``, ``security.protocol``,
+
+def read_config_file(path: str | Path, on_secret: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The settings in a client config file: Java properties lines with librdkafka's names, ``#`` or ``!`` comments.
+
+    A line is ``key=value``, ``key: value`` or ``key value`` (as Kafka's
+    ``client.properties``; no escapes or continued lines). Keys: those of
+    :data:`SETTINGS` (``bootstrap.servers``, ``security.protocol``,
     ``sasl.mechanism``, ``sasl.username``, ``sasl.password``, ``ssl.ca.location`` …).
-    An unknown key, a line without ``=`` or a key given twice is an error naming
-    the line, never quoting it (it may hold a password). A password in it is
-    as safe as the file's permissions: make it readable by its owner only.
+    An unknown key, a key without a value or a key given twice is an error naming
+    the line, never quoting its text (a line that is not a known key may be a
+    password); only a known key is named. A password in the file is as safe as
+    the file's permissions: make it readable by its owner only.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -274,14 +282,13 @@ def read_config_file(path: str | Path, on_secret: Callable[[str], None] | None =
         line = raw.strip()
         if not line or line[0] in "#!":
             continue
-        key, sep, value = (part.strip() for part in line.partition("="))
+        match = _PROPERTY.fullmatch(line)
+        key, value = (match["key"], match["value"].strip()) if match else ("", "")
         setting = _BY_KEY.get(key)
-        if not sep:
-            raise KafkaSettingsError(f"{path}, line {number}: expected key=value")
         if setting is None:
             raise KafkaSettingsError(
-                f"{path}, line {number}: unknown key {key!r}; known: {', '.join(s.key for s in SETTINGS)} "
-                "(other librdkafka properties go in -X KEY=VALUE)")
+                f"{path}, line {number}: not one of the known keys ({', '.join(s.key for s in SETTINGS)}) "
+                "followed by '=', ':' or a space and its value (other librdkafka properties go in -X KEY=VALUE)")
         if setting.field in found:
             raise KafkaSettingsError(f"{path}, line {number}: {key} is given twice")
         if setting.secret and value and on_secret is not None:

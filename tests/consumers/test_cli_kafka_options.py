@@ -114,3 +114,30 @@ def test_a_kafka_password_is_masked_wherever_it_stands_alone() -> None:
     secrets.add(None)
     assert secrets.scrub("authentication failed (password ion) [ion], ion=ion") == (
         "authentication failed (password ***) [***], ***=***")
+
+
+@pytest.mark.parametrize("line", [f"sasl.passwrd: {SECRET}==", f"sasl.passwrd {SECRET}", f"{SECRET}=="],
+                         ids=["colon", "space", "bare"])
+def test_a_bad_config_file_line_is_never_printed_even_with_debug(tmp_path: Path, line: str) -> None:
+    config = tmp_path / "p.properties"
+    config.write_text(f"bootstrap.servers=h:1\nsecurity.protocol=SASL_SSL\n\n\n{line}\n")
+    for debug in ([], ["--debug"]):
+        ran = cli(*debug, "topics", "list", "--kafka-config", str(config))
+        assert ran.returncode != 0, ran.stderr
+        assert f"{config}, line 5: not one of the known keys" in ran.stderr
+        assert SECRET not in ran.stderr + ran.stdout
+    ran = cli("topics", "list", KAFKA_CONFIG_FILE=str(config))
+    assert "line 5: not one of the known keys" in ran.stderr and SECRET not in ran.stderr + ran.stdout
+
+
+def test_the_drop_in_handler_never_quotes_a_bad_config_file_line(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from producers.errors import KafkaSettingsError
+    from producers.handler import resolve_kafka
+
+    config = tmp_path / "p.properties"
+    config.write_text(f"bootstrap.servers=h:1\n{SECRET}==\n")
+    monkeypatch.setenv("KAFKA_CONFIG_FILE", str(config))
+    with pytest.raises(KafkaSettingsError, match="line 2: not one of the known keys") as e:
+        resolve_kafka(None, None, None)
+    assert SECRET not in str(e.value)

@@ -98,8 +98,10 @@ def test_an_empty_password_file_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    (f"sasl.password {SECRET}\n", r"line 1: expected key=value"),
-    (f"\nsasl.jaas.config={SECRET}\n", r"line 2: unknown key 'sasl.jaas.config'; known: bootstrap.servers, .* -X"),
+    (f"{SECRET}==\n", r"line 1: not one of the known keys \(bootstrap.servers, .*\) followed by .* -X KEY=VALUE"),
+    (f"\n{SECRET}\n", r"line 2: not one of the known keys"),
+    (f"\nsasl.jaas.config={SECRET}\n", r"line 2: not one of the known keys"),
+    (f"sasl.pasword: {SECRET}\n", r"line 1: not one of the known keys"),
     ("sasl.username=a\nsasl.username=b\n", r"line 2: sasl.username is given twice"),
 ])
 def test_config_file_errors_name_the_line_never_its_text(tmp_path: Path, text: str, message: str) -> None:
@@ -107,6 +109,13 @@ def test_config_file_errors_name_the_line_never_its_text(tmp_path: Path, text: s
     with pytest.raises(KafkaSettingsError, match=message) as e:
         read_config_file(path)
     assert SECRET not in str(e.value)
+
+
+@pytest.mark.parametrize("line", [f"sasl.password: {SECRET}", f"sasl.password {SECRET}", f"sasl.password={SECRET}",
+                                  f"  sasl.password \t=  {SECRET}  ", f"sasl.password:{SECRET}"])
+def test_config_file_lines_are_java_properties(tmp_path: Path, line: str) -> None:
+    got = read_config_file(_file(tmp_path, "c", f"bootstrap.servers: h:1\n{line}\n"))
+    assert got == {"bootstrap_servers": "h:1", "sasl_password": SECRET}
 
 
 def test_config_file_keys_are_librdkafkas(tmp_path: Path) -> None:
