@@ -165,7 +165,11 @@ class Worker:
 
     def _on_kafka_error(self, err: Any) -> None:
         """librdkafka's client-level errors, served by consume(); the rest it logs itself."""
-        self._refused = self._refused or self.settings.kafka.refused(err)
+        self._refused = self._refused or self.settings.kafka.refused(err) or self._denied(err)
+
+    def _denied(self, err: Any, topic: str | None = None) -> str | None:
+        """One line if the brokers' ACLs deny this worker its group, a topic or the cluster, else None."""
+        return self.settings.kafka.denied(err, group=self.settings.group_id, topic=topic)
 
     def _start(self, consumer: Consumer) -> None:
         """Join the group; partitions come through the rebalance callbacks."""
@@ -256,6 +260,9 @@ class Worker:
         if err is not None:
             if err.fatal():
                 raise KafkaException(err)
+            denied = self._denied(err, msg.topic())
+            if denied is not None:  # an ACL: retrying cannot help
+                raise ConfigurationError(denied)
             log.warning("consumer error: %s", err)
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()

@@ -200,6 +200,32 @@ class KafkaClientSettings(BaseModel):
                     f"{BY_FIELD['security_protocol'].env}")
         return None
 
+    def principal(self) -> str:
+        """Who the brokers see, for messages: the SASL user, else the anonymous (or certificate) principal."""
+        if self.sasl_username:
+            return f'user "{self.sasl_username}"'
+        if self.ssl_certificate_location:
+            return "the principal of the client certificate"
+        return "User:ANONYMOUS (no SASL user)"
+
+    def denied(self, error: Any, *, group: str | None = None, topic: str | None = None) -> str | None:
+        """One line for a librdkafka error that means the brokers' ACLs deny these settings, else None.
+
+        Authorization fails the same way on every retry: the caller treats it as
+        a configuration failure. `group` and `topic` name what was asked for.
+        """
+        from confluent_kafka import KafkaError
+
+        what = {KafkaError.GROUP_AUTHORIZATION_FAILED: "group", KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic",
+                KafkaError.CLUSTER_AUTHORIZATION_FAILED: "the cluster",
+                KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "its transactional id"}.get(error.code())
+        if what is None:
+            return None
+        target = {"group": f"group {group}" if group else "its consumer group",
+                  "topic": f"topic {topic}" if topic else "a topic"}.get(what, what)
+        return (f"Kafka at {self.describe()}: {self.principal()} is not authorized for {target} "
+                f"({error.name()}): check its ACLs")
+
 
 # "sasl_ssl://127.0.0.1:19094/bootstrap: SASL authentication error: … (after 322ms in state AUTH_REQ)"
 _BROKER = re.compile(r"^\w+://\S+: ")

@@ -175,7 +175,7 @@ def replay(
             if applied:
                 err_console.print(f"schema {target_schema}: applied {len(applied)} migration(s)")
             target = in_schema(live, target_schema)
-    require_topics(reach_kafka(kafka, timeout, extra), topic_prefix, chosen)
+    require_topics(reach_kafka(kafka, timeout, extra), topic_prefix, chosen, kafka=kafka)
 
     settings = WorkerSettings(
         kafka=kafka,
