@@ -86,6 +86,11 @@ def print_error(message: str) -> None:
     err_console.print(rich_text.Text("error: ", style="bold red") + rich_text.Text(message), soft_wrap=True)
 
 
+def print_warning(message: str) -> None:
+    """``warning: <message>`` on stderr, on one line however wide the message."""
+    err_console.print(rich_text.Text("warning: ", style="bold yellow") + rich_text.Text(message), soft_wrap=True)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Exit non-zero with one clear line."""
     print_error(message)

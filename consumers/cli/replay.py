@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from consumers._deps import psycopg
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options, properties
 from consumers.cli._options import (
-    DatabaseUrl, Json, Prefix, Timeout, console, err_console, fail, print_json,
+    DatabaseUrl, Json, Prefix, Timeout, console, err_console, fail, print_json, print_warning,
     print_table, setup_logging, typer,
 )
 from consumers.cli._progress import Progress
@@ -172,6 +172,8 @@ def replay(
             require_schema(live)
         else:
             applied = create_schema(live, target_schema)
+            for notice in applied.notices:
+                print_warning(notice)
             if applied:
                 err_console.print(f"schema {target_schema}: applied {len(applied)} migration(s)")
             target = in_schema(live, target_schema)

@@ -131,3 +131,13 @@ def test_a_role_without_temp_gets_a_clear_message(services, database_url, topic_
     with WorkerThread(worker_settings(services.bootstrap, loader, topic_prefix)) as w:
         wait_for(lambda: w.error is not None or count(database_url, "agent_memories") == 1, "the memory")
         w.stop()
+
+
+def test_migrate_as_a_role_without_ddl_rights_says_to_run_it_as_the_owner(services, database_url, login_role):
+    # The failure comes before any migration, at the bookkeeping table: not the loader's GRANT hint.
+    reader = login_role("society_reader")
+    ran = _cli(services, reader, "migrate")
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+    assert "cannot prepare schema_migrations" in ran.stderr
+    assert "migrate creates and alters tables: run it as the owner of the schema" in ran.stderr
+    assert "GRANT society_loader" not in ran.stderr and "role-pw" not in ran.stderr
