@@ -17,6 +17,7 @@ from consumers.cli._options import (
 )
 from consumers.cli._progress import Progress
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema, require_topics
+from consumers.logs import bind_fields
 from consumers.migrations import create_schema, in_schema
 from consumers.replay import OffsetRange, Replay, ReplaySummary, Selection, TableSummary, replay_worker_id
 from consumers.settings import WorkerSettings
@@ -192,11 +193,12 @@ def replay(
         dead_letter_max_per_minute=dead_letter_max_per_minute,
         consumer_extra={**extra, "enable.partition.eof": True},
     )
+    bind_fields(worker_id=settings.worker_id)  # on every JSON log line, as the worker's
     with Progress("dry run" if dry_run else "replay", None) as bar:
         def planned(summary: ReplaySummary) -> None:
             bar.set_total(summary.total)
             for warning in summary.warnings:
-                err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, markup=True)
+                print_warning(warning)
             if summary.resumed_from:
                 err_console.print(f"resuming: {summary.resumed_from:,} offset(s) were replayed before")
 
@@ -213,7 +215,7 @@ def replay(
     summary.warnings.extend(late)
     _report(summary, as_json)
     for warning in late:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        print_warning(warning)
     if not summary.finished:
         done = f"{summary.scanned + summary.resumed_from:,} of {summary.total:,} offset(s)"
         fail(f"dry run stopped before the end: {done} read" if dry_run else
