@@ -76,3 +76,58 @@ def test_missing_topics_may_be_hidden_by_acls_when_a_user_is_configured() -> Non
     with pytest.raises(ConfigurationError, match=r"^topic\(s\) unit.agents, unit.dlq do not exist or are not visible "
                                                  r"to user ingest \(check its ACLs\): run `society-ingest topics"):
         require_topics(set(), PREFIX, ("agents",), kafka=kafka)
+
+
+class Message(ErrorMessage):
+    """A consumed record (no error), enough for the worker to take it."""
+
+    def __init__(self) -> None:
+        self._error, self._topic = None, f"{PREFIX}.agent_memories"
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 0
+
+    def value(self) -> None:
+        return None  # a tombstone: dead-lettered, which is enough to show Kafka answered
+
+    def key(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def headers(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("code", [KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT])
+def test_a_kafka_outage_degrades_the_worker_until_a_message_arrives(worker: Worker, code: int) -> None:
+    worker._accept(ErrorMessage(code))
+    assert worker.stats.degraded and worker.stats.last_error.startswith("Kafka at b:9094 (SASL_SSL")
+    worker._accept(Message())
+    assert not worker.stats.degraded
+
+
+def test_a_kafka_outage_reported_by_the_error_callback_ends_with_a_commit(worker: Worker) -> None:
+    worker._on_kafka_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+    assert worker.stats.degraded and worker._refused is None
+    worker._on_commit(KafkaError(KafkaError._TRANSPORT), [])
+    assert worker.stats.degraded
+    worker._on_commit(None, [])
+    assert not worker.stats.degraded
+
+
+def test_a_database_failure_during_a_kafka_outage_stays_degraded(worker: Worker) -> None:
+    worker._on_kafka_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+    worker.stats.last_error = "PostgreSQL at h: connection refused"  # what _retry sets meanwhile
+    worker._on_commit(None, [])
+    assert worker.stats.degraded
