@@ -253,8 +253,11 @@ def read_secret_file(path: str | Path, source: str, on_secret: Callable[[str], N
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise KafkaSettingsError(f"cannot read the password file {path} ({source}): "
-                                 f"{getattr(e, 'strerror', None) or e}") from None
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        if "/" not in str(path) and "\\" not in str(path):  # may be the password itself, set by mistake
+            raise KafkaSettingsError(f"the value of {source} is not a readable file ({reason}; "
+                                     "not shown: it may be a password)") from None
+        raise KafkaSettingsError(f"cannot read the password file {path} ({source}): {reason}") from None
     secret = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
     if not secret:
         raise KafkaSettingsError(f"the password file {path} ({source}) is empty")

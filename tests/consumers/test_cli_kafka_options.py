@@ -141,3 +141,23 @@ def test_the_drop_in_handler_never_quotes_a_bad_config_file_line(tmp_path: Path,
     with pytest.raises(KafkaSettingsError, match="line 2: not one of the known keys") as e:
         resolve_kafka(None, None, None)
     assert SECRET not in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["sasl.oauthbearer.assertion.private.key.passphrase", "ssl.keystore.password",
+                                 "sasl.oauthbearer.client.secret", "sasl.oauthbearer.assertion.private.key.pem",
+                                 "ssl.key.pem", "some.future.Secret"])
+def test_every_secret_librdkafka_property_is_refused_by_its_name(key: str) -> None:
+    from consumers.cli._kafka import properties
+
+    with pytest.raises(typer.BadParameter, match=f"^{key} is refused on the command line") as e:
+        properties([f"{key}={SECRET}"])
+    assert SECRET not in str(e.value)
+    assert properties(["debug=all", "ssl.certificate.pem=x"]) == {"debug": "all", "ssl.certificate.pem": "x"}
+
+
+def test_a_property_without_equals_is_not_quoted() -> None:
+    from consumers.cli._kafka import properties
+
+    with pytest.raises(typer.BadParameter, match="value 2 is not KEY=VALUE") as e:
+        properties(["debug=all", SECRET])
+    assert SECRET not in str(e.value)

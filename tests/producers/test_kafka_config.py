@@ -91,6 +91,16 @@ def test_password_sources_that_do_not_add_up(environ: dict[str, str], message: s
     assert SECRET not in str(e.value)
 
 
+def test_a_password_file_variable_holding_a_password_is_not_shown() -> None:
+    env = {**SASL, "KAFKA_SASL_PASSWORD": "", "KAFKA_BOOTSTRAP_SERVERS": "h:1"}
+    with pytest.raises(KafkaSettingsError, match=r"^the value of KAFKA_SASL_PASSWORD_FILE is not a readable file "
+                                                 r"\(No such file or directory; not shown") as e:
+        resolve(environ={**env, "KAFKA_SASL_PASSWORD_FILE": "Zsecret9"})
+    assert "Zsecret9" not in str(e.value)
+    with pytest.raises(KafkaSettingsError, match=r"the value of --sasl-password-file is not a readable file"):
+        resolve(flags={"sasl_password_file": "Zsecret9"}, environ=env)
+
+
 def test_an_empty_password_file_is_an_error(tmp_path: Path) -> None:
     path = _file(tmp_path, "pw", "\n")
     with pytest.raises(KafkaSettingsError, match=f"the password file {path} \\(--sasl-password-file\\) is empty"):
