@@ -257,3 +257,13 @@ def test_in_json_log_format_every_stderr_line_is_json(services, database_url, de
     if debug:
         assert "Traceback" in error["exception"]
     assert SECRET not in ran.stderr + ran.stdout
+
+
+def test_verbose_with_librdkafka_debug_shows_its_debug_lines(services, database_url, topic_prefix):
+    ran = cli("consume", "-v", "-X", "debug=broker", "--topic-prefix", topic_prefix, "--idle-exit", "1",
+              "--group", f"{topic_prefix}-dbg", database_url=database_url, bootstrap=services.bootstrap)
+    assert ran.returncode == 0, ran.stderr
+    assert any(" DEBUG society_ingest.librdkafka: " in line for line in ran.stderr.splitlines()), ran.stderr[-2000:]
+    quiet = cli("consume", "-X", "debug=broker", "--topic-prefix", topic_prefix, "--idle-exit", "1",
+                "--group", f"{topic_prefix}-dbg", database_url=database_url, bootstrap=services.bootstrap)
+    assert " DEBUG society_ingest.librdkafka: " not in quiet.stderr
