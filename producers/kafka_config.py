@@ -391,5 +391,8 @@ def resolve(
         for err in e.errors():
             field = str(err["loc"][0]) if err["loc"] else None
             message = err["msg"].removeprefix("Value error, ")
+            for named, source in origin.items():  # "sasl_username (KAFKA_SASL_USERNAME)": where it really came from
+                if source != BY_FIELD[named].env:
+                    message = message.replace(_named(named), f"{named} (from {source})")
             problems.append(f"{field} from {origin.get(field, 'nowhere')}: {message}" if field else message)
         raise KafkaSettingsError("invalid Kafka settings: " + "; ".join(problems)) from None

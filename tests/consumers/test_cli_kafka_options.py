@@ -96,7 +96,7 @@ def test_inconsistent_settings_fail_before_connecting_with_one_line() -> None:
     lines = [line for line in ran.stderr.splitlines() if line.strip()]
     assert ran.returncode == 1 and len(lines) == 1, ran.stderr
     assert lines[0] == (
-        "error: invalid Kafka settings: sasl_username (KAFKA_SASL_USERNAME), sasl_password (KAFKA_SASL_PASSWORD) set, "
+        "error: invalid Kafka settings: sasl_username (from --sasl-username), sasl_password (KAFKA_SASL_PASSWORD) set, "
         "but security_protocol is PLAINTEXT: SASL needs SASL_SSL (or SASL_PLAINTEXT)")
 
 

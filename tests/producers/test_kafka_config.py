@@ -153,6 +153,14 @@ def test_inconsistent_settings_are_one_line_naming_the_variable(environ: dict[st
     assert "\n" not in str(e.value)
 
 
+def test_inconsistent_settings_name_the_file_or_flag_they_came_from(tmp_path: Path) -> None:
+    config = _file(tmp_path, "c", "sasl.username=u\n")
+    with pytest.raises(KafkaSettingsError, match=rf"sasl_username \(from sasl.username in {config}\) set, but "):
+        resolve(config_file=config, environ={"KAFKA_BOOTSTRAP_SERVERS": "h:1"})
+    with pytest.raises(KafkaSettingsError, match=r"ssl_ca_location \(from --ssl-ca-location\) set, but "):
+        resolve(flags={"ssl_ca_location": "/ca.pem"}, environ={"KAFKA_BOOTSTRAP_SERVERS": "h:1"})
+
+
 def test_validation_errors_never_quote_a_password() -> None:
     for build in (lambda: KafkaClientSettings(bootstrap_servers="h:1", sasl_password=SECRET),
                   lambda: ProducerSettings(kafka={"bootstrap_servers": "", "sasl_password": SECRET}),
