@@ -150,7 +150,8 @@ def migrate(database_url: str, ddl_dir: Path | None = None) -> Applied:
         if running:
             m = running[0]
             hint = _NOTICE_HINTS.get(m.name)
-            applied_now.notices.append(f"{m.version:04d}_{m.name}: {diag.message_primary}" + (f" — {hint}" if hint else ""))
+            notice = f"{m.version:04d}_{m.name}: {diag.message_primary}"
+            applied_now.notices.append(f"{notice} — {hint}" if hint else notice)
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         try:

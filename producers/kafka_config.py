@@ -8,7 +8,8 @@ its values with :func:`resolve`, from (first wins):
 
 1. flags (``--security-protocol`` …; no flag takes a password, only a password *file*),
 2. a config file (``--kafka-config FILE`` or ``KAFKA_CONFIG_FILE``): ``key=value``
-   (or ``key: value``, ``key value``) lines with librdkafka's property names, ``#`` comments (see :func:`read_config_file`),
+   (or ``key: value``, ``key value``) lines with librdkafka's property names, ``#``
+   comments (see :func:`read_config_file`),
 3. the environment (``KAFKA_SECURITY_PROTOCOL`` …, each name in :data:`SETTINGS`),
 4. defaults.
 

@@ -328,7 +328,8 @@ def test_a_delivery_error_says_how_long_it_waited_not_the_timeout(topic_prefix):
     # the flush ends then, well before its 30 s.
     p = producer(NOWHERE, topic_prefix, message_timeout_ms=500)
     p.start_run()
-    with pytest.raises(DeliveryError, match=r"^1 record\(s\) failed delivery and 0 still queued after [0-5]\.\ds;") as info:
+    waited = r"^1 record\(s\) failed delivery and 0 still queued after [0-5]\.\ds;"
+    with pytest.raises(DeliveryError, match=waited) as info:
         p.flush(timeout=30.0)
     assert "30.0s" not in str(info.value)
     p.abort()
