@@ -10,7 +10,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 from consumers import dlq
 from consumers._deps import psycopg
-from consumers.errors import TransientError
+from consumers.errors import ConfigurationError, TransientError
 from consumers.kafka_clients import client_config
 from producers import tables
 from producers.codec import AvroCodec
@@ -134,6 +134,26 @@ class RedriveResult:
     by_reference: int = 0
 
 
+def _require_redrive_privileges(database_url: str, dry_run: bool) -> None:
+    """Raise ConfigurationError unless this role may read (and, unless `dry_run`, add to) ``dlq_redrives``.
+
+    Checked before anything is sent: a role that could send but not record
+    what it sent would send the same letters again on every redrive.
+    """
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        user, can_select, can_insert = conn.execute(
+            "SELECT current_user, has_table_privilege(current_user, 'dlq_redrives', 'SELECT'), "
+            "has_table_privilege(current_user, 'dlq_redrives', 'INSERT')"
+        ).fetchone()
+    missing = [p for p, ok in (("SELECT", can_select), ("INSERT", can_insert or dry_run)) if not ok]
+    if missing:
+        raise ConfigurationError(
+            f"role {user} may not {' or '.join(missing)} dlq_redrives, where redrive records what it sent "
+            f"(else it would send the same letters again): nothing sent; run it as a loader "
+            f"(GRANT society_loader TO {user})"
+        )
+
+
 def redrive(
     kafka: KafkaClientSettings | str,
     database_url: str,
@@ -151,6 +171,7 @@ def redrive(
     is idempotent anyway.
     """
     dlq_topic = tables.dlq_topic(prefix)
+    _require_redrive_privileges(database_url, dry_run)
     letters = [
         d for d in read_dead_letters(kafka, prefix, timeout_s=timeout_s)
         if (table is None or d.table == table) and (error_class is None or d.error_class == error_class)

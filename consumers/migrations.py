@@ -93,7 +93,7 @@ def pending(conninfo: str, ddl_dir: Path | None = None) -> list[Migration]:
     return [m for m in load_migrations(ddl_dir) if m.version not in applied]
 
 
-def create_schema(conninfo: str, schema: str) -> list[Migration]:
+def create_schema(conninfo: str, schema: str) -> Applied:
     """Create `schema` if needed and apply every migration inside it; return those applied now.
 
     A schema already up to date is left alone, so a role without DDL privileges can
@@ -101,7 +101,7 @@ def create_schema(conninfo: str, schema: str) -> list[Migration]:
     """
     target = in_schema(conninfo, schema)  # checks the name before it goes into SQL
     if not pending(target):
-        return []
+        return Applied()
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psycopg.sql.Identifier(schema)))
@@ -119,21 +119,49 @@ def create_schema(conninfo: str, schema: str) -> list[Migration]:
 def _reason(e: psycopg.Error) -> str:
     """The server's one-line message and SQLSTATE (without LINE/HINT lines or the statement)."""
     if e.sqlstate == "42501":
-        return (f"{e.diag.message_primary} (SQLSTATE 42501): migrations create and alter tables, "
-                "so run `migrate` as the owner of the schema, not as a loader or reader role")
+        return (f"{e.diag.message_primary} (SQLSTATE 42501): migrate creates and alters tables: "
+                "run it as the owner of the schema, not as a loader or reader role")
     if e.sqlstate:
         return f"{e.diag.message_primary} (SQLSTATE {e.sqlstate})"
     return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
-def migrate(database_url: str, ddl_dir: Path | None = None) -> list[Migration]:
-    """Apply pending migrations in order; return those applied now (empty when up to date)."""
+class Applied(list[Migration]):
+    """The migrations applied by one run, in order, and the notices they raised (``notices``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The PostgreSQL NOTICEs and WARNINGs raised by the migrations applied, each as
+        #: ``NNNN_name: message``: what a migration could not do (0006: grants without roles).
+        self.notices: list[str] = []
+
+
+#: What to do about a migration's notice, by migration name.
+_NOTICE_HINTS = {"roles": "a superuser can run the statements of ddl/0006_roles.sql"}
+
+
+def migrate(database_url: str, ddl_dir: Path | None = None) -> Applied:
+    """Apply pending migrations in order; return those applied now (empty when up to date) and their notices."""
     migrations = load_migrations(ddl_dir)
-    applied_now = []
+    applied_now = Applied()
+    running: list[Migration] = []  # the migration executing now, whose notices count
+
+    def heard(diag: psycopg.errors.Diagnostic) -> None:
+        if running:
+            m = running[0]
+            hint = _NOTICE_HINTS.get(m.name)
+            notice = f"{m.version:04d}_{m.name}: {diag.message_primary}"
+            applied_now.notices.append(f"{notice} — {hint}" if hint else notice)
+
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
         try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
             conn.execute(_BOOKKEEPING)
+        except psycopg.errors.InsufficientPrivilege as e:
+            # Before any migration: the role may not even create the bookkeeping table.
+            raise MigrationError(f"cannot prepare schema_migrations: {_reason(e)}") from e
+        conn.add_notice_handler(heard)
+        try:
             applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
             # Verify every applied file before touching anything.
             for m in migrations:
@@ -146,6 +174,7 @@ def migrate(database_url: str, ddl_dir: Path | None = None) -> list[Migration]:
             for m in migrations:
                 if m.version in applied:
                     continue
+                running[:] = [m]
                 try:
                     with conn.transaction():
                         conn.execute(m.sql)
@@ -155,6 +184,8 @@ def migrate(database_url: str, ddl_dir: Path | None = None) -> list[Migration]:
                         )
                 except psycopg.Error as e:
                     raise MigrationError(f"migration {m.version:04d}_{m.name}.sql failed: {_reason(e)}") from e
+                finally:
+                    running.clear()
                 applied_now.append(m)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))

@@ -21,7 +21,7 @@ from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumers.batch import Batch, DeadLetter, Source
 from consumers.dlq import DeadLetterPublisher
@@ -39,6 +39,12 @@ from producers.errors import CodecError, InvalidRecordError, MalformedRecordErro
 from producers.models import validate_record
 
 log = logging.getLogger(__name__)
+
+#: librdkafka's errors for brokers it cannot reach: the worker is degraded until Kafka answers again.
+_OUTAGE_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
+#: Seconds without another outage error after which Kafka counts as back even with no message to
+#: prove it (an idle worker): librdkafka reports again at each failed reconnect (at most every 10 s).
+KAFKA_OUTAGE_QUIET_S = 30.0
 
 _ABSENT = object()
 
@@ -103,6 +109,9 @@ class Worker:
         self._wanted: Any = None
         #: Why Kafka refused the consumer (credentials, TLS): fatal, raised by the consuming loop.
         self._refused: str | None = None
+        #: The last_error of a Kafka outage in progress and when it was last reported (monotonic).
+        self._outage: str | None = None
+        self._outage_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------
     def stop(self) -> None:
@@ -137,7 +146,8 @@ class Worker:
         self._metrics.started()
         try:
             self._prepare()
-            consumer = Consumer({**self.settings.consumer_config(), "error_cb": self._on_kafka_error})
+            consumer = Consumer({**self.settings.consumer_config(), "error_cb": self._on_kafka_error,
+                                 "on_commit": self._on_commit})
             self._consumer = consumer
             self._start(consumer)
             self._loop(consumer, idle_exit_s)
@@ -165,7 +175,39 @@ class Worker:
 
     def _on_kafka_error(self, err: Any) -> None:
         """librdkafka's client-level errors, served by consume(); the rest it logs itself."""
-        self._refused = self._refused or self.settings.kafka.refused(err)
+        self._refused = self._refused or self.settings.kafka.refused(err) or self._denied(err)
+        self._kafka_outage(err)
+
+    def _on_commit(self, err: Any, _partitions: Any) -> None:
+        """An offset mirror's result: one the broker took shows Kafka answers again."""
+        if err is None and self._outage is not None:
+            self._kafka_back()
+
+    def _kafka_outage(self, err: Any) -> bool:
+        """Whether `err` says the brokers cannot be reached; if so the worker is degraded until they can."""
+        if err.code() not in _OUTAGE_CODES:
+            return False
+        if self._outage is None:
+            log.warning("Kafka unreachable, librdkafka keeps retrying: %s", err.str(),
+                        extra={"error_class": err.name()})
+        self._outage = f"Kafka at {self.settings.kafka.describe()}: {err.str()}"
+        self._outage_at = time.monotonic()
+        self.stats.degraded = True
+        self.stats.last_error = self._outage
+        return True
+
+    def _kafka_back(self) -> None:
+        """Kafka answered (a message, a commit, or a quiet spell): clear the degraded state its outage set."""
+        if self._outage is None:
+            return
+        if self.stats.last_error == self._outage:  # not since degraded by a failed database
+            self.stats.degraded = False
+            log.info("Kafka is reachable again")
+        self._outage = None
+
+    def _denied(self, err: Any, topic: str | None = None) -> str | None:
+        """One line if the brokers' ACLs deny this worker its group, a topic or the cluster, else None."""
+        return self.settings.kafka.denied(err, group=self.settings.group_id, topic=topic)
 
     def _start(self, consumer: Consumer) -> None:
         """Join the group; partitions come through the rebalance callbacks."""
@@ -191,6 +233,8 @@ class Worker:
                 self._hand_over()
             self._handle(self._writer.outcomes())
             self._dlq.poll()
+            if self._outage is not None and time.monotonic() - self._outage_at >= KAFKA_OUTAGE_QUIET_S:
+                self._kafka_back()
             self._metrics.tick(consumer)
             idle = idle_exit_s is not None and not self._batch.next_offsets
             if idle and time.monotonic() - last_message >= idle_exit_s or self._finished():
@@ -256,8 +300,14 @@ class Worker:
         if err is not None:
             if err.fatal():
                 raise KafkaException(err)
-            log.warning("consumer error: %s", err)
+            denied = self._denied(err, msg.topic())
+            if denied is not None:  # an ACL: retrying cannot help
+                raise ConfigurationError(denied)
+            if not self._kafka_outage(err):
+                log.warning("consumer error: %s", err)
             return
+        if self._outage is not None:
+            self._kafka_back()
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         value = msg.value()
         self.stats.consumed += 1

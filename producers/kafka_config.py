@@ -8,7 +8,8 @@ its values with :func:`resolve`, from (first wins):
 
 1. flags (``--security-protocol`` …; no flag takes a password, only a password *file*),
 2. a config file (``--kafka-config FILE`` or ``KAFKA_CONFIG_FILE``): ``key=value``
-   lines with librdkafka's property names, ``#`` comments (see :func:`read_config_file`),
+   (or ``key: value``, ``key value``) lines with librdkafka's property names, ``#``
+   comments (see :func:`read_config_file`),
 3. the environment (``KAFKA_SECURITY_PROTOCOL`` …, each name in :data:`SETTINGS`),
 4. defaults.
 
@@ -200,6 +201,32 @@ class KafkaClientSettings(BaseModel):
                     f"{BY_FIELD['security_protocol'].env}")
         return None
 
+    def principal(self) -> str:
+        """Who the brokers see, for messages: the SASL user, else the anonymous (or certificate) principal."""
+        if self.sasl_username:
+            return f'user "{self.sasl_username}"'
+        if self.ssl_certificate_location:
+            return "the principal of the client certificate"
+        return "User:ANONYMOUS (no SASL user)"
+
+    def denied(self, error: Any, *, group: str | None = None, topic: str | None = None) -> str | None:
+        """One line for a librdkafka error that means the brokers' ACLs deny these settings, else None.
+
+        Authorization fails the same way on every retry: the caller treats it as
+        a configuration failure. `group` and `topic` name what was asked for.
+        """
+        from confluent_kafka import KafkaError
+
+        what = {KafkaError.GROUP_AUTHORIZATION_FAILED: "group", KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic",
+                KafkaError.CLUSTER_AUTHORIZATION_FAILED: "the cluster",
+                KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "its transactional id"}.get(error.code())
+        if what is None:
+            return None
+        target = {"group": f"group {group}" if group else "its consumer group",
+                  "topic": f"topic {topic}" if topic else "a topic"}.get(what, what)
+        return (f"Kafka at {self.describe()}: {self.principal()} is not authorized for {target} "
+                f"({error.name()}): check its ACLs")
+
 
 # "sasl_ssl://127.0.0.1:19094/bootstrap: SASL authentication error: … (after 322ms in state AUTH_REQ)"
 _BROKER = re.compile(r"^\w+://\S+: ")
@@ -227,8 +254,11 @@ def read_secret_file(path: str | Path, source: str, on_secret: Callable[[str], N
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise KafkaSettingsError(f"cannot read the password file {path} ({source}): "
-                                 f"{getattr(e, 'strerror', None) or e}") from None
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        if "/" not in str(path) and "\\" not in str(path):  # may be the password itself, set by mistake
+            raise KafkaSettingsError(f"the value of {source} is not a readable file ({reason}; "
+                                     "not shown: it may be a password)") from None
+        raise KafkaSettingsError(f"cannot read the password file {path} ({source}): {reason}") from None
     secret = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
     if not secret:
         raise KafkaSettingsError(f"the password file {path} ({source}) is empty")
@@ -255,14 +285,22 @@ def read_environment(environ: Mapping[str, str], on_secret: Callable[[str], None
     return found
 
 
-def read_config_file(path: str | Path, on_secret: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The settings in a client config file: ``key=value`` lines with librdkafka's names, ``#`` or ``!`` comments.
+# A Java properties line: the key ends at the first '=', ':' or whitespace; one '=' or ':' may follow,
+# with whitespace around it (``key=value``, ``key: value``, ``key value``).
+_PROPERTY = re.compile(r"(?P<key>[^=:\s]*)\s*(?P<sep>[=:]?)\s*(?P<value>.*)")
 
-    Keys: those of :data:`SETTINGS` (``bootstrap.servers``, ``security.protocol``,
+
+def read_config_file(path: str | Path, on_secret: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The settings in a client config file: Java properties lines with librdkafka's names, ``#`` or ``!`` comments.
+
+    A line is ``key=value``, ``key: value`` or ``key value`` (as Kafka's
+    ``client.properties``; no escapes or continued lines). Keys: those of
+    :data:`SETTINGS` (``bootstrap.servers``, ``security.protocol``,
     ``sasl.mechanism``, ``sasl.username``, ``sasl.password``, ``ssl.ca.location`` …).
-    An unknown key, a line without ``=`` or a key given twice is an error naming
-    the line, never quoting it (it may hold a password). A password in it is
-    as safe as the file's permissions: make it readable by its owner only.
+    An unknown key, a key without a value or a key given twice is an error naming
+    the line, never quoting its text (a line that is not a known key may be a
+    password); only a known key is named. A password in the file is as safe as
+    the file's permissions: make it readable by its owner only.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -274,14 +312,13 @@ def read_config_file(path: str | Path, on_secret: Callable[[str], None] | None =
         line = raw.strip()
         if not line or line[0] in "#!":
             continue
-        key, sep, value = (part.strip() for part in line.partition("="))
+        match = _PROPERTY.fullmatch(line)
+        key, value = (match["key"], match["value"].strip()) if match else ("", "")
         setting = _BY_KEY.get(key)
-        if not sep:
-            raise KafkaSettingsError(f"{path}, line {number}: expected key=value")
         if setting is None:
             raise KafkaSettingsError(
-                f"{path}, line {number}: unknown key {key!r}; known: {', '.join(s.key for s in SETTINGS)} "
-                "(other librdkafka properties go in -X KEY=VALUE)")
+                f"{path}, line {number}: not one of the known keys ({', '.join(s.key for s in SETTINGS)}) "
+                "followed by '=', ':' or a space and its value (other librdkafka properties go in -X KEY=VALUE)")
         if setting.field in found:
             raise KafkaSettingsError(f"{path}, line {number}: {key} is given twice")
         if setting.secret and value and on_secret is not None:
@@ -355,5 +392,8 @@ def resolve(
         for err in e.errors():
             field = str(err["loc"][0]) if err["loc"] else None
             message = err["msg"].removeprefix("Value error, ")
+            for named, source in origin.items():  # "sasl_username (KAFKA_SASL_USERNAME)": where it really came from
+                if source != BY_FIELD[named].env:
+                    message = message.replace(_named(named), f"{named} (from {source})")
             problems.append(f"{field} from {origin.get(field, 'nowhere')}: {message}" if field else message)
         raise KafkaSettingsError("invalid Kafka settings: " + "; ".join(problems)) from None

@@ -450,7 +450,8 @@ class SocietyProducer:
         at once when records are queued and Kafka refused the credentials or
         the TLS handshake (waiting cannot deliver them).
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             pending = self._producer.flush(max(0.0, min(_FLUSH_SLICE_S, deadline - time.monotonic())))
             if not pending or time.monotonic() >= deadline:
@@ -461,7 +462,9 @@ class SocietyProducer:
         new_failures, kept = self._deliveries.take_unreported()
         if pending or new_failures:
             raise DeliveryError(
-                f"{new_failures} record(s) failed delivery and {pending} still queued after {timeout}s"
+                # The time waited, not `timeout`: failed records (message.timeout.ms) end the wait sooner.
+                f"{new_failures} record(s) failed delivery and {pending} still queued "
+                f"after {time.monotonic() - started:.1f}s"
                 + (f"; first failure: {kept[0].topic} key={kept[0].key}: {kept[0].error}" if kept else ""),
                 kept,
                 pending,

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from consumers import pg_errors
 from consumers._deps import psycopg
-from consumers.cli._options import print_error
+from consumers.cli._options import json_logging, print_error
 from consumers.cli._redact import secrets
 from consumers.kafka_clients import KafkaUnreachableError
 from producers.errors import SocietyIngestError
@@ -122,11 +122,12 @@ def _one_line(message: str) -> str:
 def report(e: BaseException) -> None:
     """Print `e` as ``error: <one line>`` (after the scrubbed traceback with --debug)."""
     message = describe(e)
-    if context.debug:
+    as_json = json_logging()  # then the traceback is the line's "exception", not lines of its own
+    if context.debug and not as_json:
         sys.stderr.write(secrets.scrub("".join(traceback.format_exception(e))))
     if message is None:
         message = f"unexpected {type(e).__name__}: {e}" + ("" if context.debug else " (--debug shows the traceback)")
-    print_error(_one_line(message))
+    print_error(_one_line(message), exc_info=e if context.debug and as_json else None)
 
 
 def run(app: Any) -> NoReturn:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Callable, TypeVar
 
@@ -122,17 +123,33 @@ _SECRET_PROPERTIES = {
 }
 
 
+#: Any other librdkafka property whose name says it holds a secret (matched by name, so new ones are
+#: refused too): ``sasl.oauthbearer.assertion.private.key.passphrase``, ``…private.key.pem`` …
+_SECRET_NAME = re.compile(r"password|secret|passphrase|private\.key|key\.pem$")
+
+
+def _secret_property(key: str) -> str | None:
+    """What to do instead of passing `key` on a command line, if it holds a secret; else None."""
+    if key in _SECRET_PROPERTIES:
+        return _SECRET_PROPERTIES[key]
+    if _SECRET_NAME.search(key.lower()):
+        return "no command line takes a secret: use SCRAM or PLAIN with a password file, or TLS client certificates"
+    return None
+
+
 def properties(props: list[str] | None, option: str = "--consumer-property") -> dict[str, str]:
     """``-X KEY=VALUE`` options as librdkafka properties; a password among them is refused (and masked)."""
     extra: dict[str, str] = {}
-    for prop in props or []:
+    for number, prop in enumerate(props or [], 1):
         key, sep, value = (part.strip() for part in prop.partition("="))
-        if key in _SECRET_PROPERTIES:
+        instead = _secret_property(key)
+        if instead is not None:
             secrets.add(value)
             raise typer.BadParameter(
-                f"{key} is refused on the command line, where ps shows it to every user: {_SECRET_PROPERTIES[key]}",
+                f"{key} is refused on the command line, where ps shows it to every user: {instead}",
                 param_hint=option)
-        if not sep:
-            raise typer.BadParameter(f"{prop!r} is not KEY=VALUE", param_hint=option)
+        if not sep:  # not quoted: a value without its key may be a password
+            raise typer.BadParameter(f"value {number} is not KEY=VALUE (it is not shown: it may be a secret)",
+                                     param_hint=option)
         extra[key] = value
     return extra

@@ -81,9 +81,34 @@ def setup_logging(level: int = logging.WARNING, log_format: LogFormat | None = N
     logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.INFO if level < logging.INFO else logging.WARNING)
 
 
-def print_error(message: str) -> None:
-    """``error: <message>`` on stderr, on one line however wide the message."""
+#: The logger of the CLI's own error and warning lines in --log-format json.
+CLI_LOGGER = "society_ingest.cli"
+
+
+def json_logging() -> bool:
+    """Whether stderr carries JSON lines (--log-format json): then every line there must be one."""
+    return any(isinstance(h.formatter, JsonFormatter) and any(isinstance(f, ScrubFilter) for f in h.filters)
+               for h in logging.getLogger().handlers)
+
+
+def print_error(message: str, exc_info: BaseException | None = None) -> None:
+    """``error: <message>`` on stderr, on one line however wide the message.
+
+    In --log-format json, one JSON object instead (level ERROR, logger
+    society_ingest.cli), with `exc_info`'s traceback as its ``exception``.
+    """
+    if json_logging():
+        logging.getLogger(CLI_LOGGER).error(message, exc_info=exc_info)
+        return
     err_console.print(rich_text.Text("error: ", style="bold red") + rich_text.Text(message), soft_wrap=True)
+
+
+def print_warning(message: str) -> None:
+    """``warning: <message>`` on stderr, on one line however wide the message (JSON in --log-format json)."""
+    if json_logging():
+        logging.getLogger(CLI_LOGGER).warning(message)
+        return
+    err_console.print(rich_text.Text("warning: ", style="bold yellow") + rich_text.Text(message), soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

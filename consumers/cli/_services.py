@@ -77,11 +77,16 @@ def reach_kafka(settings: KafkaClientSettings, timeout_s: float, extra: dict[str
     return probe(settings, timeout_s, extra)
 
 
-def require_topics(existing: set[str], prefix: str, tables: tuple[str, ...] | None = None) -> None:
-    """Raise ConfigurationError unless the table topics of `prefix` (those of `tables`) and its DLQ exist."""
+def require_topics(existing: set[str], prefix: str, tables: tuple[str, ...] | None = None,
+                   kafka: KafkaClientSettings | None = None) -> None:
+    """Raise ConfigurationError unless the table topics of `prefix` (those of `tables`) and its DLQ exist.
+
+    With a SASL user in `kafka`, a topic its ACLs hide looks missing: the message says so.
+    """
     wanted = all_topics(prefix) if tables is None else [*(topic_for(prefix, t) for t in tables), dlq_topic(prefix)]
     missing = [t for t in wanted if t not in existing]
     if missing:
-        raise ConfigurationError(
-            f"topic(s) {', '.join(missing)} do not exist: run `society-ingest topics create --topic-prefix {prefix}`"
-        )
+        user = kafka.sasl_username if kafka is not None else None
+        hidden = f" or are not visible to user {user} (check its ACLs)" if user else ""
+        raise ConfigurationError(f"topic(s) {', '.join(missing)} do not exist{hidden}: "
+                                 f"run `society-ingest topics create --topic-prefix {prefix}`")

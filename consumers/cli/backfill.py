@@ -145,7 +145,7 @@ def backfill(
     # Every local check (inputs, paths, prefix) before Kafka is asked anything.
     job = ops.Backfill(files, topic_prefix=topic_prefix, table=table, checkpoint=checkpoint, report=report,
                        skip_bad=skip_bad, restart=restart, batch_lines=batch_lines)
-    require_topics(reach_kafka(kafka, timeout), topic_prefix)
+    require_topics(reach_kafka(kafka, timeout), topic_prefix, kafka=kafka)
     cluster = admin_client(kafka).list_topics(timeout=timeout).cluster_id
     producer = SocietyProducer(ProducerSettings(
         kafka=kafka, topic_prefix=topic_prefix, client_id=f"{kafka.client_id}-backfill",

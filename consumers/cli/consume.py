@@ -11,6 +11,7 @@ from consumers.cli._options import DatabaseUrl, Group, LogFormatOption, Prefix, 
 from consumers.cli._redact import secrets
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema
 from consumers.logs import bind_fields
+from consumers.kafka_clients import LIBRDKAFKA_LOGGER
 from consumers.metrics import DEFAULT_READY_WINDOW_S, WorkerMetrics
 from consumers.probes import DEFAULT_HOST, MetricsServer
 from consumers.settings import DEFAULT_GROUP, WorkerSettings
@@ -80,6 +81,8 @@ def consume(
     if unknown:
         raise typer.BadParameter(f"unknown table(s): {', '.join(sorted(unknown))}", param_hint="--tables")
     extra = properties(consumer_property)
+    if verbose and extra.get("debug"):  # -X debug=…: its lines are librdkafka's DEBUG ones
+        logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.DEBUG)
     settings = WorkerSettings(
         kafka=kafka,
         database_url=database_url,

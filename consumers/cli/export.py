@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -86,8 +87,8 @@ def export(
                    "rows_per_s": result.total / result.elapsed_s if result.elapsed_s > 0 else None}
         if to_stdout:
             print_json(summary)
-        else:
-            err_console.print_json(data=summary)
+        else:  # the rows are on stdout: the summary is one line on stderr
+            sys.stderr.write(json.dumps(summary, default=str, separators=(",", ":")) + "\n")
         return
     rate = f" ({result.total / result.elapsed_s:,.0f} rows/s)" if result.elapsed_s > 0 else ""
     stubs = "".join(f"; {n:,} stub row(s) of {t} left out (the worker recreates them)"
@@ -97,4 +98,5 @@ def export(
         print_table(f"export of run {run}", ["table", "rows"], [[t, f"{n:,}"] for t, n in result.rows.items()])
         console.print(line, highlight=False)
     else:
-        err_console.print(line + ": " + ", ".join(f"{t} {n:,}" for t, n in result.rows.items()), highlight=False)
+        err_console.print(line + ": " + ", ".join(f"{t} {n:,}" for t, n in result.rows.items()), highlight=False,
+                          soft_wrap=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from consumers.cli._options import DatabaseUrl, Timeout, console, typer
+from consumers.cli._options import DatabaseUrl, Timeout, console, print_warning, typer
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database
 from consumers.migrations import create_schema, in_schema
 from consumers.migrations import migrate as apply
@@ -28,6 +28,8 @@ def migrate(
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--schema") from None
         applied = create_schema(conninfo, schema)
+    for notice in applied.notices:  # what a migration could not do, e.g. grants without roles
+        print_warning(notice)
     if not applied:
         console.print("schema is up to date")
     for m in applied:

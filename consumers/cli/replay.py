@@ -12,11 +12,12 @@ from typing import Annotated, Any
 from consumers._deps import psycopg
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options, properties
 from consumers.cli._options import (
-    DatabaseUrl, Json, Prefix, Timeout, console, err_console, fail, print_json,
+    DatabaseUrl, Json, Prefix, Timeout, console, err_console, fail, print_json, print_warning,
     print_table, setup_logging, typer,
 )
 from consumers.cli._progress import Progress
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema, require_topics
+from consumers.logs import bind_fields
 from consumers.migrations import create_schema, in_schema
 from consumers.replay import OffsetRange, Replay, ReplaySummary, Selection, TableSummary, replay_worker_id
 from consumers.settings import WorkerSettings
@@ -172,10 +173,12 @@ def replay(
             require_schema(live)
         else:
             applied = create_schema(live, target_schema)
+            for notice in applied.notices:
+                print_warning(notice)
             if applied:
                 err_console.print(f"schema {target_schema}: applied {len(applied)} migration(s)")
             target = in_schema(live, target_schema)
-    require_topics(reach_kafka(kafka, timeout, extra), topic_prefix, chosen)
+    require_topics(reach_kafka(kafka, timeout, extra), topic_prefix, chosen, kafka=kafka)
 
     settings = WorkerSettings(
         kafka=kafka,
@@ -190,11 +193,12 @@ def replay(
         dead_letter_max_per_minute=dead_letter_max_per_minute,
         consumer_extra={**extra, "enable.partition.eof": True},
     )
+    bind_fields(worker_id=settings.worker_id)  # on every JSON log line, as the worker's
     with Progress("dry run" if dry_run else "replay", None) as bar:
         def planned(summary: ReplaySummary) -> None:
             bar.set_total(summary.total)
             for warning in summary.warnings:
-                err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, markup=True)
+                print_warning(warning)
             if summary.resumed_from:
                 err_console.print(f"resuming: {summary.resumed_from:,} offset(s) were replayed before")
 
@@ -211,7 +215,7 @@ def replay(
     summary.warnings.extend(late)
     _report(summary, as_json)
     for warning in late:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        print_warning(warning)
     if not summary.finished:
         done = f"{summary.scanned + summary.resumed_from:,} of {summary.total:,} offset(s)"
         fail(f"dry run stopped before the end: {done} read" if dry_run else

@@ -47,7 +47,7 @@ def simulate(
             fail("--wait-loaded needs --database-url or DATABASE_URL")
         db = database(database_url, timeout)
         require_schema(db)  # before the run, not after it
-    require_topics(reach_kafka(kafka, timeout), topic_prefix)
+    require_topics(reach_kafka(kafka, timeout), topic_prefix, kafka=kafka)
     handler = KafkaDatabaseHandler(kafka=kafka, topic_prefix=topic_prefix, extra={"logger": librdkafka_logger()})
     try:
         report = asyncio.run(run_society(handler, agents, steps, seed))

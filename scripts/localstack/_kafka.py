@@ -28,7 +28,7 @@ from ._errors import StackError
 from ._processes import (
     StateLock, launch_detached, log, pid_alive, port_open, require_free_port, run, running, stop_process, tail,
 )
-from ._sasl import SaslFiles, declared_in, server_properties
+from ._sasl import SaslFiles, declared_in, server_properties, write_private
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
@@ -298,7 +298,8 @@ class Kafka:
     def _write_files(self, java: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sasl.ensure(java)
-        self._config.write_text(_SERVER_PROPERTIES.format(
+        # Owner-only: it holds the keystore's password.
+        write_private(self._config, _SERVER_PROPERTIES.format(
             host=HOST, port=self.port, cport=self.controller_port, sport=self.sasl_port, data=self.data,
             sasl=server_properties(self.sasl)))
         (self.dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log))

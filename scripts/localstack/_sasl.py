@@ -75,10 +75,10 @@ class SaslFiles:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         if not self.password_file.exists():
-            _write_private(self.password_file, secrets.token_urlsafe(24) + "\n")
+            write_private(self.password_file, secrets.token_urlsafe(24) + "\n")
         if not (self.keystore.exists() and self.ca.exists() and self.keystore_password.exists()):
             self._make_certificate(_keytool(java))
-        _write_private(self.client_config, (
+        write_private(self.client_config, (
             "# Written by scripts/localstack/_sasl.py: this stack's SASL_SSL listener, for\n"
             "# society-ingest --kafka-config (it holds the password: keep it private).\n"
             f"bootstrap.servers={self.bootstrap}\n"
@@ -95,7 +95,7 @@ class SaslFiles:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
         pass_file = tmp / "keystore.password"
-        _write_private(pass_file, store_password + "\n")
+        write_private(pass_file, store_password + "\n")
         store, cert = tmp / "broker.p12", tmp / "ca.pem"
         # keytool reads the password from the file, not from its command line.
         storepass, keypass = ["-storepass:file", str(pass_file)], ["-keypass:file", str(pass_file)]
@@ -159,7 +159,7 @@ def declared_in(server_properties_file: Path) -> bool:
     return f"{LISTENER}://" in text
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by its owner only (from the first byte)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

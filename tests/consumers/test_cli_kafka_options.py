@@ -96,7 +96,7 @@ def test_inconsistent_settings_fail_before_connecting_with_one_line() -> None:
     lines = [line for line in ran.stderr.splitlines() if line.strip()]
     assert ran.returncode == 1 and len(lines) == 1, ran.stderr
     assert lines[0] == (
-        "error: invalid Kafka settings: sasl_username (KAFKA_SASL_USERNAME), sasl_password (KAFKA_SASL_PASSWORD) set, "
+        "error: invalid Kafka settings: sasl_username (from --sasl-username), sasl_password (KAFKA_SASL_PASSWORD) set, "
         "but security_protocol is PLAINTEXT: SASL needs SASL_SSL (or SASL_PLAINTEXT)")
 
 
@@ -114,3 +114,50 @@ def test_a_kafka_password_is_masked_wherever_it_stands_alone() -> None:
     secrets.add(None)
     assert secrets.scrub("authentication failed (password ion) [ion], ion=ion") == (
         "authentication failed (password ***) [***], ***=***")
+
+
+@pytest.mark.parametrize("line", [f"sasl.passwrd: {SECRET}==", f"sasl.passwrd {SECRET}", f"{SECRET}=="],
+                         ids=["colon", "space", "bare"])
+def test_a_bad_config_file_line_is_never_printed_even_with_debug(tmp_path: Path, line: str) -> None:
+    config = tmp_path / "p.properties"
+    config.write_text(f"bootstrap.servers=h:1\nsecurity.protocol=SASL_SSL\n\n\n{line}\n")
+    for debug in ([], ["--debug"]):
+        ran = cli(*debug, "topics", "list", "--kafka-config", str(config))
+        assert ran.returncode != 0, ran.stderr
+        assert f"{config}, line 5: not one of the known keys" in ran.stderr
+        assert SECRET not in ran.stderr + ran.stdout
+    ran = cli("topics", "list", KAFKA_CONFIG_FILE=str(config))
+    assert "line 5: not one of the known keys" in ran.stderr and SECRET not in ran.stderr + ran.stdout
+
+
+def test_the_drop_in_handler_never_quotes_a_bad_config_file_line(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from producers.errors import KafkaSettingsError
+    from producers.handler import resolve_kafka
+
+    config = tmp_path / "p.properties"
+    config.write_text(f"bootstrap.servers=h:1\n{SECRET}==\n")
+    monkeypatch.setenv("KAFKA_CONFIG_FILE", str(config))
+    with pytest.raises(KafkaSettingsError, match="line 2: not one of the known keys") as e:
+        resolve_kafka(None, None, None)
+    assert SECRET not in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["sasl.oauthbearer.assertion.private.key.passphrase", "ssl.keystore.password",
+                                 "sasl.oauthbearer.client.secret", "sasl.oauthbearer.assertion.private.key.pem",
+                                 "ssl.key.pem", "some.future.Secret"])
+def test_every_secret_librdkafka_property_is_refused_by_its_name(key: str) -> None:
+    from consumers.cli._kafka import properties
+
+    with pytest.raises(typer.BadParameter, match=f"^{key} is refused on the command line") as e:
+        properties([f"{key}={SECRET}"])
+    assert SECRET not in str(e.value)
+    assert properties(["debug=all", "ssl.certificate.pem=x"]) == {"debug": "all", "ssl.certificate.pem": "x"}
+
+
+def test_a_property_without_equals_is_not_quoted() -> None:
+    from consumers.cli._kafka import properties
+
+    with pytest.raises(typer.BadParameter, match="value 2 is not KEY=VALUE") as e:
+        properties(["debug=all", SECRET])
+    assert SECRET not in str(e.value)

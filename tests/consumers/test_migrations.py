@@ -282,3 +282,34 @@ def test_files_that_are_not_sql_are_ignored(empty_db: str, ddl_copy: Path) -> No
     _write(ddl_copy / "README.md", "# notes\n")
     _write(ddl_copy / "0009_draft.sql.bak", "garbage")
     assert [m.version for m in migrate(empty_db, ddl_dir=ddl_copy)] == [m.version for m in load_migrations()]
+
+
+NOTICE_SQL = "DO $$ BEGIN RAISE NOTICE 'role % may not create roles: no grants made', current_user; END $$;\n"
+
+
+def test_notices_raised_by_migrations_are_returned_and_printed(empty_db: str, ddl_copy: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from consumers.cli import app
+
+    user = psycopg.conninfo.conninfo_to_dict(empty_db).get("user") or fetch(empty_db, "SELECT current_user")[0][0]
+    _write(ddl_copy / f"{len(DDL_FILES) + 1:04d}_grants.sql", NOTICE_SQL)
+    applied = migrate(empty_db, ddl_dir=ddl_copy)
+    expected = f"{len(DDL_FILES) + 1:04d}_grants: role {user} may not create roles: no grants made"
+    assert applied.notices == [expected]
+    # Only the migrations' own notices: not the bookkeeping's "relation … already exists, skipping".
+    assert migrate(empty_db, ddl_dir=ddl_copy).notices == []
+
+    fresh = f"m_{uuid.uuid4().hex[:12]}"
+    with _admin(empty_db) as conn:
+        conn.execute(f"CREATE DATABASE {fresh}")
+    try:
+        monkeypatch.setattr("consumers.migrations.default_ddl_dir", lambda: ddl_copy)
+        result = CliRunner().invoke(app, ["migrate", "--database-url", _with_db(empty_db, fresh)])
+        assert result.exit_code == 0, result.output
+        assert f"warning: {expected}" in result.stderr
+        assert f"applied {len(DDL_FILES) + 1:04d}_grants" in result.stdout
+    finally:
+        with _admin(empty_db) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {fresh} WITH (FORCE)")

@@ -239,3 +239,31 @@ def test_help_never_prints_the_database_url():
         assert "Usage:" in ran.stdout and "--help" in ran.stdout, command
         flat = re.sub(r"[\s│]", "", ran.stdout + ran.stderr)
         assert SECRET not in flat and "db.example" not in flat, command
+
+
+@pytest.mark.parametrize("debug", [[], ["--debug"]], ids=["plain", "debug"])
+def test_in_json_log_format_every_stderr_line_is_json(services, database_url, debug):
+    import json
+
+    bad = wrong_password_url(database_url, SECRET)
+    ran = cli(*debug, "consume", "--log-format", "json", "--idle-exit", "1", database_url=bad,
+              bootstrap=services.bootstrap)
+    assert ran.returncode == 1, ran.stderr
+    lines = [json.loads(line) for line in ran.stderr.splitlines() if line.strip()]
+    error = lines[-1]
+    assert (error["level"], error["logger"]) == ("ERROR", "society_ingest.cli"), error
+    assert "password authentication failed" in error["message"] or "authentication" in error["message"], error
+    assert error["worker_id"] and ("exception" in error) == bool(debug), error
+    if debug:
+        assert "Traceback" in error["exception"]
+    assert SECRET not in ran.stderr + ran.stdout
+
+
+def test_verbose_with_librdkafka_debug_shows_its_debug_lines(services, database_url, topic_prefix):
+    ran = cli("consume", "-v", "-X", "debug=broker", "--topic-prefix", topic_prefix, "--idle-exit", "1",
+              "--group", f"{topic_prefix}-dbg", database_url=database_url, bootstrap=services.bootstrap)
+    assert ran.returncode == 0, ran.stderr
+    assert any(" DEBUG society_ingest.librdkafka: " in line for line in ran.stderr.splitlines()), ran.stderr[-2000:]
+    quiet = cli("consume", "-X", "debug=broker", "--topic-prefix", topic_prefix, "--idle-exit", "1",
+                "--group", f"{topic_prefix}-dbg", database_url=database_url, bootstrap=services.bootstrap)
+    assert " DEBUG society_ingest.librdkafka: " not in quiet.stderr

@@ -195,3 +195,16 @@ def test_an_unusable_output_is_refused_before_the_export_starts(services, tmp_pa
                              database_url=unreachable)
         assert out.returncode == 1 and out.stderr.strip() == f"error: cannot write {output}: {reason}" + (
             f"; give a file name, e.g. {output / 'run.ndjson.gz'}" if output == tmp_path else ""), out.stderr
+
+
+def test_export_to_stdout_puts_one_summary_line_on_stderr(services, database_url, topic_prefix):
+    run_id = record_awkward_run(services.bootstrap, topic_prefix)
+    load_everything(services, database_url, topic_prefix)
+    for extra in ([], ["--json"]):
+        out = society_ingest(services, "export", "--run", str(run_id), *extra, database_url=database_url)
+        assert out.returncode == 0, out.stderr
+        [line] = out.stderr.splitlines()
+        if extra:
+            assert json.loads(line)["total"] == len(out.stdout.splitlines())
+        else:
+            assert line.startswith(f"exported {len(out.stdout.splitlines())} rows of run {run_id} to -")

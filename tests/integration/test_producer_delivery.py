@@ -321,3 +321,15 @@ def test_close_is_idempotent(services, topic_prefix):
     first = q.close()
     assert (first.total_sent, first.delivered) == (1, 1)
     assert q.close() == first
+
+
+def test_a_delivery_error_says_how_long_it_waited_not_the_timeout(topic_prefix):
+    # message.timeout.ms fails the record after 0.5 s (librdkafka checks about once a second):
+    # the flush ends then, well before its 30 s.
+    p = producer(NOWHERE, topic_prefix, message_timeout_ms=500)
+    p.start_run()
+    waited = r"^1 record\(s\) failed delivery and 0 still queued after [0-5]\.\ds;"
+    with pytest.raises(DeliveryError, match=waited) as info:
+        p.flush(timeout=30.0)
+    assert "30.0s" not in str(info.value)
+    p.abort()

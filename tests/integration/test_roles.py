@@ -131,3 +131,26 @@ def test_a_role_without_temp_gets_a_clear_message(services, database_url, topic_
     with WorkerThread(worker_settings(services.bootstrap, loader, topic_prefix)) as w:
         wait_for(lambda: w.error is not None or count(database_url, "agent_memories") == 1, "the memory")
         w.stop()
+
+
+def test_migrate_as_a_role_without_ddl_rights_says_to_run_it_as_the_owner(services, database_url, login_role):
+    # The failure comes before any migration, at the bookkeeping table: not the loader's GRANT hint.
+    reader = login_role("society_reader")
+    ran = _cli(services, reader, "migrate")
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+    assert "cannot prepare schema_migrations" in ran.stderr
+    assert "migrate creates and alters tables: run it as the owner of the schema" in ran.stderr
+    assert "GRANT society_loader" not in ran.stderr and "role-pw" not in ran.stderr
+
+
+def test_redrive_as_the_reader_is_refused_before_sending_anything(services, database_url, topic_prefix, login_role):
+    from consumers import dead_letters
+
+    reader = login_role("society_reader")
+    # An unreachable broker: the refusal must come first, before any Kafka client.
+    with pytest.raises(ConfigurationError, match=r"^role r_\w+ may not INSERT dlq_redrives, .* nothing sent; "
+                                                 r"run it as a loader \(GRANT society_loader TO r_\w+\)$"):
+        dead_letters.redrive("127.0.0.1:1", reader, topic_prefix, timeout_s=1)
+    ran = _cli(services, reader, "dlq", "redrive", "--topic-prefix", topic_prefix)
+    assert ran.returncode == 1 and "may not INSERT dlq_redrives" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr and "role-pw" not in ran.stderr

@@ -91,6 +91,16 @@ def test_password_sources_that_do_not_add_up(environ: dict[str, str], message: s
     assert SECRET not in str(e.value)
 
 
+def test_a_password_file_variable_holding_a_password_is_not_shown() -> None:
+    env = {**SASL, "KAFKA_SASL_PASSWORD": "", "KAFKA_BOOTSTRAP_SERVERS": "h:1"}
+    with pytest.raises(KafkaSettingsError, match=r"^the value of KAFKA_SASL_PASSWORD_FILE is not a readable file "
+                                                 r"\(No such file or directory; not shown") as e:
+        resolve(environ={**env, "KAFKA_SASL_PASSWORD_FILE": "Zsecret9"})
+    assert "Zsecret9" not in str(e.value)
+    with pytest.raises(KafkaSettingsError, match=r"the value of --sasl-password-file is not a readable file"):
+        resolve(flags={"sasl_password_file": "Zsecret9"}, environ=env)
+
+
 def test_an_empty_password_file_is_an_error(tmp_path: Path) -> None:
     path = _file(tmp_path, "pw", "\n")
     with pytest.raises(KafkaSettingsError, match=f"the password file {path} \\(--sasl-password-file\\) is empty"):
@@ -98,8 +108,10 @@ def test_an_empty_password_file_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    (f"sasl.password {SECRET}\n", r"line 1: expected key=value"),
-    (f"\nsasl.jaas.config={SECRET}\n", r"line 2: unknown key 'sasl.jaas.config'; known: bootstrap.servers, .* -X"),
+    (f"{SECRET}==\n", r"line 1: not one of the known keys \(bootstrap.servers, .*\) followed by .* -X KEY=VALUE"),
+    (f"\n{SECRET}\n", r"line 2: not one of the known keys"),
+    (f"\nsasl.jaas.config={SECRET}\n", r"line 2: not one of the known keys"),
+    (f"sasl.pasword: {SECRET}\n", r"line 1: not one of the known keys"),
     ("sasl.username=a\nsasl.username=b\n", r"line 2: sasl.username is given twice"),
 ])
 def test_config_file_errors_name_the_line_never_its_text(tmp_path: Path, text: str, message: str) -> None:
@@ -107,6 +119,13 @@ def test_config_file_errors_name_the_line_never_its_text(tmp_path: Path, text: s
     with pytest.raises(KafkaSettingsError, match=message) as e:
         read_config_file(path)
     assert SECRET not in str(e.value)
+
+
+@pytest.mark.parametrize("line", [f"sasl.password: {SECRET}", f"sasl.password {SECRET}", f"sasl.password={SECRET}",
+                                  f"  sasl.password \t=  {SECRET}  ", f"sasl.password:{SECRET}"])
+def test_config_file_lines_are_java_properties(tmp_path: Path, line: str) -> None:
+    got = read_config_file(_file(tmp_path, "c", f"bootstrap.servers: h:1\n{line}\n"))
+    assert got == {"bootstrap_servers": "h:1", "sasl_password": SECRET}
 
 
 def test_config_file_keys_are_librdkafkas(tmp_path: Path) -> None:
@@ -132,6 +151,14 @@ def test_inconsistent_settings_are_one_line_naming_the_variable(environ: dict[st
     with pytest.raises(KafkaSettingsError, match="^invalid Kafka settings: .*" + message) as e:
         resolve(environ={"KAFKA_BOOTSTRAP_SERVERS": "h:1", **environ})
     assert "\n" not in str(e.value)
+
+
+def test_inconsistent_settings_name_the_file_or_flag_they_came_from(tmp_path: Path) -> None:
+    config = _file(tmp_path, "c", "sasl.username=u\n")
+    with pytest.raises(KafkaSettingsError, match=rf"sasl_username \(from sasl.username in {config}\) set, but "):
+        resolve(config_file=config, environ={"KAFKA_BOOTSTRAP_SERVERS": "h:1"})
+    with pytest.raises(KafkaSettingsError, match=r"ssl_ca_location \(from --ssl-ca-location\) set, but "):
+        resolve(flags={"ssl_ca_location": "/ca.pem"}, environ={"KAFKA_BOOTSTRAP_SERVERS": "h:1"})
 
 
 def test_validation_errors_never_quote_a_password() -> None:

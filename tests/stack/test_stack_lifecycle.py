@@ -77,6 +77,8 @@ def test_the_sasl_ssl_listener_takes_the_stacks_user_and_its_files_are_private(s
     assert (config.parent / "sasl.password").read_text().strip() == password and len(password) >= 24
     for name in ("sasl.password", "client.properties", "keystore.password", "broker.p12"):
         assert (config.parent / name).stat().st_mode & 0o077 == 0, name
+    # The broker's own config holds the keystore's password too.
+    assert (config.parent.parent / "server.properties").stat().st_mode & 0o077 == 0
     admin = AdminClient({**settings.librdkafka(), "log_level": 0})
     assert any(b.port == stack.kafka_sasl_port for b in admin.list_topics(timeout=30).brokers.values())
     wrong = AdminClient({**settings.librdkafka(), "sasl.password": "wrong", "log_level": 0})
