@@ -30,6 +30,12 @@ Prefix = Annotated[
     str, typer.Option("--topic-prefix", envvar=TOPIC_PREFIX_ENV, help="Topic prefix: topics are <prefix>.<table>.")
 ]
 Group = Annotated[str, typer.Option("--group", "-g", envvar="SOCIETY_CONSUMER_GROUP", help="Consumer group.")]
+DeadLetterMaxConsecutive = Annotated[
+    int, typer.Option(min=0, help="Stop after more than this many dead letters in a row (0: no limit).")
+]
+DeadLetterMaxPerMinute = Annotated[
+    int, typer.Option(min=0, help="Stop after more than this many dead letters within a minute (0: no limit).")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 Timeout = Annotated[
     float,

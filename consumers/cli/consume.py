@@ -7,7 +7,10 @@ import logging
 from typing import Annotated
 
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options, properties
-from consumers.cli._options import DatabaseUrl, Group, LogFormatOption, Prefix, Timeout, print_json, setup_logging, typer
+from consumers.cli._options import (
+    DatabaseUrl, DeadLetterMaxConsecutive, DeadLetterMaxPerMinute, Group, LogFormatOption, Prefix, Timeout, print_json,
+    setup_logging, typer,
+)
 from consumers.cli._redact import secrets
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema
 from consumers.logs import bind_fields
@@ -41,12 +44,8 @@ def consume(
         list[str] | None,
         typer.Option("--consumer-property", "-X", help="Extra librdkafka consumer property KEY=VALUE (repeat)."),
     ] = None,
-    dead_letter_max_consecutive: Annotated[
-        int, typer.Option(min=0, help="Stop after more than this many dead letters in a row (0: no limit).")
-    ] = 1_000,
-    dead_letter_max_per_minute: Annotated[
-        int, typer.Option(min=0, help="Stop after more than this many dead letters within a minute (0: no limit).")
-    ] = 10_000,
+    dead_letter_max_consecutive: DeadLetterMaxConsecutive = 1_000,
+    dead_letter_max_per_minute: DeadLetterMaxPerMinute = 10_000,
     shutdown_timeout: Annotated[
         float, typer.Option(min=0.1, max=3600, help="On SIGTERM, give up a batch not committed within this many seconds.")
     ] = 30.0,

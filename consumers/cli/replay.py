@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from consumers._deps import psycopg
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options, properties
 from consumers.cli._options import (
-    DatabaseUrl, Json, Prefix, Timeout, console, err_console, fail, print_json, print_warning,
+    DatabaseUrl, DeadLetterMaxConsecutive, DeadLetterMaxPerMinute, Json, Prefix, Timeout, console, err_console, fail, print_json, print_warning,
     print_table, setup_logging, typer,
 )
 from consumers.cli._progress import Progress
@@ -111,12 +111,8 @@ def replay(
     ] = False,
     max_batch_rows: Annotated[int, typer.Option(min=1, help="Commit after this many rows.")] = 20_000,
     validate: Annotated[bool, typer.Option(help="Validate records as the worker does.")] = True,
-    dead_letter_max_consecutive: Annotated[
-        int, typer.Option(min=0, help="Stop after more than this many dead letters in a row (0: no limit).")
-    ] = 1_000,
-    dead_letter_max_per_minute: Annotated[
-        int, typer.Option(min=0, help="Stop after more than this many dead letters within a minute (0: no limit).")
-    ] = 10_000,
+    dead_letter_max_consecutive: DeadLetterMaxConsecutive = 1_000,
+    dead_letter_max_per_minute: DeadLetterMaxPerMinute = 10_000,
     consumer_property: Annotated[
         list[str] | None,
         typer.Option("--consumer-property", "-X", help="Extra librdkafka consumer property KEY=VALUE (repeat)."),
