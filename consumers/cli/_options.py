@@ -117,6 +117,16 @@ def print_warning(message: str) -> None:
     err_console.print(rich_text.Text("warning: ", style="bold yellow") + rich_text.Text(message), soft_wrap=True)
 
 
+def print_note(message: str) -> None:
+    """A line of information for people on stderr (JSON in --log-format json)."""
+    if json_logging():
+        logger = logging.getLogger(CLI_LOGGER)
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))  # a note is meant to be seen
+        logger.info(message)
+        return
+    err_console.print(rich_text.Text(message), soft_wrap=True)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Exit non-zero with one clear line."""
     print_error(message)

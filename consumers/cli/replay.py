@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from consumers._deps import psycopg
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options, properties
 from consumers.cli._options import (
-    DatabaseUrl, DeadLetterMaxConsecutive, DeadLetterMaxPerMinute, Json, Prefix, Timeout, console, err_console, fail, print_json, print_warning,
-    print_table, setup_logging, typer,
+    DatabaseUrl, DeadLetterMaxConsecutive, DeadLetterMaxPerMinute, Json, Prefix, Timeout, console, fail, print_json,
+    print_note, print_table, print_warning, setup_logging, typer,
 )
 from consumers.cli._progress import Progress
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema, require_topics
@@ -172,7 +172,7 @@ def replay(
             for notice in applied.notices:
                 print_warning(notice)
             if applied:
-                err_console.print(f"schema {target_schema}: applied {len(applied)} migration(s)")
+                print_note(f"schema {target_schema}: applied {len(applied)} migration(s)")
             target = in_schema(live, target_schema)
     require_topics(reach_kafka(kafka, timeout, extra), topic_prefix, chosen, kafka=kafka)
 
@@ -196,7 +196,7 @@ def replay(
             for warning in summary.warnings:
                 print_warning(warning)
             if summary.resumed_from:
-                err_console.print(f"resuming: {summary.resumed_from:,} offset(s) were replayed before")
+                print_note(f"resuming: {summary.resumed_from:,} offset(s) were replayed before")
 
         worker = Replay(settings, selection, dry_run=dry_run, resume=resume, target_schema=target_schema,
                         on_plan=planned, on_progress=bar.advance)

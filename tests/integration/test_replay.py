@@ -375,3 +375,14 @@ def test_an_empty_selection_says_so(services, database_url, topic_prefix):
     _record_run(services, topic_prefix, agents=1, steps=1)
     _, summary, err = _cli(services, database_url, topic_prefix, "--run", str(uuid.uuid4()), "--dry-run")
     assert any("no record of run" in w for w in summary["warnings"]) and "no record of run" in err
+
+
+def test_in_json_log_format_every_stderr_line_is_json(services, database_url, topic_prefix):
+    run_id = _record_run(services, topic_prefix, agents=1, steps=1)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap, "DATABASE_URL": database_url}
+    ran = subprocess.run([sys.executable, "-m", "consumers.cli", "--log-format", "json", "replay", "--topic-prefix",
+                          topic_prefix, "--run", str(run_id), "--target-schema", "logged", "--json"],
+                         env=env, capture_output=True, text=True, timeout=WAIT_TIMEOUT_S)
+    assert ran.returncode == 0, ran.stderr
+    lines = [json.loads(line) for line in ran.stderr.splitlines() if line.strip()]
+    assert any(line["message"].startswith("schema logged: applied ") for line in lines), lines
