@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from consumers.cli import backfill, bench, consume, dlq, export, migrate, replay, simulate, status, topics
+from consumers.cli import backfill, bench, consume, dlq, export, migrate, replay, simulate, soak, status, topics
 from consumers.cli._failures import context, run
 from consumers.cli._options import LogFormatOption, setup_logging, typer
 
@@ -35,6 +35,7 @@ app.add_typer(topics.app, name="topics")
 app.command()(consume.consume)
 app.command()(replay.replay)
 app.command()(simulate.simulate)
+app.command()(soak.soak)
 app.command()(status.status)
 app.add_typer(dlq.app, name="dlq")
 app.command()(bench.bench)

@@ -25,6 +25,12 @@ def simulate(
     agents: Annotated[int, typer.Option(min=1, help="Number of agents.")] = 100,
     steps: Annotated[int, typer.Option(min=1, help="Number of steps.")] = 10,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    steps_per_second: Annotated[
+        float | None,
+        typer.Option(min=0.001, show_default=False,
+                     help="Start at most this many steps a second, each step's records in one burst "
+                          "(default: flat out)."),
+    ] = None,
     kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",
     wait_loaded: Annotated[
@@ -50,7 +56,7 @@ def simulate(
     require_topics(reach_kafka(kafka, timeout), topic_prefix, kafka=kafka)
     handler = KafkaDatabaseHandler(kafka=kafka, topic_prefix=topic_prefix, extra={"logger": librdkafka_logger()})
     try:
-        report = asyncio.run(run_society(handler, agents, steps, seed))
+        report = asyncio.run(run_society(handler, agents, steps, seed, steps_per_second))
     finally:  # also on Ctrl-C: deliver what was recorded
         handler.producer.close()
     loaded = None

@@ -57,9 +57,15 @@ def _sentence(rng: random.Random) -> str:
 
 
 async def run_society(
-    handler: KafkaDatabaseHandler, agents: int, steps: int, seed: int = 7
+    handler: KafkaDatabaseHandler, agents: int, steps: int, seed: int = 7, steps_per_second: float | None = None
 ) -> SimulationReport:
-    """Simulate `agents` agents for `steps` steps through `handler`."""
+    """Simulate `agents` agents for `steps` steps through `handler`.
+
+    Each step's records go out as one burst, as in the simulation. With
+    `steps_per_second`, step k starts no earlier than k / steps_per_second
+    seconds after the run started (a late step starts at once: the pace
+    catches up); without it, steps follow each other flat out.
+    """
     rng = random.Random(seed)
     started = time.perf_counter()
     producer: SocietyProducer = handler.producer
@@ -142,7 +148,9 @@ async def run_society(
                     step,
                     name,
                 )
-        await asyncio.sleep(0)  # a step boundary: let the rest of the loop run
+        # A step boundary: let the rest of the loop run, and keep the pace if one was asked.
+        ahead = 0.0 if steps_per_second is None else started + (step + 1) / steps_per_second - time.perf_counter()
+        await asyncio.sleep(max(0.0, ahead))
     await handler.end_simulation_run("completed")
     recorded: dict[str, Any] = producer.stats().sent
     recorded["simulation_runs"] = 1  # two states (start, end) of one row

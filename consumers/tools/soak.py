@@ -1,0 +1,326 @@
+"""A soak: one long simulated run through Kafka into PostgreSQL with one worker, watched throughout.
+
+:func:`run_soak` creates a scratch database (migrated) and a topic prefix of its
+own, starts one ``society-ingest consume`` worker and the synthetic society
+(``society-ingest simulate``) as separate processes, and samples every few
+seconds the RSS of both processes (Linux ``/proc``), the records in the topics,
+the records loaded (offsets the worker committed to PostgreSQL with their rows)
+and the lag. Once the producer is done and the worker has caught up, it stops
+the worker, asks ``society-ingest status --run ID --json`` whether the run
+landed exactly (every table: recorded == loaded), writes ``samples.csv``,
+``summary.json`` and ``soak.png`` and removes the database and topics (unless
+asked to keep them).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import SecretStr
+
+from consumers import status
+from consumers._deps import psycopg
+from consumers.errors import ConsumerError
+from consumers.migrations import migrate
+from consumers.tools import soak_figures
+from consumers.tools.proc_memory import rss_bytes
+from consumers.tools.soak_figures import DRAIN, PRODUCE, Figures, Sample
+from consumers.topics import DEFAULT_PARTITIONS, admin_client, all_topics, create_topics, delete_topics
+from producers.kafka_config import CONFIG_FILE_ENV, SETTINGS, KafkaClientSettings
+
+#: The issue's bound: the worker's RSS may grow this much after warm-up.
+DEFAULT_MAX_WORKER_GROWTH_MB = 50.0
+#: How long a stopped worker may take to finish its batch and exit.
+WORKER_STOP_TIMEOUT_S = 60.0
+#: Environment variables of ours that would change what the child processes do.
+_CHILD_UNSET = ("SOCIETY_METRICS_PORT", "SOCIETY_TOPIC_PREFIX", "SOCIETY_CONSUMER_GROUP", CONFIG_FILE_ENV)
+
+
+class SoakError(ConsumerError):
+    """The soak could not run to its end (a process failed, the worker did not catch up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SoakSettings:
+    """What to run and how to watch it."""
+
+    agents: int
+    steps: int
+    kafka: KafkaClientSettings
+    #: The PostgreSQL server's URL; the soak creates its own database there.
+    database_url: str
+    out: Path
+    #: None: the producer runs flat out.
+    steps_per_second: float | None = 1.0
+    sample_seconds: float = 5.0
+    partitions: int = DEFAULT_PARTITIONS
+    #: Give up when the worker has not caught up this long after the producer finished.
+    drain_timeout_s: float = 900.0
+    max_worker_growth_mb: float = DEFAULT_MAX_WORKER_GROWTH_MB
+    keep: bool = False
+    seed: int = 7
+
+
+@dataclass(frozen=True, slots=True)
+class SoakResult:
+    """What a soak found; ``summary`` is what ``summary.json`` holds."""
+
+    summary: dict[str, Any]
+    samples: list[Sample]
+    figures: Figures
+
+    @property
+    def passed(self) -> bool:
+        """Reconciled exactly, and no bound judged was broken."""
+        return all(v is not False for v in self.summary["verdicts"].values())
+
+
+def child_environment(kafka: KafkaClientSettings, database_url: str) -> dict[str, str]:
+    """The environment of the soak's processes: these Kafka settings and this database, nothing inherited
+    that would change them (passwords go through the environment, never a command line)."""
+    env = {k: v for k, v in os.environ.items() if k not in _CHILD_UNSET}
+    for s in SETTINGS:
+        env.pop(s.env, None)
+        env.pop(s.file_env, None)
+        value = getattr(kafka, s.field)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[s.env] = str(value).lower() if isinstance(value, bool) else str(value)
+    env["DATABASE_URL"] = database_url
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "consumers.cli", *args]
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return text[-chars:]
+
+
+class _Scratch:
+    """The soak's own database and topics, removed on exit unless kept."""
+
+    def __init__(self, settings: SoakSettings, tag: str) -> None:
+        self.settings = settings
+        self.database = tag
+        self.prefix = tag
+        self.group = tag
+        info = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+        self.url = psycopg.conninfo.make_conninfo(**{**info, "dbname": tag})
+        self.admin = admin_client(settings.kafka)
+
+    def __enter__(self) -> _Scratch:
+        with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
+        migrate(self.url)
+        create_topics(self.admin, self.prefix, self.settings.kafka, partitions=self.settings.partitions)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.settings.keep:
+            return
+        delete_topics(self.admin, all_topics(self.prefix))
+        with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+class _Process:
+    """A child process with its stdout and stderr in files of the output folder."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], out: Path) -> None:
+        self.name = name
+        self.stdout_path, self.log_path = out / f"{name}.json", out / f"{name}.log"
+        self._files: list[IO[Any]] = [self.stdout_path.open("w"), self.log_path.open("w")]
+        self.proc = subprocess.Popen(args, env=env, stdout=self._files[0], stderr=self._files[1])
+
+    def rss(self) -> int | None:
+        return rss_bytes(self.proc.pid) if self.proc.poll() is None else None
+
+    def failed(self, what: str) -> SoakError:
+        return SoakError(f"the {self.name} {what} (exit {self.proc.returncode}); its log {self.log_path} ends:\n"
+                         f"{_tail(self.log_path)}")
+
+    def output(self) -> Any:
+        return json.loads(self.stdout_path.read_text())
+
+    def stop(self, timeout_s: float) -> None:
+        """SIGTERM (the worker finishes its batch), then SIGKILL after `timeout_s`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in self._files:
+            f.close()
+
+
+class _Sampler:
+    """Takes one :class:`Sample` of the producer, the worker and the lag."""
+
+    def __init__(self, scratch: _Scratch, kafka: KafkaClientSettings, producer: _Process, worker: _Process) -> None:
+        self.scratch, self.kafka, self.producer, self.worker = scratch, kafka, producer, worker
+        self.started = time.monotonic()
+        self.samples: list[Sample] = []
+
+    def take(self, phase: str) -> Sample:
+        s = self.scratch
+        lags = status.consumer_lag(self.kafka, s.url, s.prefix, s.group)
+        sample = Sample(
+            seconds=round(time.monotonic() - self.started, 2),
+            phase=phase,
+            producer_rss=self.producer.rss(),
+            worker_rss=self.worker.rss(),
+            in_kafka=sum(p.high_watermark for p in lags),
+            committed=sum(p.stored_offset or 0 for p in lags),
+            lag=sum(p.lag for p in lags),
+        )
+        self.samples.append(sample)
+        return sample
+
+
+def _wait(proc: subprocess.Popen[Any], seconds: float) -> None:
+    """Wait up to `seconds` for `proc` to exit (it wakes the soak at once when it does)."""
+    try:
+        proc.wait(max(0.0, seconds))
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _reconcile(scratch: _Scratch, env: dict[str, str], run_id: str) -> dict[str, Any]:
+    """``society-ingest status --run ID --json`` on the soak's database, topics and group."""
+    done = subprocess.run(_cli("status", "--run", run_id, "--json", "--topic-prefix", scratch.prefix,
+                               "--group", scratch.group), env=env, capture_output=True, text=True, timeout=300)
+    if not done.stdout.strip():
+        raise SoakError(f"status --run {run_id} printed nothing (exit {done.returncode}): {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def write_samples(samples: list[Sample], path: Path) -> Path:
+    """The samples as CSV, one row each, RSS in bytes (empty once a process has exited)."""
+    fields = [f.name for f in dataclasses.fields(Sample)]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for s in samples:
+            writer.writerow(["" if v is None else v for v in dataclasses.astuple(s)])
+    return path
+
+
+def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambda s: None) -> SoakResult:
+    """Run a soak (see the module's docstring); raise SoakError when it cannot finish."""
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"soak_{uuid.uuid4().hex[:10]}"
+    with _Scratch(settings, tag) as scratch:
+        env = child_environment(settings.kafka, scratch.url)
+        worker = _Process("worker", _cli("consume", "--topic-prefix", scratch.prefix, "--group", scratch.group), env, out)
+        pace = [] if settings.steps_per_second is None else ["--steps-per-second", str(settings.steps_per_second)]
+        producer = _Process("producer", _cli(
+            "simulate", "--agents", str(settings.agents), "--steps", str(settings.steps), "--seed", str(settings.seed),
+            "--topic-prefix", scratch.prefix, "--json", *pace), env, out)
+        try:
+            sampler = _Sampler(scratch, settings.kafka, producer, worker)
+            while producer.proc.poll() is None:
+                tick = time.monotonic()
+                on_sample(sampler.take(PRODUCE))
+                if worker.proc.poll() is not None:
+                    raise worker.failed("exited while the producer ran")
+                _wait(producer.proc, settings.sample_seconds - (time.monotonic() - tick))
+            produced_at = time.monotonic()
+            if producer.proc.returncode != 0:
+                raise producer.failed("failed")
+            simulated = producer.output()
+            while True:
+                tick = time.monotonic()
+                sample = sampler.take(DRAIN)
+                on_sample(sample)
+                if sample.lag == 0 and sample.committed == sample.in_kafka:
+                    break
+                if worker.proc.poll() is not None:
+                    raise worker.failed("exited before it caught up")
+                if tick - produced_at > settings.drain_timeout_s:
+                    raise SoakError(f"the worker had {sample.lag} records still to load "
+                                    f"{settings.drain_timeout_s:.0f}s after the producer finished")
+                _wait(worker.proc, settings.sample_seconds - (time.monotonic() - tick))
+            drained_at = time.monotonic()
+            worker.stop(WORKER_STOP_TIMEOUT_S)
+            if worker.proc.returncode != 0:
+                raise worker.failed("did not stop cleanly")
+            answer = _reconcile(scratch, env, simulated["run_id"])
+        finally:
+            producer.stop(WORKER_STOP_TIMEOUT_S)
+            worker.stop(WORKER_STOP_TIMEOUT_S)
+    return _result(settings, scratch, sampler, simulated, answer,
+                   produced_at - sampler.started, drained_at - sampler.started)
+
+
+def _result(settings: SoakSettings, scratch: _Scratch, sampler: _Sampler, simulated: dict[str, Any],
+            answer: dict[str, Any], production_s: float, drained_s: float) -> SoakResult:
+    samples = sampler.samples
+    figs = soak_figures.figures(samples, settings.steps)
+    recorded: dict[str, int] = answer["recorded"] or {}
+    loaded: dict[str, int] = answer["loaded"]
+    exact = bool(recorded) and all(loaded.get(t) == n for t, n in recorded.items())
+    growth = figs.worker.growth
+    produced, landed = sum(recorded.values()), sum(loaded.get(t, 0) for t in recorded)
+    summary = {
+        "run_id": simulated["run_id"],
+        "agents": settings.agents,
+        "steps": settings.steps,
+        "steps_per_second": settings.steps_per_second,
+        "sample_seconds": settings.sample_seconds,
+        "records_produced": produced,
+        "records_loaded": landed,
+        "recorded": recorded,
+        "loaded": loaded,
+        "status": answer["state"],
+        "production_s": round(production_s, 1),
+        "duration_s": round(drained_s, 1),
+        "drain_s": round(drained_s - production_s, 1),
+        "records_per_s": round(landed / drained_s) if drained_s else None,
+        "max_worker_growth_mb": settings.max_worker_growth_mb,
+        "figures": dataclasses.asdict(figs),
+        "verdicts": {
+            "reconciled": answer["state"] == status.COMPLETE and exact,
+            "worker_rss_within_bound": None if growth is None else growth <= settings.max_worker_growth_mb,
+            "lag_bounded": figs.lag.bounded,
+        },
+        "database": scratch.database,
+        "topic_prefix": scratch.prefix,
+        "kept": settings.keep,
+    }
+    return SoakResult(summary, samples, figs)
+
+
+def write_files(result: SoakResult, out: Path) -> dict[str, str]:
+    """Write ``samples.csv``, ``soak.png`` and ``summary.json`` (with these paths in it) into `out`."""
+    from consumers.tools.soak_chart import draw  # matplotlib: the charts extra
+
+    s = result.summary
+    files = {
+        "samples": str(write_samples(result.samples, out / "samples.csv")),
+        "chart": str(draw(result.samples, result.figures, out / "soak.png",
+                          f"soak: {s['agents']:,} agents × {s['steps']:,} steps, {s['records_loaded']:,} records")),
+        "summary": str(out / "summary.json"),
+    }
+    s["files"] = files
+    (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+    return files
