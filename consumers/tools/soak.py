@@ -227,9 +227,9 @@ def write_samples(samples: list[Sample], path: Path) -> Path:
 def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambda s: None) -> SoakResult:
     """Run a soak (see the module's docstring); raise SoakError when it cannot finish."""
     out = settings.out
-    out.mkdir(parents=True, exist_ok=True)
     tag = f"soak_{uuid.uuid4().hex[:10]}"
     with _Scratch(settings, tag) as scratch:
+        out.mkdir(parents=True, exist_ok=True)
         env = child_environment(settings.kafka, scratch.url)
         worker = _Process("worker", _cli("consume", "--topic-prefix", scratch.prefix, "--group", scratch.group), env, out)
         pace = [] if settings.steps_per_second is None else ["--steps-per-second", str(settings.steps_per_second)]

@@ -1,0 +1,78 @@
+"""``society-ingest soak`` end to end, tiny: exact reconciliation, samples, a real PNG, nothing left behind."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from PIL import Image
+
+from consumers.topics import admin_client
+
+pytestmark = pytest.mark.integration
+
+
+def test_tiny_soak_reconciles_samples_and_cleans_up(services, tmp_path):
+    out = tmp_path / "soak"
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap, "DATABASE_URL": services.database_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "consumers.cli", "soak", "--agents", "50", "--steps", "10", "--steps-per-second", "10",
+         "--sample-seconds", "0.5", "--partitions", "2", "--out", str(out), "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary == json.loads((out / "summary.json").read_text())
+
+    # Exact reconciliation: status --run says complete and every table loaded what was recorded.
+    assert summary["status"] == "complete"
+    assert summary["verdicts"]["reconciled"] is True
+    assert summary["recorded"] == summary["loaded"]
+    assert summary["records_produced"] == summary["records_loaded"] == sum(summary["recorded"].values())
+    assert summary["recorded"]["agent_memories"] == summary["recorded"]["simulation_events"] == 50 * 10
+    assert summary["recorded"]["agents"] == 50
+    assert summary["verdicts"]["worker_rss_within_bound"] is True
+
+    # Samples: both processes' RSS, the records in Kafka, loaded and the lag, ending caught up.
+    with (out / "samples.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 3
+    assert any(int(r["producer_rss"] or 0) > 10_000_000 for r in rows if r["phase"] == "produce")
+    assert all(int(r["worker_rss"]) > 10_000_000 for r in rows)
+    assert max(int(r["lag"]) for r in rows) > 0
+    last = rows[-1]
+    assert last["phase"] == "drain" and int(last["lag"]) == 0
+    assert int(last["in_kafka"]) == int(last["committed"]) >= summary["records_produced"]
+    assert summary["figures"]["worker"]["at_end"] > 0 and summary["figures"]["producer"]["at_end"] > 0
+
+    # The chart is a real PNG with something drawn on it.
+    png = out / "soak.png"
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 500 and image.size[1] > 400
+        image.verify()
+    with Image.open(png) as image:
+        assert sum(1 for n in image.convert("L").histogram() if n) > 10  # lines and text, not a blank page
+    assert (out / "worker.log").exists() and (out / "producer.json").exists()
+
+    # The scratch database and topics are gone.
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                            (summary["database"],)).fetchone()[0] == 0
+    topics = admin_client(services.bootstrap).list_topics(timeout=30).topics
+    assert not [t for t in topics if t.startswith(summary["topic_prefix"] + ".")]
+
+
+def test_soak_refuses_to_start_without_postgres(services, tmp_path):
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap,
+           "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/society"}
+    done = subprocess.run([sys.executable, "-m", "consumers.cli", "soak", "--agents", "2", "--steps", "1",
+                           "--timeout", "2", "--out", str(tmp_path / "soak")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot connect to PostgreSQL"), done.stderr
+    assert not (tmp_path / "soak").exists()
