@@ -102,6 +102,7 @@ def _print(s: dict, wall_s: float) -> None:
     f = s["figures"]
     w, p, lag = f["worker"], f["producer"], f["lag"]
     mb = lambda v: "?" if v is None else f"{v:,.1f}"  # noqa: E731
+    count = lambda v: "?" if v is None else f"{v:,}"  # noqa: E731
     print_table(
         f"soak of run {s['run_id']}: {s['agents']:,} agents × {s['steps']:,} steps",
         ["figure", "value"],
@@ -117,7 +118,8 @@ def _print(s: dict, wall_s: float) -> None:
             ["producer RSS warm-up end → end (MB)", f"{mb(p['at_warmup_end'])} → {mb(p['at_end'])} "
                                                     f"({mb(p['growth'])}; peak {mb(p['peak_after_warmup'])})"],
             ["lag max / after warm-up (records)", f"{lag['max']:,} / {lag['max_after_warmup']:,}"],
-            ["lag max 1st / 2nd half of production", f"{lag['max_first_half']} / {lag['max_second_half']}"],
+            ["lag max 1st / 2nd half of production, at its end",
+             f"{count(lag['max_first_half'])} / {count(lag['max_second_half'])}, {lag['at_production_end']:,}"],
         ],
     )
     verdicts = ", ".join(f"{k} {'?' if v is None else ('yes' if v else 'NO')}" for k, v in s["verdicts"].items())
