@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -82,6 +83,7 @@ def soak(
         drain_timeout_s=drain_timeout, max_worker_growth_mb=max_worker_growth, keep=keep,
     )
     started = time.monotonic()
+    _interrupt_on_sigterm()
     result = run_soak(settings, on_sample=_progress())
     write_files(result, folder)
     s = result.summary
@@ -96,6 +98,17 @@ def soak(
     broken = [name for name, ok in verdicts.items() if ok is False]
     if broken:
         fail(f"bound(s) broken: {', '.join(broken)} (see {folder / 'summary.json'})", EXIT_BOUND_BROKEN)
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (and SIGINT, even when a background shell ignores it) stop the soak as Ctrl-C does:
+    both processes stopped, the scratch database and topics removed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def _print(s: dict, wall_s: float) -> None:
