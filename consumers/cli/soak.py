@@ -20,6 +20,8 @@ from producers.kafka_config import KafkaClientSettings
 
 #: Exit status when the run reconciled but a bound (worker memory, lag) was broken.
 EXIT_BOUND_BROKEN = 4
+#: Exit status after Ctrl-C or SIGTERM, as for a shell's interrupted command.
+EXIT_INTERRUPTED = 130
 #: At most one progress line this often.
 PROGRESS_EVERY_S = 30.0
 
@@ -84,7 +86,13 @@ def soak(
     )
     started = time.monotonic()
     _interrupt_on_sigterm()
-    result = run_soak(settings, on_sample=_progress())
+    print_note(f"soak: database and topic prefix {settings.name}, files in {folder}")
+    try:
+        result = run_soak(settings, on_sample=_progress())
+    except KeyboardInterrupt:
+        print_note(f"soak interrupted: worker and producer stopped, {settings.name} "
+                   + ("kept" if keep else "removed"))
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     write_files(result, folder)
     s = result.summary
     if as_json:

@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -71,6 +71,8 @@ class SoakSettings:
     max_worker_growth_mb: float = DEFAULT_MAX_WORKER_GROWTH_MB
     keep: bool = False
     seed: int = 7
+    #: The scratch database's name, also the topic prefix and the consumer group.
+    name: str = field(default_factory=lambda: f"soak_{uuid.uuid4().hex[:10]}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +229,7 @@ def write_samples(samples: list[Sample], path: Path) -> Path:
 def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambda s: None) -> SoakResult:
     """Run a soak (see the module's docstring); raise SoakError when it cannot finish."""
     out = settings.out
-    tag = f"soak_{uuid.uuid4().hex[:10]}"
-    with _Scratch(settings, tag) as scratch:
+    with _Scratch(settings, settings.name) as scratch:
         out.mkdir(parents=True, exist_ok=True)
         env = child_environment(settings.kafka, scratch.url)
         worker = _Process("worker", _cli("consume", "--topic-prefix", scratch.prefix, "--group", scratch.group), env, out)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
 from PIL import Image
 
 from consumers.topics import admin_client
+from support.pipeline import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +80,39 @@ def test_soak_refuses_to_start_without_postgres(services, tmp_path):
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot connect to PostgreSQL"), done.stderr
     assert not (tmp_path / "soak").exists()
+
+
+def test_sigterm_stops_the_soak_and_removes_its_database_and_topics(services, tmp_path):
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap, "DATABASE_URL": services.database_url}
+    log = tmp_path / "soak.log"
+    with log.open("w") as err:
+        soak = subprocess.Popen(
+            [sys.executable, "-m", "consumers.cli", "soak", "--agents", "20", "--steps", "10000", "--sample-seconds",
+             "0.5", "--partitions", "1", "--out", str(tmp_path / "soak")], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        name = wait_for(lambda: re.search(r"topic prefix (soak_\w+)", log.read_text()), "the soak's start line")[1]
+        wait_for(lambda: all(any(f" {c} " in line for line in _processes(name)) for c in ("consume", "simulate")),
+                 "the soak's worker and producer", timeout=60)
+        soak.send_signal(signal.SIGTERM)
+        assert soak.wait(60) == 130
+    finally:
+        if soak.poll() is None:
+            soak.kill()
+    assert f"soak interrupted: worker and producer stopped, {name} removed" in log.read_text()
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()[0] == 0
+    assert not [t for t in admin_client(services.bootstrap).list_topics(timeout=30).topics if t.startswith(name + ".")]
+    assert not _processes(name)
+
+
+def _processes(name: str) -> list[str]:
+    """Command lines of the running processes that mention `name`."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        try:
+            line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and name in line:
+            lines.append(line)
+    return lines
