@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from confluent_kafka import KafkaException
 from pydantic import SecretStr
 
 from consumers import status
@@ -44,6 +45,8 @@ from producers.kafka_config import CONFIG_FILE_ENV, SETTINGS, KafkaClientSetting
 DEFAULT_MAX_WORKER_GROWTH_MB = 50.0
 #: How long a stopped worker may take to finish its batch and exit.
 WORKER_STOP_TIMEOUT_S = 60.0
+#: Give up when no sample could be taken for this long (Kafka or PostgreSQL not answering).
+MAX_MISSED_SAMPLES_S = 120.0
 #: Environment variables of ours that would change what the child processes do.
 _CHILD_UNSET = ("SOCIETY_METRICS_PORT", "SOCIETY_TOPIC_PREFIX", "SOCIETY_CONSUMER_GROUP", CONFIG_FILE_ENV)
 
@@ -180,13 +183,26 @@ class _Sampler:
     def __init__(self, scratch: _Scratch, kafka: KafkaClientSettings, producer: _Process, worker: _Process) -> None:
         self.scratch, self.kafka, self.producer, self.worker = scratch, kafka, producer, worker
         self.started = time.monotonic()
+        self.last_ok: float | None = None
+        #: Samples Kafka or PostgreSQL did not answer for.
+        self.missed = 0
         self.samples: list[Sample] = []
 
-    def take(self, phase: str) -> Sample:
+    def take(self, phase: str) -> Sample | None:
+        """A sample, or None when Kafka or PostgreSQL did not answer this time (a busy broker moving a
+        partition's leader, say); SoakError once they have not answered for MAX_MISSED_SAMPLES_S."""
         s = self.scratch
-        lags = status.consumer_lag(self.kafka, s.url, s.prefix, s.group)
+        try:
+            lags = status.consumer_lag(self.kafka, s.url, s.prefix, s.group)
+        except (KafkaException, psycopg.OperationalError) as e:
+            self.missed += 1
+            since = self.last_ok or self.started
+            if time.monotonic() - since > MAX_MISSED_SAMPLES_S:
+                raise SoakError(f"no sample for {MAX_MISSED_SAMPLES_S:.0f}s: {e}") from e
+            return None
+        self.last_ok = time.monotonic()
         sample = Sample(
-            seconds=round(time.monotonic() - self.started, 2),
+            seconds=round(self.last_ok - self.started, 2),
             phase=phase,
             producer_rss=self.producer.rss(),
             worker_rss=self.worker.rss(),
@@ -241,7 +257,9 @@ def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambd
             sampler = _Sampler(scratch, settings.kafka, producer, worker)
             while producer.proc.poll() is None:
                 tick = time.monotonic()
-                on_sample(sampler.take(PRODUCE))
+                sample = sampler.take(PRODUCE)
+                if sample is not None:
+                    on_sample(sample)
                 if worker.proc.poll() is not None:
                     raise worker.failed("exited while the producer ran")
                 _wait(producer.proc, settings.sample_seconds - (time.monotonic() - tick))
@@ -252,13 +270,14 @@ def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambd
             while True:
                 tick = time.monotonic()
                 sample = sampler.take(DRAIN)
-                on_sample(sample)
-                if sample.lag == 0 and sample.committed == sample.in_kafka:
-                    break
+                if sample is not None:
+                    on_sample(sample)
+                    if sample.lag == 0 and sample.committed == sample.in_kafka:
+                        break
                 if worker.proc.poll() is not None:
                     raise worker.failed("exited before it caught up")
                 if tick - produced_at > settings.drain_timeout_s:
-                    raise SoakError(f"the worker had {sample.lag} records still to load "
+                    raise SoakError(f"the worker had {sampler.samples[-1].lag if sampler.samples else '?'} records to load "
                                     f"{settings.drain_timeout_s:.0f}s after the producer finished")
                 _wait(worker.proc, settings.sample_seconds - (time.monotonic() - tick))
             drained_at = time.monotonic()
@@ -288,6 +307,8 @@ def _result(settings: SoakSettings, scratch: _Scratch, sampler: _Sampler, simula
         "steps": settings.steps,
         "steps_per_second": settings.steps_per_second,
         "sample_seconds": settings.sample_seconds,
+        "samples": len(samples),
+        "samples_missed": sampler.missed,
         "records_produced": produced,
         "records_loaded": landed,
         "recorded": recorded,

@@ -46,8 +46,10 @@ def test_tiny_soak_reconciles_samples_and_cleans_up(services, tmp_path):
     with (out / "samples.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) >= 3
-    assert any(int(r["producer_rss"] or 0) > 10_000_000 for r in rows if r["phase"] == "produce")
-    assert all(int(r["worker_rss"]) > 10_000_000 for r in rows)
+    assert all(int(r["worker_rss"]) > 0 for r in rows)  # the worker runs to the last sample
+    assert max(int(r["worker_rss"]) for r in rows) > 30_000_000  # an interpreter with the worker loaded
+    assert max(int(r["producer_rss"] or 0) for r in rows if r["phase"] == "produce") > 30_000_000
+    assert all(not r["producer_rss"] for r in rows if r["phase"] == "drain")  # the producer is done
     assert max(int(r["lag"]) for r in rows) > 0
     last = rows[-1]
     assert last["phase"] == "drain" and int(last["lag"]) == 0
