@@ -248,7 +248,8 @@ def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambd
     with _Scratch(settings, settings.name) as scratch:
         out.mkdir(parents=True, exist_ok=True)
         env = child_environment(settings.kafka, scratch.url)
-        worker = _Process("worker", _cli("consume", "--topic-prefix", scratch.prefix, "--group", scratch.group), env, out)
+        consume = _cli("consume", "--topic-prefix", scratch.prefix, "--group", scratch.group)
+        worker = _Process("worker", consume, env, out)
         pace = [] if settings.steps_per_second is None else ["--steps-per-second", str(settings.steps_per_second)]
         producer = _Process("producer", _cli(
             "simulate", "--agents", str(settings.agents), "--steps", str(settings.steps), "--seed", str(settings.seed),
@@ -277,8 +278,9 @@ def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambd
                 if worker.proc.poll() is not None:
                     raise worker.failed("exited before it caught up")
                 if tick - produced_at > settings.drain_timeout_s:
-                    raise SoakError(f"the worker had {sampler.samples[-1].lag if sampler.samples else '?'} records to load "
-                                    f"{settings.drain_timeout_s:.0f}s after the producer finished")
+                    left = sampler.samples[-1].lag if sampler.samples else "?"
+                    raise SoakError(f"the worker had {left} records to load {settings.drain_timeout_s:.0f}s "
+                                    "after the producer finished")
                 _wait(worker.proc, settings.sample_seconds - (time.monotonic() - tick))
             drained_at = time.monotonic()
             worker.stop(WORKER_STOP_TIMEOUT_S)

@@ -32,7 +32,8 @@ def draw(samples: Sequence[Sample], figs: Figures, path: Path, title: str) -> Pa
             ax.grid(alpha=0.3)
             ax.legend(loc="upper left")
         w = figs.worker
-        growth = "" if w.growth is None else f"; worker RSS {w.at_warmup_end:.0f} → {w.at_end:.0f} MB ({w.growth:+.1f})"
+        growth = "" if w.growth is None else \
+            f"; worker RSS {w.at_warmup_end:.0f} → {w.at_end:.0f} MB ({w.growth:+.1f})"
         mem.set_title(f"{title}{growth}", fontsize=10)
         fig.savefig(path, dpi=100)
     finally:

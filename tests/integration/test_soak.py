@@ -90,7 +90,8 @@ def test_sigterm_stops_the_soak_and_removes_its_database_and_topics(services, tm
     with log.open("w") as err:
         soak = subprocess.Popen(
             [sys.executable, "-m", "consumers.cli", "soak", "--agents", "20", "--steps", "10000", "--sample-seconds",
-             "0.5", "--partitions", "1", "--out", str(tmp_path / "soak")], env=env, stdout=subprocess.DEVNULL, stderr=err)
+             "0.5", "--partitions", "1", "--out", str(tmp_path / "soak")],
+            env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         name = wait_for(lambda: re.search(r"topic prefix (soak_\w+)", log.read_text()), "the soak's start line")[1]
         wait_for(lambda: all(any(f" {c} " in line for line in _processes(name)) for c in ("consume", "simulate")),
