@@ -28,8 +28,8 @@ def simulate(
     steps_per_second: Annotated[
         float | None,
         typer.Option(min=0.001, show_default=False,
-                     help="Start at most this many steps a second, each step's records in one burst "
-                          "(default: flat out)."),
+                     help="At most this many steps a second, each step's records in one burst; a slow step "
+                          "is not made up for (default: flat out)."),
     ] = None,
     kafka: KafkaClientSettings = KAFKA_OPTIONS,
     topic_prefix: Prefix = "society",

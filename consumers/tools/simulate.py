@@ -62,9 +62,9 @@ async def run_society(
     """Simulate `agents` agents for `steps` steps through `handler`.
 
     Each step's records go out as one burst, as in the simulation. With
-    `steps_per_second`, step k starts no earlier than k / steps_per_second
-    seconds after the run started (a late step starts at once: the pace
-    catches up); without it, steps follow each other flat out.
+    `steps_per_second`, a step lasts at least 1 / steps_per_second seconds (a
+    step that took longer is followed at once, without a faster burst to catch
+    up); without it, steps follow each other flat out.
     """
     rng = random.Random(seed)
     started = time.perf_counter()
@@ -77,6 +77,7 @@ async def run_society(
                               agent_type=AGENT_TYPES[i % 5], step=0)
     tx = 0
     for step in range(steps):
+        step_started = time.perf_counter()
         for name in names:
             await handler.save_agent_memory(
                 agent_id=name,
@@ -149,7 +150,7 @@ async def run_society(
                     name,
                 )
         # A step boundary: let the rest of the loop run, and keep the pace if one was asked.
-        ahead = 0.0 if steps_per_second is None else started + (step + 1) / steps_per_second - time.perf_counter()
+        ahead = 0.0 if steps_per_second is None else step_started + 1 / steps_per_second - time.perf_counter()
         await asyncio.sleep(max(0.0, ahead))
     await handler.end_simulation_run("completed")
     recorded: dict[str, Any] = producer.stats().sent
