@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
+from consumers._deps import psycopg
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
 from consumers.cli._options import DatabaseUrl, Json, Timeout, console, fail, print_json, print_note, print_table, typer
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka
@@ -77,6 +78,8 @@ def soak(
     """
     rss_bytes(os.getpid())  # /proc is there (Linux), before anything starts
     db = database(database_url, timeout)
+    with psycopg.connect(db, autocommit=True):  # the server answers, before anything is named or started
+        pass
     reach_kafka(kafka, timeout)
     folder = out or Path(f"soak-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     settings = SoakSettings(
