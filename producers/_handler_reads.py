@@ -43,6 +43,8 @@ class MemoryReads:
         self._loader_group = loader_group or os.environ.get(GROUP_ENV) or DEFAULT_LOADER_GROUP
         self._reader = reader
         self._last_warning: tuple[str, float] = ("", 0.0)
+        #: How long the reads' ``wait_for_landed=True`` waits at most.
+        self.landed_timeout = LANDED_TIMEOUT_S
 
     def _memory_reader(self) -> MemoryReader:
         if self._reader is None:
@@ -83,7 +85,7 @@ class MemoryReads:
 
         Scope: the current run (``start_simulation_run``), or `run_id`; every run with
         ``all_runs=True`` or before a run is started (as the simulation's own handler reads).
-        ``wait_for_landed=True`` first waits (up to ``LANDED_TIMEOUT_S``) until everything
+        ``wait_for_landed=True`` first waits (up to ``landed_timeout``, 30 s) until everything
         recorded so far is loaded; if that times out, a warning is logged and what is
         loaded is returned. Never raises for an unavailable database: logs a warning and returns [].
         """
@@ -146,11 +148,11 @@ class MemoryReads:
         deadline = time.monotonic() + timeout
         reader = self._memory_reader()
         positions = await asyncio.to_thread(self.producer.sync, timeout)
-        await asyncio.to_thread(reader.wait_until_landed, positions, max(0.0, deadline - time.monotonic()))
+        await asyncio.to_thread(reader.wait_until_landed, positions, timeout, deadline=deadline)
 
     async def _wait_or_warn(self) -> None:
         try:
-            await self.wait_until_landed()
+            await self.wait_until_landed(self.landed_timeout)
         except (ReadUnavailableError, ProducerError, NotLandedError) as e:
             self._warn("wait_for_landed", e, "reading what has landed")
 

@@ -274,16 +274,20 @@ class MemoryReader:
                 out[tp] = needed - have
         return out
 
-    def wait_until_landed(self, positions: Mapping[tuple[str, int], int], timeout: float = 30.0) -> None:
+    def wait_until_landed(
+        self, positions: Mapping[tuple[str, int], int], timeout: float = 30.0, *, deadline: float | None = None
+    ) -> None:
         """Return once the workers stored, with the rows, offsets at or past `positions`.
 
         `positions` is what ``SocietyProducer.sync()`` returns. The workers store
         a partition's next offset in the same transaction as its rows, so when it
         passes a record's offset, that record is loaded (or dead-lettered). Raises
         NotLandedError after `timeout` seconds, naming each partition behind and by
-        how much; ReadError when the database cannot be read.
+        how much; ReadError when the database cannot be read. `deadline` (a
+        ``time.monotonic()`` value) ends the wait earlier, when part of `timeout`
+        was spent already (flushing).
         """
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout if deadline is None else deadline
         while True:
             behind = self.behind(positions)
             if not behind:
