@@ -20,16 +20,21 @@ query: each candidate memory gets three scores in [0, 1] and is ranked by
 - recency = ``decay ** (current_step - step)``: 1 at `current_step` (default:
   the newest candidate's step), halved every ~69 steps at the default 0.99;
 - importance = the stored importance (0..1 by the table's CHECK; NULL counts 0);
-- relevance = ``ts_rank_cd`` of the memory's ``search_vector`` against
-  ``websearch_to_tsquery('english', query)``, divided by the best candidate's
-  (0 for all when nothing matches or the query has no words that count).
+- relevance = ``ts_rank_cd`` of the memory's ``search_vector`` against the
+  query's words (``to_tsvector('english', query)``: stemmed, stop words
+  dropped) joined with OR, divided by the best candidate's: a memory holding
+  more of the words, closer together, ranks higher; 0 for a memory holding
+  none of them, and for all when the query has no words that count.
 
-Candidates are the agent's `window` newest memories plus its `window` newest
-memories that match the query, each read from an index (``ddl/0008``), so the
-cost is bounded by `window`, not by the table or the length of the run. The
-limit of that choice: a memory older than the `window` newest that does not
-match the query is never returned, whatever its importance (with the default
-decay its recency would be below 0.99**1000 ≈ 0.00004 anyway).
+The candidates are the agent's `window` newest memories (of the run), read in
+order from the index on (run, agent, step) (``ddl/0008``): the cost is bounded
+by `window`, not by the size of the table or the length of the run. The limit
+of that choice: a memory older than the `window` newest is never returned,
+however relevant or important (with the default decay its recency is below
+0.99**500 ≈ 0.0066). The GIN index on ``search_vector`` is not used here: it
+serves searches across agents ("which memories of this run mention the
+flood"); reading every match of common words in a large table to keep one
+agent's would cost more than the agent's whole window.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ from producers.errors import NotLandedError
 DEFAULT_LOADER_GROUP = "society-ingest"
 #: Recency decays by this factor per step (0.99: half after ~69 steps).
 DEFAULT_DECAY = 0.99
-#: Newest memories, and newest matching memories, considered per retrieval.
-DEFAULT_WINDOW = 1000
+#: Newest memories of the agent considered per retrieval.
+DEFAULT_WINDOW = 500
 #: Text-search configuration of ``agent_memories.search_vector`` (ddl/0008): queries must use the same.
 TEXT_SEARCH_CONFIG = "english"
 #: How often wait_until_landed looks at the stored offsets.
@@ -63,25 +68,20 @@ _NEWEST_FIRST = "step_timestamp DESC, real_timestamp DESC"
 
 _RECENT_SQL = f"SELECT {_COLUMNS} FROM agent_memories WHERE {{scope}} ORDER BY {_NEWEST_FIRST} LIMIT %(count)s"
 
+# The query's words as an OR query: natural-language queries rarely have every word in one memory.
 _RETRIEVE_SQL = f"""
-WITH q AS MATERIALIZED (SELECT websearch_to_tsquery('{TEXT_SEARCH_CONFIG}', %(query)s) AS tsq),
-recent AS (
+WITH q AS MATERIALIZED (
+    SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS tsq
+    FROM unnest(tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', %(query)s))) AS lexeme),
+candidates AS (
     SELECT {_COLUMNS}, search_vector FROM agent_memories
     WHERE {{scope}} ORDER BY {_NEWEST_FIRST} LIMIT %(window)s),
-matching AS (
-    SELECT {_COLUMNS}, search_vector FROM agent_memories, q
-    WHERE {{scope}} AND numnode(q.tsq) > 0 AND search_vector @@ q.tsq
-    ORDER BY {_NEWEST_FIRST} LIMIT %(window)s),
-candidates AS (
-    SELECT * FROM recent
-    UNION ALL
-    SELECT * FROM matching WHERE memory_id NOT IN (SELECT memory_id FROM recent)),
 raw AS (
     SELECT c.*,
            power(%(decay)s::float8, greatest(coalesce(%(now)s::int, max(c.step_timestamp) OVER ())
                                              - c.step_timestamp, 0)) AS recency,
            coalesce(c.importance, 0)::float8 AS importance_score,
-           CASE WHEN numnode(q.tsq) > 0 THEN ts_rank_cd(c.search_vector, q.tsq) ELSE 0 END AS rank
+           CASE WHEN c.search_vector @@ q.tsq THEN ts_rank_cd(c.search_vector, q.tsq) ELSE 0 END AS rank
     FROM candidates c, q),
 scored AS (
     SELECT r.*, coalesce(r.rank / nullif(max(r.rank) OVER (), 0), 0)::float8 AS relevance FROM raw r)
@@ -228,7 +228,7 @@ class MemoryReader:
     ) -> list[RetrievedMemory]:
         """The `k` best memories of `agent_id` for `query`, best first (see the module doc for the score).
 
-        `query` is web-search syntax (``bread -wine``, ``"the market"``, ``bread or fish``);
+        `query` is plain text (its words count, in any order);
         `current_step` anchors recency (default: the newest candidate's step);
         `decay` in (0, 1]; `window` bounds the candidates (see the module doc).
         """

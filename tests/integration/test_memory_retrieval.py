@@ -166,3 +166,26 @@ def test_without_psycopg_the_reader_names_the_extra(database_url):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert "pip install 'society-ingest[read]'" in out, out
     assert issubclass(ReadUnavailableError, Exception)
+
+
+def test_any_query_word_counts_and_more_words_rank_higher(database_url):
+    run = plant(database_url, "agent_5", [
+        (1, "bought bread from the baker", 0.0),
+        (2, "bread prices at the market rose", 0.0),
+        (3, "went fishing", 0.0),
+    ])
+    with MemoryReader(database_url) as reader:
+        ranked = reader.retrieve_memories("agent_5", "what did I pay for bread at the market?", 3, run_id=run,
+                                          weights=RetrievalWeights(recency=0, importance=0))
+    assert [(m.content, m.relevance > 0) for m in ranked] == [
+        ("bread prices at the market rose", True), ("bought bread from the baker", True), ("went fishing", False)]
+    assert ranked[0].relevance == 1.0
+
+
+def test_only_the_window_of_newest_memories_is_considered(database_url):
+    run = plant(database_url, "agent_6", [(0, "the great flood took our house", 1.0)] + filler(range(1, 30)))
+    with MemoryReader(database_url) as reader:
+        wide = reader.retrieve_memories("agent_6", "flood", 1, run_id=run, window=30)
+        narrow = reader.retrieve_memories("agent_6", "flood", 30, run_id=run, window=29)
+    assert wide[0].content == "the great flood took our house"
+    assert len(narrow) == 29 and "the great flood took our house" not in {m.content for m in narrow}
