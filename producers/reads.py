@@ -187,19 +187,11 @@ class MemoryReader:
     ``wait_until_landed`` reads.
     """
 
-    def __init__(
-        self,
-        database_url: str,
-        *,
-        pool_size: int = 4,
-        connect_timeout: float = 5.0,
-        statement_timeout: float = 10.0,
-        retry_after: float = 5.0,
-        loader_group: str = DEFAULT_LOADER_GROUP,
-    ) -> None:
+    def __init__(self, database_url: str, *, loader_group: str = DEFAULT_LOADER_GROUP, **pool: Any) -> None:
+        """`pool`: ``size`` (4), ``connect_timeout`` (5 s), ``statement_timeout`` (10 s) and
+        ``retry_after`` (5 s) of the ``producers._pg_pool.ConnectionPool``."""
         self.loader_group = loader_group
-        self._pool = ConnectionPool(database_url, size=pool_size, connect_timeout=connect_timeout,
-                                    statement_timeout=statement_timeout, retry_after=retry_after)
+        self._pool = ConnectionPool(database_url, **pool)
 
     def recent_memories(self, agent_id: str, count: int, *, run_id: uuid.UUID | str | None) -> list[Memory]:
         """At most `count` memories of `agent_id`, newest step first (a step's newest first).

@@ -74,7 +74,7 @@ def measure_latency(url: str, samples: int = 500, seed: int = 7) -> dict[str, An
     rng = random.Random(seed)
     calls = [(rng.choice(runs), rng.choice(agents), rng.choice(QUERIES)) for _ in range(samples)]
     out: dict[str, Any] = {"memories": memories, "runs": len(runs), "agents": len(agents)}
-    with MemoryReader(url, pool_size=1) as reader:
+    with MemoryReader(url, size=1) as reader:
         reader.recent_memories("agent_0", 1, run_id=runs[0])  # connect outside the timings
         for name in ("first_pass", "warm"):
             recent, retrieve = [], []
