@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import operator
 import time
 import uuid
 from dataclasses import dataclass
@@ -163,9 +164,13 @@ def _retrieved(row: tuple[Any, ...]) -> RetrievedMemory:
 
 
 def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int (got {value!r})")
-    return value
+    """`value` as an int (numpy integers too); ValueError for anything else, bools included."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int (got {value!r})") from None
 
 
 def _scope(run_id: uuid.UUID | str | None) -> tuple[str, uuid.UUID | None]:
