@@ -74,13 +74,10 @@ STEPS_PER_STATEMENT = 100
 def build(conninfo: str, size: CorpusSize, progress=None) -> list[str]:
     """Fill the (migrated, empty) database with `size` memories; return the run ids (text)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        indexes = [r[0] for r in conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'agent_memories' "
-            "AND indexname <> 'agent_memories_pkey'")]
-        names = [r[0] for r in conn.execute(
-            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'agent_memories' "
-            "AND indexname <> 'agent_memories_pkey'")]
-        for name in names:
+        indexes = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+            "AND tablename = 'agent_memories' AND indexname <> 'agent_memories_pkey'").fetchall()
+        for name, _ in indexes:
             conn.execute(f'DROP INDEX "{name}"')
         runs = [str(r[0]) for r in conn.execute(
             "INSERT INTO simulation_runs (status, updated_at) SELECT 'completed', now() "
@@ -97,7 +94,7 @@ def build(conninfo: str, size: CorpusSize, progress=None) -> list[str]:
                 if progress:
                     progress(size.agents * size.per_step * (last - first + 1))
         conn.execute("SET maintenance_work_mem = '256MB'")
-        for definition in indexes:
+        for _, definition in indexes:
             conn.execute(definition)
         conn.execute("VACUUM ANALYZE agent_memories")
     return runs
