@@ -1,4 +1,4 @@
-"""Tools beside the pipeline, not part of it: a synthetic society (the demo's workload) and the benchmark.
+"""Tools beside the pipeline, not part of it: a synthetic society (the demo's workload).
 
-The CLI's ``simulate`` and ``bench`` commands are thin layers over these.
+The CLI's ``simulate`` command is a thin layer over it; the benchmark is ``consumers.bench``.
 """

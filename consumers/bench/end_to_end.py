@@ -1,0 +1,240 @@
+"""Mode ``e2e``: a society paced in real time, through one worker, measured from outside.
+
+Producer processes (``--e2e-producers``; one Python thread falls short of
+54,000 records a second today) each record half of the agents, one step every
+1/steps-per-second seconds, with the real SocietyProducer ``record_*`` calls;
+a step that starts late is counted. One ``society-ingest consume`` process
+loads them. Every POLL_S this process reads ``ingest_offsets`` (committed with
+the rows, so it says what is visible) with the wall-clock time it got the
+answer. Afterwards Kafka's time index (``offsets_for_times``) says, for each of
+those instants, how many records had been produced (by their Kafka
+timestamp, set when ``produce`` was called). A record's latency is the
+first instant its row was visible minus the first instant it had been
+produced (resolution: one POLL_S); lag is produced minus visible.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from consumers.bench import loads, workers
+from consumers.bench.mix import RECORDS_PER_AGENT_STEP, Society, call
+from consumers.bench.report import Line, ModeResult
+from consumers.bench.rows import end_offsets
+from consumers.bench.scratch import Scratch
+from consumers.kafka_clients import client_config
+from consumers.topics import ADMIN_TIMEOUT_S
+from producers import ProducerSettings, SocietyProducer, tables
+from producers.kafka_config import KafkaClientSettings
+
+POLL_S = workers.POLL_S
+TARGET_P95_S = 2.0
+#: How long the worker may take to join its group, and to drain once the producers stopped.
+READY_TIMEOUT_S, DRAIN_TIMEOUT_S = 60.0, 600.0
+
+
+def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: int, steps_per_s: float,
+                  seconds: float, results: Any) -> None:
+    """Record agents `first`… for `seconds`, a step every 1/`steps_per_s` s (a producer process's body)."""
+    society = Society(agents, first, seed=first + 1)
+    period = 1.0 / steps_per_s
+    with SocietyProducer(ProducerSettings(kafka=kafka, topic_prefix=prefix)) as producer:
+        producer.start_run({"bench": "e2e", "first_agent": first, "agents": agents})
+        for c in society.agents():
+            call(producer, c)
+        started, steps, late = time.monotonic(), 0, 0
+        for calls in society.steps():
+            due = started + steps * period
+            now = time.monotonic()
+            if now >= started + seconds:
+                break
+            if due > now:
+                time.sleep(due - now)  # the simulation's step clock, not a wait for a condition
+            elif now - due > period:
+                late += 1
+            for c in calls:
+                call(producer, c)
+            steps += 1
+        stopped = time.time()
+        producer.end_run()
+    results.put({"first_agent": first, "steps": steps, "late_steps": late, "seconds": time.monotonic() - started,
+                 "stopped_at": stopped, "sent": producer.stats().sent})
+
+
+class Sampler(threading.Thread):
+    """Reads the committed offsets every POLL_S, with the wall-clock time of each answer."""
+
+    def __init__(self, database_url: str, group: str) -> None:
+        super().__init__(name="offset-sampler", daemon=True)
+        self.samples: list[tuple[float, workers.Offsets]] = []
+        self._url, self._group, self._stopping = database_url, group, threading.Event()
+
+    def run(self) -> None:
+        with loads.connect(self._url) as conn:
+            while not self._stopping.is_set():
+                offsets = workers.committed(conn, self._group)
+                self.samples.append((time.time(), offsets))
+                self._stopping.wait(POLL_S)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
+
+
+def _produced(kafka: KafkaClientSettings, ends: workers.Offsets, times: list[float]) -> list[dict[tuple[str, int], int]]:
+    """For each instant, per partition: how many records had a Kafka timestamp before it."""
+    consumer = Consumer(client_config(kafka, {"group.id": "society-bench-reader", "enable.auto.commit": False}))
+    out = []
+    try:
+        for t in times:
+            asked = [TopicPartition(topic, p, int(t * 1000)) for topic, p in ends]
+            found = consumer.offsets_for_times(asked, timeout=ADMIN_TIMEOUT_S)
+            out.append({(f.topic, f.partition): ends[(f.topic, f.partition)] if f.offset < 0 else f.offset
+                        for f in found})
+    finally:
+        consumer.close()
+    return out
+
+
+def _latencies(times: list[float], produced: list[int], visible: list[int]) -> list[tuple[float, int]]:
+    """(latency, records) of one partition: for each run of offsets, first visible minus first produced instant."""
+    out = []
+    i = j = o = 0
+    end = visible[-1]
+    while o < end:
+        while produced[i] <= o:
+            i += 1
+        while visible[j] <= o:
+            j += 1
+        nxt = min(produced[i], visible[j])
+        out.append((times[j] - times[i], nxt - o))
+        o = nxt
+    return out
+
+
+def _weighted_percentiles(pairs: list[tuple[float, int]]) -> dict[str, float]:
+    pairs = sorted(pairs)
+    total = sum(w for _, w in pairs)
+    out, seen, qs = {}, 0, [50, 95, 99]
+    for value, weight in pairs:
+        seen += weight
+        while qs and seen >= qs[0] / 100 * total:
+            out[f"p{qs.pop(0)}"] = value
+    return out
+
+
+def _bounded(series: list[tuple[float, int]], start: float, stop: float, step_records: float) -> bool:
+    """Lag bounded: its peak in the last third of the producing window is at most 1.2 × the middle
+    third's plus two steps' records (a lag growing steadily from 0 peaks 1.5 × higher)."""
+    third = (stop - start) / 3
+    mid = [lag for t, lag in series if start + third <= t < start + 2 * third]
+    last = [lag for t, lag in series if start + 2 * third <= t <= stop]
+    return bool(mid and last) and max(last) <= 1.2 * max(mid) + 2 * step_records
+
+
+def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, producers: int, partitions: int,
+        logs: Path) -> ModeResult:
+    """Measure end to end (see the module doc)."""
+    prefix = scratch.topics("e2e", partitions)
+    group = f"{prefix}-workers"
+    with loads.connect(scratch.database_url) as conn:
+        loads.empty(conn)
+    procs = workers.start_workers(scratch, prefix, group, 1, logs)
+    _wait_assigned(logs / f"{group}-0.log", procs)
+    sampler = Sampler(scratch.database_url, group)
+    sampler.start()
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    share = [agents // producers + (i < agents % producers) for i in range(producers)]
+    children = [ctx.Process(target=produce_paced, args=(scratch.kafka, prefix, sum(share[:i]), n, steps_per_s,
+                                                        seconds, results), daemon=True)
+                for i, n in enumerate(share)]
+    started = time.time()
+    try:
+        for child in children:
+            child.start()
+        reports = [results.get(timeout=seconds + 300) for _ in children]
+        for child in children:
+            child.join()
+        ends = end_offsets(scratch.kafka, prefix)
+        caught_up = _wait_drained(sampler, ends, procs)
+    finally:
+        sampler.stop()
+        for child in children:
+            if child.is_alive():
+                child.kill()
+    with loads.connect(scratch.database_url) as conn:
+        got = loads.count_rows(conn)
+    worker_stats = workers.stop_workers(procs)
+    expected = {t: sum(r["sent"][t] for r in reports) for t in tables.TABLES}
+    expected[tables.SIMULATION_RUNS] = producers  # two states of one row each
+    if got != expected:
+        raise workers.WorkerFailed(f"end to end loaded {got}, expected {expected}")
+    return _analyse(scratch, ends, sampler.samples, reports, worker_stats, started, caught_up,
+                    agents * steps_per_s * RECORDS_PER_AGENT_STEP, agents * RECORDS_PER_AGENT_STEP)
+
+
+def _wait_assigned(log: Path, procs: list[Any]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while "assigned" not in log.read_text():
+        if procs[0].poll() is not None or time.monotonic() > deadline:
+            raise workers.WorkerFailed(f"the worker did not join its group: {log.read_text()[-2000:]}")
+        time.sleep(POLL_S)
+
+
+def _wait_drained(sampler: Sampler, ends: workers.Offsets, procs: list[Any]) -> float:
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while not (sampler.samples and workers.caught_up(sampler.samples[-1][1], ends)):
+        if procs[0].poll() is not None or time.monotonic() > deadline:
+            raise workers.WorkerFailed("the worker did not drain the topics")
+        time.sleep(POLL_S)
+    return sampler.samples[-1][0]
+
+
+def _analyse(scratch: Scratch, ends: workers.Offsets, samples: list[tuple[float, workers.Offsets]],
+             reports: list[dict[str, Any]], worker_stats: list[dict[str, Any]], started: float, caught_up: float,
+             target_rate: float, step_records: float) -> ModeResult:
+    samples = [s for s in samples if s[0] <= caught_up]
+    times = [t for t, _ in samples]
+    produced = _produced(scratch.kafka, ends, times)
+    pairs: list[tuple[float, int]] = []
+    for tp, end in ends.items():
+        if end:
+            prod, vis, top = [], [], 0
+            for p in produced:
+                top = max(top, p[tp])
+                prod.append(top)
+            prod[-1] = max(prod[-1], end)  # the last instant came after every produce call
+            vis = [s[1].get(tp, 0) for s in samples]
+            pairs += _latencies(times, prod, vis)
+    latency = _weighted_percentiles(pairs)
+    lag = [(t, sum(p.values()) - sum(s.values())) for (t, s), p in zip(samples, produced, strict=True)]
+    stopped = max(r["stopped_at"] for r in reports)
+    records = sum(ends.values())
+    window = [(t, sum(s.values())) for t, s in samples if started <= t <= stopped]
+    loaded_rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
+    produced_rate = records / (stopped - started)
+    bounded = _bounded(lag, started, stopped, step_records)
+    p95_met = latency.get("p95", float("inf")) <= TARGET_P95_S
+    lines = [
+        Line("end to end: produced (all producer processes)", produced_rate, unit="records/s",
+             ratio=produced_rate / target_rate, ratio_to="× the paced rate",
+             target=f"{target_rate:,.0f}/s for ≥ 60 s", met=produced_rate >= 0.95 * target_rate),
+        Line("end to end: loaded while producing (sustained)", loaded_rate, unit="records/s",
+             ratio=loaded_rate / produced_rate, ratio_to="× produced"),
+        Line(f"end to end: lag bounded (peak {max(l for _, l in lag):,} records)", target="bounded", met=bounded),
+        Line(f"end to end: record to row p50 / p99 {latency.get('p50', 0):.2f} s / {latency.get('p99', 0):.2f} s, p95",
+             latency.get("p95"), unit="s", target=f"≤ {TARGET_P95_S:g} s", met=p95_met),
+        Line("end to end: drain after the producers stopped", caught_up - stopped, unit="s"),
+    ]
+    data = {"records": records, "producers": reports, "worker": worker_stats, "target_records_per_s": target_rate,
+            "produced_records_per_s": produced_rate, "loaded_records_per_s": loaded_rate,
+            "latency_s": latency, "poll_s": POLL_S, "lag_bounded": bounded, "drain_s": caught_up - stopped,
+            "lag_series": [[round(t - started, 3), n] for t, n in lag]}
+    return ModeResult(data, lines)
