@@ -35,8 +35,8 @@ from producers.kafka_config import KafkaClientSettings
 
 POLL_S = workers.POLL_S
 TARGET_P95_S = 2.0
-#: How long the worker may take to join its group, and to drain once the producers stopped.
-READY_TIMEOUT_S, DRAIN_TIMEOUT_S = 60.0, 600.0
+#: How long the worker may take to drain the topics once the producers stopped.
+DRAIN_TIMEOUT_S = 600.0
 
 
 def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: int, steps_per_s: float,
@@ -48,12 +48,12 @@ def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: i
         producer.start_run({"bench": "e2e", "first_agent": first, "agents": agents})
         for c in society.agents():
             call(producer, c)
-        started, steps, late = time.monotonic(), 0, 0
+        started, started_at, steps, late = time.monotonic(), time.time(), 0, 0
         for calls in society.steps():
             due = started + steps * period
-            now = time.monotonic()
-            if now >= started + seconds:
+            if due >= started + seconds:
                 break
+            now = time.monotonic()
             if due > now:
                 time.sleep(due - now)  # the simulation's step clock, not a wait for a condition
             elif now - due > period:
@@ -64,7 +64,7 @@ def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: i
         stopped = time.time()
         producer.end_run()
     results.put({"first_agent": first, "steps": steps, "late_steps": late, "seconds": time.monotonic() - started,
-                 "stopped_at": stopped, "sent": producer.stats().sent})
+                 "started_at": started_at, "stopped_at": stopped, "planned_s": steps * period, "sent": producer.stats().sent})
 
 
 class Sampler(threading.Thread):
@@ -145,8 +145,8 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
     group = f"{prefix}-workers"
     with loads.connect(scratch.database_url) as conn:
         loads.empty(conn)
-    procs = workers.start_workers(scratch, prefix, group, 1, logs)
-    _wait_assigned(logs / f"{group}-0.log", procs)
+    running = workers.start_workers(scratch, prefix, group, 1, logs)
+    running.wait_assigned()
     sampler = Sampler(scratch.database_url, group)
     sampler.start()
     ctx = multiprocessing.get_context("spawn")
@@ -155,7 +155,6 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
     children = [ctx.Process(target=produce_paced, args=(scratch.kafka, prefix, sum(share[:i]), n, steps_per_s,
                                                         seconds, results), daemon=True)
                 for i, n in enumerate(share)]
-    started = time.time()
     try:
         for child in children:
             child.start()
@@ -163,7 +162,7 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
         for child in children:
             child.join()
         ends = end_offsets(scratch.kafka, prefix)
-        caught_up = _wait_drained(sampler, ends, procs)
+        caught_up = _wait_drained(sampler, ends, running)
     finally:
         sampler.stop()
         for child in children:
@@ -171,34 +170,26 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
                 child.kill()
     with loads.connect(scratch.database_url) as conn:
         got = loads.count_rows(conn)
-    worker_stats = workers.stop_workers(procs)
+    worker_stats = running.stop()
     expected = {t: sum(r["sent"][t] for r in reports) for t in tables.TABLES}
     expected[tables.SIMULATION_RUNS] = producers  # two states of one row each
     if got != expected:
         raise workers.WorkerFailed(f"end to end loaded {got}, expected {expected}")
-    return _analyse(scratch, ends, sampler.samples, reports, worker_stats, started, caught_up,
+    return _analyse(scratch, ends, sampler.samples, reports, worker_stats, caught_up,
                     agents * steps_per_s * RECORDS_PER_AGENT_STEP, agents * RECORDS_PER_AGENT_STEP)
 
 
-def _wait_assigned(log: Path, procs: list[Any]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while "assigned" not in log.read_text():
-        if procs[0].poll() is not None or time.monotonic() > deadline:
-            raise workers.WorkerFailed(f"the worker did not join its group: {log.read_text()[-2000:]}")
-        time.sleep(POLL_S)
-
-
-def _wait_drained(sampler: Sampler, ends: workers.Offsets, procs: list[Any]) -> float:
+def _wait_drained(sampler: Sampler, ends: workers.Offsets, running: workers.Workers) -> float:
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while not (sampler.samples and workers.caught_up(sampler.samples[-1][1], ends)):
-        if procs[0].poll() is not None or time.monotonic() > deadline:
+        if running.exited() is not None or time.monotonic() > deadline:
             raise workers.WorkerFailed("the worker did not drain the topics")
         time.sleep(POLL_S)
     return sampler.samples[-1][0]
 
 
 def _analyse(scratch: Scratch, ends: workers.Offsets, samples: list[tuple[float, workers.Offsets]],
-             reports: list[dict[str, Any]], worker_stats: list[dict[str, Any]], started: float, caught_up: float,
+             reports: list[dict[str, Any]], worker_stats: list[dict[str, Any]], caught_up: float,
              target_rate: float, step_records: float) -> ModeResult:
     samples = [s for s in samples if s[0] <= caught_up]
     times = [t for t, _ in samples]
@@ -215,11 +206,14 @@ def _analyse(scratch: Scratch, ends: workers.Offsets, samples: list[tuple[float,
             pairs += _latencies(times, prod, vis)
     latency = _weighted_percentiles(pairs)
     lag = [(t, sum(p.values()) - sum(s.values())) for (t, s), p in zip(samples, produced, strict=True)]
-    stopped = max(r["stopped_at"] for r in reports)
+    started, stopped = min(r["started_at"] for r in reports), max(r["stopped_at"] for r in reports)
     records = sum(ends.values())
     window = [(t, sum(s.values())) for t, s in samples if started <= t <= stopped]
     loaded_rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
-    produced_rate = records / (stopped - started)
+    # Records of the paced steps (not the agents and run states around them), over the steps' time.
+    stepped = sum(sum(r["sent"].values()) - r["sent"][tables.AGENTS] - r["sent"][tables.SIMULATION_RUNS]
+                  for r in reports)
+    produced_rate = stepped / max(stopped - started, max(r["planned_s"] for r in reports))
     bounded = _bounded(lag, started, stopped, step_records)
     p95_met = latency.get("p95", float("inf")) <= TARGET_P95_S
     lines = [

@@ -71,10 +71,10 @@ def _pipeline(scratch: Scratch, conn: Any, prefix: str, group: str, processes: i
               expected: dict[str, int], logs: Path) -> dict[str, Any]:
     loads.empty(conn)
     start = time.monotonic()
-    procs = workers.start_workers(scratch, prefix, group, processes, logs)
-    visible = workers.wait_caught_up(conn, group, ends, procs, PIPELINE_TIMEOUT_S)
+    running = workers.start_workers(scratch, prefix, group, processes, logs)
+    visible = workers.wait_caught_up(conn, group, ends, running, PIPELINE_TIMEOUT_S)
     got = loads.count_rows(conn)
-    stats = workers.stop_workers(procs)
+    stats = running.stop()
     if got != expected:
         raise workers.WorkerFailed(f"the workers loaded {got}, expected {expected}")
     return {"seconds": visible - start,

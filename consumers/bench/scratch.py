@@ -106,7 +106,7 @@ class Scratch:
             conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
 
 
-def leftovers(kafka: KafkaClientSettings, server_url: str, tag: str) -> tuple[list[str], bool]:
+def leftovers(kafka: KafkaClientSettings | str, server_url: str, tag: str) -> tuple[list[str], bool]:
     """Topics of bench run `tag` and whether its database exists."""
     start = f"{TOPIC_PREFIX}{tag}-"
     topics = sorted(t for t in admin_client(kafka).list_topics(timeout=ADMIN_TIMEOUT_S).topics if t.startswith(start))
