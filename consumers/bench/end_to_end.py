@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from consumers.bench import loads, workers
 from consumers.bench.mix import RECORDS_PER_AGENT_STEP, Society, call
 from consumers.bench.report import Line, ModeResult
-from consumers.bench.rows import end_offsets
+from consumers.bench.rows import end_offsets, reader
 from consumers.bench.scratch import Scratch
-from consumers.kafka_clients import client_config
 from consumers.topics import ADMIN_TIMEOUT_S
 from producers import ProducerSettings, SocietyProducer, tables
 from producers.kafka_config import KafkaClientSettings
@@ -63,8 +62,8 @@ def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: i
             steps += 1
         stopped = time.time()
         producer.end_run()
-    results.put({"first_agent": first, "steps": steps, "late_steps": late, "seconds": time.monotonic() - started,
-                 "started_at": started_at, "stopped_at": stopped, "planned_s": steps * period, "sent": producer.stats().sent})
+    results.put({"first_agent": first, "steps": steps, "late_steps": late,
+                 "seconds": time.monotonic() - started, "started_at": started_at, "stopped_at": stopped, "planned_s": steps * period, "sent": producer.stats().sent})
 
 
 class Sampler(threading.Thread):
@@ -87,9 +86,9 @@ class Sampler(threading.Thread):
         self.join()
 
 
-def _produced(kafka: KafkaClientSettings, ends: workers.Offsets, times: list[float]) -> list[dict[tuple[str, int], int]]:
+def _produced(kafka: KafkaClientSettings, ends: workers.Offsets, times: list[float]) -> list[workers.Offsets]:
     """For each instant, per partition: how many records had a Kafka timestamp before it."""
-    consumer = Consumer(client_config(kafka, {"group.id": "society-bench-reader", "enable.auto.commit": False}))
+    consumer = reader(kafka)
     out = []
     try:
         for t in times:

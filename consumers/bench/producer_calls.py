@@ -14,13 +14,12 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from consumers.bench.mix import Society, call
 from consumers.bench.report import Line, ModeResult, percentiles
-from consumers.bench.rows import end_offsets
+from consumers.bench.rows import messages
 from consumers.bench.scratch import Scratch
-from consumers.kafka_clients import client_config
 from producers import ProducerSettings, SocietyProducer
 
 TARGET_P50_US, TARGET_P99_US, TARGET_RATE = 8.0, 40.0, 120_000.0
@@ -34,26 +33,6 @@ def _calls(records: int, agents: int) -> list[Any]:
         if len(calls) >= records:
             return calls[:records]
     raise AssertionError("unreachable")
-
-
-def _messages(scratch: Scratch, prefix: str) -> list[tuple[str, bytes, bytes]]:
-    """(topic, key, value) of every record under `prefix`."""
-    ends = {tp: end for tp, end in end_offsets(scratch.kafka, prefix).items() if end}
-    consumer = Consumer(client_config(scratch.kafka, {"group.id": "society-bench-reader", "enable.auto.commit": False}))
-    out = []
-    try:
-        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
-        while ends:
-            for msg in consumer.consume(10_000, timeout=1.0):
-                tp = (msg.topic(), msg.partition())
-                if msg.error() or tp not in ends:
-                    continue
-                out.append((msg.topic(), msg.key(), msg.value()))
-                if msg.offset() + 1 >= ends[tp]:
-                    del ends[tp]
-    finally:
-        consumer.close()
-    return out
 
 
 def _raw_rate(scratch: Scratch, messages: list[tuple[str, bytes, bytes]]) -> float:
@@ -91,9 +70,9 @@ def run(scratch: Scratch, *, records: int, agents: int, repeats: int, partitions
             producer.end_run()
         for c, ns in zip(calls, timings, strict=True):
             per_call[c[0]].append(ns / 1000)
-    messages = _messages(scratch, prefix)
+    encoded = [(m.topic(), m.key(), m.value()) for m in messages(scratch.kafka, prefix)]
     for _ in range(repeats):
-        raw_rates.append(_raw_rate(scratch, messages))
+        raw_rates.append(_raw_rate(scratch, encoded))
     stats = {name: {"calls": len(us), **percentiles(us, (50, 99))} for name, us in per_call.items()}
     everything = percentiles([us for v in per_call.values() for us in v], (50, 99))
     rate, raw = sorted(rates)[len(rates) // 2], sorted(raw_rates)[len(raw_rates) // 2]

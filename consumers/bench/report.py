@@ -21,7 +21,8 @@ class Line:
 
     def cells(self) -> list[str]:
         """The line as table cells."""
-        rate = "" if self.rate is None else f"{self.rate:,.0f} {self.unit}" if self.rate >= 100 else f"{self.rate:,.2f} {self.unit}"
+        digits = 0 if self.rate is not None and self.rate >= 100 else 2
+        rate = "" if self.rate is None else f"{self.rate:,.{digits}f} {self.unit}"
         ratio = "" if self.ratio is None else f"{self.ratio:.2f} {self.ratio_to}".strip()
         met = {None: "", True: "yes", False: "NO"}[self.met]
         return [self.measurement, rate, ratio, self.target, met]

@@ -7,9 +7,10 @@ measurement writes the same column values into the same tables.
 from __future__ import annotations
 
 from operator import itemgetter
+from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from consumers.kafka_clients import client_config
 from consumers.table_specs import SPECS
@@ -22,14 +23,15 @@ from producers.models import validate_record
 Rows = dict[str, list[tuple[Any, ...]]]
 
 
-def _consumer(kafka: KafkaClientSettings) -> Consumer:
+def reader(kafka: KafkaClientSettings) -> Consumer:
+    """A consumer that commits nothing, for reading topics back and asking for offsets."""
     return Consumer(client_config(kafka, {"group.id": "society-bench-reader", "enable.auto.commit": False,
                                           "enable.partition.eof": False}))
 
 
 def end_offsets(kafka: KafkaClientSettings, prefix: str) -> dict[tuple[str, int], int]:
     """(topic, partition) → high watermark, for every table topic of `prefix`."""
-    consumer = _consumer(kafka)
+    consumer = reader(kafka)
     try:
         out = {}
         for table in tables.TABLES:
@@ -42,19 +44,12 @@ def end_offsets(kafka: KafkaClientSettings, prefix: str) -> dict[tuple[str, int]
         consumer.close()
 
 
-def read_rows(kafka: KafkaClientSettings, prefix: str) -> Rows:
-    """Every record of `prefix`'s table topics as table rows; of several records with one
-    key (a run's start and end) the last one read, as loading them in order would leave."""
-    ends = end_offsets(kafka, prefix)
-    codec = AvroCodec()
-    consumer = _consumer(kafka)
-    rows: Rows = {t: [] for t in tables.TABLES}
-    upserts: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {t: {} for t in tables.TABLES if SPECS[t].upsert}
+def messages(kafka: KafkaClientSettings, prefix: str) -> Iterator[Message]:
+    """Every message of `prefix`'s table topics, up to their end offsets at the call."""
+    left = {tp: end for tp, end in end_offsets(kafka, prefix).items() if end > 0}
+    consumer = reader(kafka)
     try:
-        left = {tp: end for tp, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in left])
-        row_of = {t: itemgetter(*SPECS[t].column_names) for t in tables.TABLES}
-        key_of = {t: itemgetter(*(SPECS[t].column_names.index(k) for k in SPECS[t].key)) for t in upserts}
         while left:
             for msg in consumer.consume(10_000, timeout=1.0):
                 if msg.error():
@@ -62,16 +57,28 @@ def read_rows(kafka: KafkaClientSettings, prefix: str) -> Rows:
                 tp = (msg.topic(), msg.partition())
                 if tp not in left:
                     continue
-                decoded = codec.decode(msg.value())
-                row = row_of[decoded.table](validate_record(decoded.table, decoded.record))
-                if decoded.table in upserts:
-                    upserts[decoded.table][key_of[decoded.table](row)] = row
-                else:
-                    rows[decoded.table].append(row)
+                yield msg
                 if msg.offset() + 1 >= left[tp]:
                     del left[tp]
     finally:
         consumer.close()
+
+
+def read_rows(kafka: KafkaClientSettings, prefix: str) -> Rows:
+    """Every record of `prefix`'s table topics as table rows; of several records with one
+    key (a run's start and end) the last one read, as loading them in order would leave."""
+    codec = AvroCodec()
+    rows: Rows = {t: [] for t in tables.TABLES}
+    upserts: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {t: {} for t in tables.TABLES if SPECS[t].upsert}
+    row_of = {t: itemgetter(*SPECS[t].column_names) for t in tables.TABLES}
+    key_of = {t: itemgetter(*(SPECS[t].column_names.index(k) for k in SPECS[t].key)) for t in upserts}
+    for msg in messages(kafka, prefix):
+        decoded = codec.decode(msg.value())
+        row = row_of[decoded.table](validate_record(decoded.table, decoded.record))
+        if decoded.table in upserts:
+            upserts[decoded.table][key_of[decoded.table](row)] = row
+        else:
+            rows[decoded.table].append(row)
     for table, latest in upserts.items():
         rows[table] = list(latest.values())
     return rows

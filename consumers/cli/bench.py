@@ -30,7 +30,9 @@ def bench(
     kafka: KafkaClientSettings = KAFKA_OPTIONS,
     modes: Annotated[str, typer.Option(help=f"Comma-separated modes: {','.join(MODES)}.")] = ",".join(MODES),
     records: Annotated[int, typer.Option(min=100, help="mix: records pre-filled into the topics.")] = 1_000_000,
-    alt_records: Annotated[int, typer.Option(min=100, help="alternatives: rows of the mix they load (a sample).")] = 50_000,
+    alt_records: Annotated[
+        int, typer.Option(min=100, help="alternatives: rows of the mix they load (a sample).")
+    ] = 50_000,
     agents: Annotated[int, typer.Option(min=1, help="mix, producer: agents of the society.")] = 2500,
     repeats: Annotated[int, typer.Option(min=1, help="Repeat each measurement; figures are medians.")] = 3,
     processes: Annotated[str, typer.Option(help="mix: worker process counts to measure, comma-separated.")] = "1,2",
