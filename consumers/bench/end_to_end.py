@@ -63,7 +63,8 @@ def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: i
         stopped = time.time()
         producer.end_run()
     results.put({"first_agent": first, "steps": steps, "late_steps": late,
-                 "seconds": time.monotonic() - started, "started_at": started_at, "stopped_at": stopped, "planned_s": steps * period, "sent": producer.stats().sent})
+                 "seconds": time.monotonic() - started, "started_at": started_at, "stopped_at": stopped,
+                 "planned_s": steps * period, "sent": producer.stats().sent})
 
 
 class Sampler(threading.Thread):
