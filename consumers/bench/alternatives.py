@@ -10,12 +10,15 @@ each one commits.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from consumers.bench import loads
 from consumers.bench.pipeline import Prefilled, timed_load
 from consumers.bench.report import Line, ModeResult, at_least, median, ratio
 from consumers.bench.rows import row_counts, sample
+
+log = logging.getLogger(__name__)
 
 #: The pipeline (1 worker) must load at least this many times faster than each alternative.
 TARGETS = {"values_100_on_conflict": 4.0, "executemany_on_conflict": 1.5}
@@ -37,6 +40,7 @@ def run(scratch: Any, source: Prefilled, *, records: int, repeats: int, pipeline
             samples["copy"].append(total / timed_load(conn, loads.copy, rows, expected))
             for name, load in loads.ALTERNATIVES.items():
                 samples[name].append(total / timed_load(conn, load, rows, expected))
+                log.info("alternatives: %s: %s rows/s", name, f"{samples[name][-1]:,.0f}")
     lines = [Line(f"binary COPY of the sample ({total:,} rows)", median(samples["copy"]), ratio=1.0,
                   ratio_to="× COPY")]
     for name in loads.ALTERNATIVES:

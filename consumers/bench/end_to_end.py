@@ -15,6 +15,7 @@ produced (resolution: one POLL_S); lag is produced minus visible.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 import time
@@ -31,6 +32,8 @@ from consumers.bench.scratch import Scratch
 from consumers.topics import ADMIN_TIMEOUT_S
 from producers import ProducerSettings, SocietyProducer, tables
 from producers.kafka_config import KafkaClientSettings
+
+log = logging.getLogger(__name__)
 
 POLL_S = workers.POLL_S
 TARGET_P95_S = 2.0
@@ -155,6 +158,7 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
     children = [ctx.Process(target=produce_paced, args=(scratch.kafka, prefix, sum(share[:i]), n, steps_per_s,
                                                         seconds, results), daemon=True)
                 for i, n in enumerate(share)]
+    log.info("e2e: %d agents, %g steps/s for %gs, %d producer process(es)", agents, steps_per_s, seconds, producers)
     try:
         for child in children:
             child.start()
@@ -162,6 +166,7 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
         for child in children:
             child.join()
         ends = end_offsets(scratch.kafka, prefix)
+        log.info("e2e: producers stopped; waiting for the worker to drain")
         caught_up = _wait_drained(sampler, ends, running)
     finally:
         sampler.stop()

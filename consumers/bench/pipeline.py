@@ -11,6 +11,7 @@ of its two COPYs; ratios are medians of per-repeat ratios.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from consumers.bench.report import Line, ModeResult, at_least, median, ratio
 from consumers.bench.rows import Rows, end_offsets, read_rows, row_counts, sample
 from consumers.bench.scratch import Scratch
 from producers import ProducerSettings, SocietyProducer
+
+log = logging.getLogger(__name__)
 
 #: Rows loaded untimed first: a fresh database makes the first load slow (catalogs, relation extension).
 WARM_UP_ROWS = 20_000
@@ -51,6 +54,7 @@ def prefill(scratch: Scratch, records: int, agents: int, partitions: int) -> Pre
     prefix = scratch.topics("mix", partitions)
     with SocietyProducer(ProducerSettings(kafka=scratch.kafka, topic_prefix=prefix)) as producer:
         sent = record_mix(producer, records, agents)
+    log.info("mix: %s records in %s", f"{sum(sent.values()):,}", prefix)
     rows = read_rows(scratch.kafka, prefix)
     return Prefilled(prefix, sent, end_offsets(scratch.kafka, prefix), rows, row_counts(rows))
 
@@ -98,6 +102,8 @@ def run(scratch: Scratch, source: Prefilled, *, repeats: int, processes: tuple[i
                 one = _pipeline(scratch, conn, prefix, f"{prefix}-r{r}-p{n}", n, ends, expected, logs)
                 runs.append({"repeat": r, "processes": n, **one})
                 samples[f"workers_{n}"].append(total / one["seconds"])
+                log.info("mix: repeat %d, %d worker process(es): %s rows/s (COPY before: %s rows/s)", r + 1, n,
+                         f"{samples[f'workers_{n}'][-1]:,.0f}", f"{samples['copy_before'][-1]:,.0f}")
             samples["copy_after"].append(total / timed_load(conn, loads.copy, rows, expected))
     copy = [(a + b) / 2 for a, b in zip(samples["copy_before"], samples["copy_after"], strict=True)]
     lines = [Line(f"binary COPY of the mix ({total:,} rows), mean of before and after", median(copy), ratio=1.0,

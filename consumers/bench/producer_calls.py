@@ -10,6 +10,7 @@ the topics pre-encoded (key and value), into the same topics.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -21,6 +22,8 @@ from consumers.bench.report import Line, ModeResult, percentiles
 from consumers.bench.rows import messages
 from consumers.bench.scratch import Scratch
 from producers import ProducerSettings, SocietyProducer
+
+log = logging.getLogger(__name__)
 
 TARGET_P50_US, TARGET_P99_US, TARGET_RATE = 8.0, 40.0, 120_000.0
 
@@ -67,6 +70,7 @@ def run(scratch: Scratch, *, records: int, agents: int, repeats: int, partitions
                 call(producer, c)
                 timings.append(perf() - t0)
             rates.append(len(calls) * 1e9 / (perf() - start))
+            log.info("producer: %s records/s from one thread", f"{rates[-1]:,.0f}")
             producer.end_run()
         for c, ns in zip(calls, timings, strict=True):
             per_call[c[0]].append(ns / 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 from consumers._deps import psycopg
 from consumers.bench import MODES, BenchConfig, run_bench
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
-from consumers.cli._options import DatabaseUrl, Timeout, err_console, print_table, typer
+from consumers.cli._options import DatabaseUrl, Timeout, err_console, print_table, setup_logging, typer
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka
 from consumers.bench.report import COLUMNS
 from producers.kafka_config import KafkaClientSettings
@@ -53,6 +54,7 @@ def bench(
     if unknown or not chosen:
         raise typer.BadParameter(f"unknown mode(s): {', '.join(sorted(unknown))}; expected {', '.join(MODES)}",
                                  param_hint="--modes")
+    setup_logging(logging.INFO)  # one line per measurement on stderr: a long run shows where it is
     url = database(database_url, timeout)
     psycopg.connect(url).close()  # unreachable or refused: one clear line now, not after the setup
     reach_kafka(kafka, timeout)
