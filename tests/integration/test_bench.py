@@ -40,8 +40,11 @@ def _bench(services, *args: str, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
+TAG = re.compile(r"^bench ([0-9a-f]{10}): database", re.MULTILINE)
+
+
 def _tag(stderr: str) -> str:
-    return re.search(r"bench ([0-9a-f]{10}):", stderr).group(1)
+    return TAG.search(stderr).group(1)
 
 
 def test_every_mode_loads_exact_counts_and_removes_its_database_and_topics(services, tmp_path: Path):
@@ -91,8 +94,10 @@ def test_sigterm_in_the_middle_still_removes_everything(services):
 
     def e2e_loading() -> bool:
         """The worker committed rows of the paced society: producers and worker are running."""
-        while not lines or "bench " not in lines[-1]:
-            lines.append(proc.stderr.readline())
+        while not lines or not TAG.search(lines[-1]):
+            line = proc.stderr.readline()
+            assert line, f"the bench ended: {''.join(lines)}"
+            lines.append(line)
         url = with_database(services.database_url, f"{DATABASE_PREFIX}{_tag(lines[-1])}")
         try:
             with psycopg.connect(url) as conn:
