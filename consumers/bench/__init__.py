@@ -51,28 +51,33 @@ class BenchReport:
     config: BenchConfig
     modes: dict[str, Any] = field(default_factory=dict)
     lines: list[Line] = field(default_factory=list)
+    on_result: Any = field(default=None, repr=False)
 
     def add(self, mode: str, result: ModeResult) -> None:
         """Keep `mode`'s result."""
         self.modes[mode] = result.data
         self.lines += result.lines
+        if self.on_result is not None:
+            self.on_result(self)
 
     def as_json(self) -> dict[str, Any]:
         """Everything, for ``--json``."""
-        return {"tag": self.tag, "config": asdict(self.config), "modes": self.modes,
+        return {"tag": self.tag, "config": asdict(self.config), "complete": set(self.modes) == set(self.config.modes),
+                "modes": self.modes,
                 "table": [asdict(line) for line in self.lines]}
 
 
 def run_bench(kafka: KafkaClientSettings, database_url: str, config: BenchConfig,
-              on_start: Any = None) -> BenchReport:
+              on_start: Any = None, on_result: Any = None) -> BenchReport:
     """Run the chosen modes on a scratch database and scratch topics of `database_url`'s server and `kafka`.
 
-    `on_start(tag)` is called once the scratch objects exist (to say what to clean up after a crash).
+    `on_start(tag)` is called once the scratch objects exist (to say what to clean up after a crash),
+    `on_result(report)` after each mode (to keep what was measured if a later mode fails).
     """
     with Scratch(kafka, database_url, keep=config.keep) as scratch, tempfile.TemporaryDirectory() as logs_dir:
         if on_start is not None:
             on_start(scratch.tag)
-        report, logs = BenchReport(scratch.tag, config), Path(logs_dir)
+        report, logs = BenchReport(scratch.tag, config, on_result=on_result), Path(logs_dir)
         source = None
         if {"mix", "alternatives"} & set(config.modes):
             records = config.records if "mix" in config.modes else config.alt_records + config.agents + 2

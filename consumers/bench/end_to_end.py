@@ -43,7 +43,10 @@ DRAIN_TIMEOUT_S = 600.0
 
 def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: int, steps_per_s: float,
                   seconds: float, results: Any) -> None:
-    """Record agents `first`… for `seconds`, a step every 1/`steps_per_s` s (a producer process's body)."""
+    """Record agents `first`… for `seconds`, a step every 1/`steps_per_s` s (a producer process's body).
+
+    A step due while the previous one is still being recorded starts at once and counts as late.
+    """
     society = Society(agents, first, seed=first + 1)
     period = 1.0 / steps_per_s
     with SocietyProducer(ProducerSettings(kafka=kafka, topic_prefix=prefix)) as producer:
@@ -52,10 +55,9 @@ def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: i
             call(producer, c)
         started, started_at, steps, late = time.monotonic(), time.time(), 0, 0
         for calls in society.steps():
-            due = started + steps * period
-            if due >= started + seconds:
+            due, now = started + steps * period, time.monotonic()
+            if due >= started + seconds or now >= started + seconds:  # a producer behind makes fewer steps
                 break
-            now = time.monotonic()
             if due > now:
                 time.sleep(due - now)  # the simulation's step clock, not a wait for a condition
             elif now - due > period:

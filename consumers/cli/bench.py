@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from consumers._deps import psycopg
-from consumers.bench import MODES, BenchConfig, run_bench
+from consumers.bench import MODES, BenchConfig, BenchReport, run_bench
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
 from consumers.cli._options import DatabaseUrl, Timeout, err_console, print_table, setup_logging, typer
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka
@@ -62,13 +62,16 @@ def bench(
                          processes=_csv_ints(processes), partitions=partitions, e2e_agents=e2e_agents,
                          e2e_steps_per_s=e2e_steps_per_second, e2e_seconds=e2e_seconds, e2e_producers=e2e_producers,
                          producer_records=producer_records, keep=keep)
+
+    def save(report: BenchReport) -> None:  # after every mode: a later failure keeps what was measured
+        if json_path is not None:
+            json_path.write_text(json.dumps(report.as_json(), indent=1, default=str) + "\n")
+
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        report = run_bench(kafka, url, config, on_start=lambda tag: err_console.print(
+        report = run_bench(kafka, url, config, on_result=save, on_start=lambda tag: err_console.print(
             f"bench {tag}: database society_bench_{tag}, topics bench-{tag}-*"))
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if json_path is not None:
-        json_path.write_text(json.dumps(report.as_json(), indent=1, default=str) + "\n")
     print_table(f"bench {report.tag}: {', '.join(chosen)}, median of {repeats}", COLUMNS,
                 [line.cells() for line in report.lines])

@@ -54,7 +54,7 @@ def test_every_mode_loads_exact_counts_and_removes_its_database_and_topics(servi
     assert proc.returncode == 0, stderr
     report = json.loads(out.read_text())
     assert leftovers(services.bootstrap, services.database_url, report["tag"]) == ([], False)
-    assert _tag(stderr) == report["tag"] and "pipeline, 1 worker process" in stdout
+    assert report["complete"] and _tag(stderr) == report["tag"] and "pipeline, 1 worker process" in stdout
 
     mix = report["modes"]["mix"]
     assert mix["records"] == RECORDS and mix["rows"][tables.SIMULATION_RUNS] == 1  # a run's two states: one row
