@@ -107,7 +107,7 @@ def _produced(kafka: KafkaClientSettings, ends: workers.Offsets, times: list[flo
     return out
 
 
-def _latencies(times: list[float], produced: list[int], visible: list[int]) -> list[tuple[float, int]]:
+def latencies(times: list[float], produced: list[int], visible: list[int]) -> list[tuple[float, int]]:
     """(latency, records) of one partition: for each run of offsets, first visible minus first produced instant."""
     out = []
     i = j = o = 0
@@ -123,7 +123,8 @@ def _latencies(times: list[float], produced: list[int], visible: list[int]) -> l
     return out
 
 
-def _weighted_percentiles(pairs: list[tuple[float, int]]) -> dict[str, float]:
+def weighted_percentiles(pairs: list[tuple[float, int]]) -> dict[str, float]:
+    """p50, p95, p99 of (value, weight) pairs."""
     pairs = sorted(pairs)
     total = sum(w for _, w in pairs)
     out, seen, qs = {}, 0, [50, 95, 99]
@@ -134,7 +135,7 @@ def _weighted_percentiles(pairs: list[tuple[float, int]]) -> dict[str, float]:
     return out
 
 
-def _bounded(series: list[tuple[float, int]], start: float, stop: float, step_records: float) -> bool:
+def lag_bounded(series: list[tuple[float, int]], start: float, stop: float, step_records: float) -> bool:
     """Lag bounded: its peak in the last third of the producing window is at most 1.2 × the middle
     third's plus two steps' records (a lag growing steadily from 0 peaks 1.5 × higher)."""
     third = (stop - start) / 3
@@ -210,8 +211,8 @@ def _analyse(scratch: Scratch, ends: workers.Offsets, samples: list[tuple[float,
                 prod.append(top)
             prod[-1] = max(prod[-1], end)  # the last instant came after every produce call
             vis = [s[1].get(tp, 0) for s in samples]
-            pairs += _latencies(times, prod, vis)
-    latency = _weighted_percentiles(pairs)
+            pairs += latencies(times, prod, vis)
+    latency = weighted_percentiles(pairs)
     lag = [(t, sum(p.values()) - sum(s.values())) for (t, s), p in zip(samples, produced, strict=True)]
     started, stopped = min(r["started_at"] for r in reports), max(r["stopped_at"] for r in reports)
     records = sum(ends.values())
@@ -221,7 +222,7 @@ def _analyse(scratch: Scratch, ends: workers.Offsets, samples: list[tuple[float,
     stepped = sum(sum(r["sent"].values()) - r["sent"][tables.AGENTS] - r["sent"][tables.SIMULATION_RUNS]
                   for r in reports)
     produced_rate = stepped / max(stopped - started, max(r["planned_s"] for r in reports))
-    bounded = _bounded(lag, started, stopped, step_records)
+    bounded = lag_bounded(lag, started, stopped, step_records)
     p95_met = latency.get("p95", float("inf")) <= TARGET_P95_S
     lines = [
         Line("end to end: produced (all producer processes)", produced_rate, unit="records/s",
