@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
 import threading
 import time
 from pathlib import Path
@@ -165,7 +166,7 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
     try:
         for child in children:
             child.start()
-        reports = [results.get(timeout=seconds + 300) for _ in children]
+        reports = _reports(results, children, seconds + DRAIN_TIMEOUT_S)
         for child in children:
             child.join()
         ends = end_offsets(scratch.kafka, prefix)
@@ -185,6 +186,19 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
         raise workers.WorkerFailed(f"end to end loaded {got}, expected {expected}")
     return _analyse(scratch, ends, sampler.samples, reports, worker_stats, caught_up,
                     agents * steps_per_s * RECORDS_PER_AGENT_STEP, agents * RECORDS_PER_AGENT_STEP)
+
+
+def _reports(results: Any, children: list[Any], timeout: float) -> list[dict[str, Any]]:
+    """Each producer process's report; fails as soon as one died without one."""
+    deadline, reports = time.monotonic() + timeout, []
+    while len(reports) < len(children):
+        try:
+            reports.append(results.get(timeout=POLL_S))
+        except queue.Empty:
+            crashed = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+            if crashed or time.monotonic() > deadline:
+                raise workers.WorkerFailed(f"a producer process failed (exit {crashed or 'none, timed out'})") from None
+    return reports
 
 
 def _wait_drained(sampler: Sampler, ends: workers.Offsets, running: workers.Workers) -> float:
