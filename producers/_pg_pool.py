@@ -38,8 +38,8 @@ def describe(conninfo: str) -> str:
         p = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
         return "PostgreSQL (an invalid connection URL)"
-    host = p.get("host") or "localhost"
-    return f"PostgreSQL at {p.get('user') or ''}{'@' if p.get('user') else ''}{host}:{p.get('port') or 5432}/{p.get('dbname') or ''}"
+    user = f"{p['user']}@" if p.get("user") else ""
+    return f"PostgreSQL at {user}{p.get('host') or 'localhost'}:{p.get('port') or 5432}/{p.get('dbname') or ''}"
 
 
 class ConnectionPool:
@@ -135,8 +135,9 @@ class ConnectionPool:
                 self._backoff = min(self._backoff * 2, MAX_RETRY_AFTER_S)
                 self._cond.notify()
             if isinstance(e, psycopg.Error):
+                wait = self._down_until - time.monotonic()
                 raise ReadUnavailableError(
-                    f"{self.name} is unavailable: {self._down_reason}; retrying after {self._down_until - time.monotonic():.0f}s"
+                    f"{self.name} is unavailable: {self._down_reason}; retrying after {wait:.0f}s"
                 ) from e
             raise
         with self._cond:

@@ -17,11 +17,13 @@ from producers import KafkaDatabaseHandler, MemoryReader, ReadUnavailableError, 
 pytestmark = pytest.mark.integration
 
 
-def plant(url: str, agent: str, memories: list[tuple[int, str, float | None]], run: uuid.UUID | None = None) -> uuid.UUID:
+def plant(url: str, agent: str, memories: list[tuple[int, str, float | None]],
+          run: uuid.UUID | None = None) -> uuid.UUID:
     """Store `memories` (step, content, importance) of `agent` in a run (a new one unless given)."""
     run = run or uuid.uuid4()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO simulation_runs (run_id, status) VALUES (%s, 'running') ON CONFLICT DO NOTHING", (run,))
+        conn.execute("INSERT INTO simulation_runs (run_id, status) VALUES (%s, 'running') ON CONFLICT DO NOTHING",
+                     (run,))
         conn.execute("INSERT INTO agents (creation_run_id, agent_id_str) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                      (run, agent))
         with conn.cursor() as cur:
