@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from producers.codec import default_schema_dir, load_schema_versions
+from producers._json import LAST_PLAIN
 from producers.columns import ColumnDef
 from producers.models import MAX_TEXT_CHARS, _json_text
 
@@ -59,15 +60,29 @@ def _long(n: int) -> bytes:
     return bytes(out)
 
 
+#: 14 bits of a varint as its two 7-bit groups, both with the continuation bit (middle of a varint).
+_MIDDLE14 = tuple(bytes(((x & 0x7F) | 0x80, (x >> 7) | 0x80)) for x in range(1 << 14))
+#: The last 14 bits of an 8-byte varint: a continued group, then the final one.
+_LAST14 = tuple(bytes(((x & 0x7F) | 0x80, x >> 7)) for x in range(1 << 14))
+
+
+def _micros(n: int) -> bytes:
+    """Avro long of a timestamp-micros: table lookups for 1970 to about 3111 (an 8-byte varint)."""
+    if 0 <= n < 1 << 55 and n >> 48:  # zigzag(n) = 2n has 50 to 56 bits: 8 bytes
+        z = n << 1
+        return _MIDDLE14[z & 0x3FFF] + _MIDDLE14[(z >> 14) & 0x3FFF] + _MIDDLE14[(z >> 28) & 0x3FFF] + _LAST14[z >> 42]
+    return _long(n)
+
+
 def now_micros() -> int:
     """Microseconds since the epoch, now (an Avro timestamp-micros)."""
     return time.time_ns() // 1000
 
 
 _NAMESPACE: dict[str, Any] = {
-    "_LONGS": _LONGS, "_SMALL": _SMALL, "_long": _long, "_now": now_micros, "_datetime": datetime,
+    "_LONGS": _LONGS, "_SMALL": _SMALL, "_long": _long, "_micros": _micros, "_now": now_micros, "_datetime": datetime,
     "_UTC": timezone.utc, "_EPOCH": _EPOCH, "_MICRO": _MICRO, "_json_text": _json_text,
-    "_F32": struct.Struct("<f").pack, "_F64": struct.Struct("<d").pack, "_UUID": uuid.UUID,
+    "_F32": struct.Struct("<f").pack, "_F64": struct.Struct("<d").pack, "_UUID": uuid.UUID, "_LAST_PLAIN": LAST_PLAIN,
 }
 
 
@@ -77,8 +92,8 @@ def _len_prefixed(var: str) -> list[str]:
 
 def _text(var: str, limit: int, json: bool = False) -> list[str]:
     lines = [f"if type({var}) is not str or len({var}) > {limit} or '\\x00' in {var}: return None"]
-    if json:
-        lines.append(f"_json_text({var})")  # ValueError: not JSON that jsonb takes
+    if json:  # ValueError: not JSON that jsonb takes; the converter's own plain output is
+        lines.append(f"if {var} is not _LAST_PLAIN[0]: _json_text({var})")
     return lines + _len_prefixed(var)
 
 
@@ -110,7 +125,7 @@ def _timestamp(var: str, now: bool) -> list[str]:
     return lines + [
         f"{pad}if type({var}) is not _datetime or {var}.tzinfo is not _UTC: return None",
         f"{pad}{var} = ({var} - _EPOCH) // _MICRO",
-        f"out += _long({var})",
+        f"out += _micros({var})",
     ]
 
 

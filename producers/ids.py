@@ -25,11 +25,17 @@ _CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _SET = (5 << 76) | (0x8000 << 48)
 
 
+_new = object.__new__
+_set = object.__setattr__
+_UUID = uuid.UUID
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
 def _uuid_of_int(n: int) -> uuid.UUID:
     """A UUID from its 128-bit value, without UUID.__init__'s argument parsing (what it stores)."""
-    u = object.__new__(uuid.UUID)
-    object.__setattr__(u, "int", n)
-    object.__setattr__(u, "is_safe", uuid.SafeUUID.unknown)
+    u = _new(_UUID)
+    _set(u, "int", n)
+    _set(u, "is_safe", _UNKNOWN)
     return u
 
 
