@@ -33,9 +33,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from producers.codec import default_schema_dir, load_schema_versions
+from producers import tables
 from producers._json import LAST_PLAIN
-from producers.columns import ColumnDef
+from producers.codec import default_schema_dir, load_schema_versions
+from producers.columns import COLUMNS, ColumnDef
 from producers.models import MAX_TEXT_CHARS, _json_text
 
 #: Avro encodings (zigzag varints) of the longs 0 <= n < _SMALL: string lengths and most steps.
@@ -189,3 +190,19 @@ def record_encoder(
     encode: Callable[..., bytes | None] = namespace["encode"]
     encode.__doc__ = source
     return encode
+
+
+#: What each record_* call derives or fills: (its table's derived id or None, the event-time column
+#: filled with the current time when None).
+CALLS: dict[str, tuple[str | None, str]] = {
+    tables.AGENTS: (None, "updated_at"),
+    tables.AGENT_MEMORIES: ("memory_id", "real_timestamp"),
+    tables.MARKET_TRANSACTIONS: (None, "real_timestamp"),
+    tables.BANKING_TRANSACTIONS: (None, "real_timestamp"),
+    tables.SIMULATION_EVENTS: ("event_uid", "real_timestamp"),
+}
+#: The record_* calls' encoders, by table.
+ENCODERS = {
+    t: record_encoder(COLUMNS[t], run_column=tables.DECLARATIONS[t].run_column, derived=derived, now=(now,))
+    for t, (derived, now) in CALLS.items()
+}

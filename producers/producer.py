@@ -23,10 +23,9 @@ from typing import Any, Callable, Mapping, TypeVar
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from producers import _sequences, ids, tables
-from producers._fast_records import DEFAULT_FINGERPRINTS, record_encoder
+from producers._fast_records import DEFAULT_FINGERPRINTS, ENCODERS
 from producers._json import json_text
 from producers.codec import HEADER_SIZE, MAGIC, AvroCodec
-from producers.columns import COLUMNS
 from producers.errors import DeliveryError, InvalidRecordError, KafkaAuthenticationError, ProducerError, QueueFullError
 from producers.kafka_config import KafkaClientSettings
 from producers.models import validate_record
@@ -152,18 +151,9 @@ def _flush_abandoned(producer: Producer, deliveries: _Deliveries) -> None:
 #: The column naming each table's run (read per record: looked up once).
 _RUN_COLUMN = {t: d.run_column for t, d in tables.DECLARATIONS.items()}
 
-#: Each record_* call's one-pass validate-and-encode (``producers._fast_records``); a None from it
-#: sends the call down the reference path (the pydantic model, then the codec).
-_FAST = {
-    t: record_encoder(COLUMNS[t], run_column=_RUN_COLUMN[t], derived=derived, now=(now,))
-    for t, derived, now in (
-        (tables.AGENTS, None, "updated_at"),
-        (tables.AGENT_MEMORIES, "memory_id", "real_timestamp"),
-        (tables.MARKET_TRANSACTIONS, None, "real_timestamp"),
-        (tables.BANKING_TRANSACTIONS, None, "real_timestamp"),
-        (tables.SIMULATION_EVENTS, "event_uid", "real_timestamp"),
-    )
-}
+# Each record_* call's one-pass validate-and-encode (``producers._fast_records``); a None from it
+# sends the call down the reference path (the pydantic model, then the codec).
+_FAST = ENCODERS
 _encode_agent = _FAST[tables.AGENTS]
 _encode_memory = _FAST[tables.AGENT_MEMORIES]
 _encode_market = _FAST[tables.MARKET_TRANSACTIONS]
