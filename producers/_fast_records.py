@@ -39,10 +39,6 @@ from producers.codec import default_schema_dir, load_schema_versions
 from producers.columns import COLUMNS, ColumnDef
 from producers.models import MAX_TEXT_CHARS, _json_text
 
-#: Avro encodings (zigzag varints) of the longs 0 <= n < _SMALL: string lengths and most steps.
-_SMALL = 16384
-_LONGS = tuple(bytes(((2 * n) & 0x7F | 0x80, (2 * n) >> 7)) if 2 * n > 0x7F else bytes((2 * n,))
-               for n in range(_SMALL))
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICRO = timedelta(microseconds=1)
 
@@ -61,6 +57,9 @@ def _long(n: int) -> bytes:
     return bytes(out)
 
 
+#: Avro encodings of the longs 0 <= n < _SMALL: string lengths and most steps.
+_SMALL = 16384
+_LONGS = tuple(_long(n) for n in range(_SMALL))
 #: 14 bits of a varint as its two 7-bit groups, both with the continuation bit (middle of a varint).
 _MIDDLE14 = tuple(bytes(((x & 0x7F) | 0x80, (x >> 7) | 0x80)) for x in range(1 << 14))
 #: The last 14 bits of an 8-byte varint: a continued group, then the final one.

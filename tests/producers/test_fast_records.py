@@ -76,7 +76,7 @@ def _texts(limit: int) -> st.SearchStrategy[Any]:
 def _json_values() -> st.SearchStrategy[Any]:
     scalars = st.one_of(
         st.none(), st.booleans(), st.integers(), st.floats(), st.text(_any_chars, max_size=8),
-        st.sampled_from([10**5000, -(10**4300), decimal.Decimal("1.5"), decimal.Decimal("1e5000"), Color.RED,
+        st.sampled_from([10**4299, -(10**4299), decimal.Decimal("1.5"), decimal.Decimal("1e5000"), Color.RED,
                          Level.HIGH, np.int64(3), np.float32(1.5), b"x", {1, 2}, datetime(2025, 1, 1)]),
     )
     keys = st.one_of(st.text(_any_chars, max_size=6), st.integers(-3, 3), st.booleans(), st.none())
@@ -220,7 +220,8 @@ def _plain_arguments(table: str) -> st.SearchStrategy[dict[str, Any]]:
         elif c.avro == "int":
             s = st.integers(min_value=int(c.minimum or 0), max_value=INT4_MAX)
         elif c.avro in ("float", "double"):
-            s = st.floats(min_value=c.minimum, max_value=c.maximum) if c.minimum is not None else st.floats(width=32)
+            s = (st.floats(min_value=c.minimum, max_value=c.maximum) if c.minimum is not None
+                 else st.floats(width=32, allow_nan=False, allow_infinity=False))
         elif c.avro == "timestamp-micros":
             s = st.datetimes(timezones=st.just(timezone.utc))
         else:
@@ -247,14 +248,13 @@ def test_event_time_none_is_now(table: str) -> None:
     derived, now = CALLS[table]
     run = tables.DECLARATIONS[table].run_column
     names = [c.name for c in COLUMNS[table] if c.name != derived]
-    before = datetime.now(timezone.utc).replace(microsecond=0)
-    payload = ENCODERS[table](*(RUN_ENCODED if n == run else None for n in names))
-    after = datetime.now(timezone.utc) + timedelta(microseconds=1)
-    assert payload is None  # required columns are None: the fast path passes
+    assert ENCODERS[table](*(RUN_ENCODED if n == run else None for n in names)) is None  # required ones are None
     for c in COLUMNS[table]:  # fill the required ones with valid values
         if not c.nullable and c.name not in (derived, run, now):
             args[c.name] = 1 if c.avro in ("int", "float", "double") else "x"
+    before = datetime.now(timezone.utc).replace(microsecond=0)
     payload = ENCODERS[table](*(RUN_ENCODED if n == run else args[n] for n in names))
+    after = datetime.now(timezone.utc) + timedelta(microseconds=1)
     uid = uuid.uuid4()
     head = MAGIC + CODEC.current[table].fingerprint + (b"H" + str(uid).encode() if derived else b"")
     recorded = CODEC.decode(head + payload).record[now]
@@ -300,7 +300,6 @@ def _converter(value: Any) -> str:
 @settings(max_examples=500, deadline=None)
 @given(value=_json_values())
 @example({"a": [1, 2.5, None, True, "é😀"], "b": {"c": ""}})
-@example(10**5000)
 @example([[[[[]]]]])
 def test_plain_json_is_written_as_the_converter_writes_it(value: Any) -> None:
     try:
@@ -317,6 +316,21 @@ def test_plain_json_is_written_as_the_converter_writes_it(value: Any) -> None:
             _json_text(got)  # trusted text is JSON that jsonb takes: this must not raise
     else:
         assert isinstance(got, InvalidRecordError) and str(expected) in str(got)
+
+
+@pytest.mark.parametrize("digits", [4300, 4301, 5000])
+def test_ints_past_the_text_limit_take_the_converter(digits: int) -> None:
+    # Not in the generated values: hypothesis cannot print them (repr raises past 4,300 digits).
+    value = {"n": [10 ** (digits - 1)]}
+    try:
+        expected: Any = _converter(value)
+    except Exception as e:
+        expected = e
+    if isinstance(expected, str):
+        assert json_text(value, "simulation_events", "details") == expected
+    else:
+        with pytest.raises(InvalidRecordError, match="too long"):
+            json_text(value, "simulation_events", "details")
 
 
 def test_deep_plain_json_takes_the_converter() -> None:
