@@ -472,3 +472,25 @@ def test_calls_after_close_or_before_a_run_raise_as_before() -> None:
     with pytest.raises(Exception, match="closed"):
         p.record_event("E", 1, details={"a": 1})
     assert time.monotonic() - t0 < 1
+
+
+def test_the_usual_calls_never_reach_the_models(queued: SocietyProducer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reference path starts with validate_record: the simulation's usual calls must not get there.
+    from producers import producer as module
+
+    def reference_path(table: str, record: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError(f"{table} took the reference path")
+
+    monkeypatch.setattr(module, "validate_record", reference_path)
+    at = datetime.now(timezone.utc)
+    queued.record_agent("agent_1", persona="baker", agent_type="trader", step=0)
+    queued.record_memory("agent_1", "Sold bread", 3, importance=0.5, tags=["trade"], timestamp=at)
+    queued.record_memory("agent_1", "Bought flour", 3, importance=1, related_agent_id="agent_2")
+    queued.record_event("trade", 3, agent_id_primary="agent_1", details={"price": 2.5, "ok": True, "n": [1]})
+    queued.record_event("weather", 3, details='{"rain": true}', description="rain")
+    queued.record_market_transaction("mt", 3, market_id="m", resource_type="food", buyer_id="a", seller_id="b",
+                                     quantity=2, price_per_unit=1.5, total_cost=3.0)
+    queued.record_bank_transaction("bt", 3, account_id="acct", agent_id="a", transaction_type="deposit",
+                                   amount=5, balance_after=10.5, timestamp=at)
+    with pytest.raises(AssertionError, match="reference path"):
+        queued.record_memory("agent_1", "numpy step", np.int64(3))  # not the usual type: the models decide
