@@ -153,12 +153,11 @@ _RUN_COLUMN = {t: d.run_column for t, d in tables.DECLARATIONS.items()}
 
 # Each record_* call's one-pass validate-and-encode (``producers._fast_records``); a None from it
 # sends the call down the reference path (the pydantic model, then the codec).
-_FAST = ENCODERS
-_encode_agent = _FAST[tables.AGENTS]
-_encode_memory = _FAST[tables.AGENT_MEMORIES]
-_encode_market = _FAST[tables.MARKET_TRANSACTIONS]
-_encode_bank = _FAST[tables.BANKING_TRANSACTIONS]
-_encode_event = _FAST[tables.SIMULATION_EVENTS]
+_encode_agent = ENCODERS[tables.AGENTS]
+_encode_memory = ENCODERS[tables.AGENT_MEMORIES]
+_encode_market = ENCODERS[tables.MARKET_TRANSACTIONS]
+_encode_bank = ENCODERS[tables.BANKING_TRANSACTIONS]
+_encode_event = ENCODERS[tables.SIMULATION_EVENTS]
 #: A derived id on the wire: Avro string length (36) and the UUID's text.
 _ID_LENGTH = b"H"
 #: Largest encoded derived id (length byte + text), added to the payload when the id is not yet known.
@@ -234,7 +233,7 @@ class SocietyProducer:
         #: Single-object header of each table whose current schema the fast path encodes (the default
         #: schemas: a codec with other schemas takes the reference path).
         self._headers = {
-            t: MAGIC + self._codec.current[t].fingerprint for t in _FAST
+            t: MAGIC + self._codec.current[t].fingerprint for t in ENCODERS
             if self._codec.current[t].fingerprint == DEFAULT_FINGERPRINTS[t]
         }
         #: Records of the current run enqueued per table, sent with its final status (record_counts).
@@ -401,8 +400,9 @@ class SocietyProducer:
             payload = _encode_market(transaction_id, run.encoded, step, timestamp, market_id, resource_type,
                                      buyer_id, seller_id, quantity, price_per_unit, total_cost, buy_order_id,
                                      sell_order_id)
-            key = f"{run.key}/{market_id}" if market_id else run.key
-            if payload is not None and self._send_encoded(tables.MARKET_TRANSACTIONS, run, payload, key):
+            if payload is not None and self._send_encoded(
+                tables.MARKET_TRANSACTIONS, run, payload, f"{run.key}/{market_id}" if market_id else run.key
+            ):
                 return
         self._send(tables.MARKET_TRANSACTIONS, self._child(
             step, timestamp,
@@ -439,8 +439,9 @@ class SocietyProducer:
             payload = _encode_bank(transaction_id, run.encoded, step, timestamp, account_id, agent_id,
                                    transaction_type, amount, balance_after, description, counterparty_id,
                                    reference_id)
-            key = f"{run.key}/{account_id}" if account_id else run.key
-            if payload is not None and self._send_encoded(tables.BANKING_TRANSACTIONS, run, payload, key):
+            if payload is not None and self._send_encoded(
+                tables.BANKING_TRANSACTIONS, run, payload, f"{run.key}/{account_id}" if account_id else run.key
+            ):
                 return
         self._send(tables.BANKING_TRANSACTIONS, self._child(
             step, timestamp,

@@ -8,7 +8,7 @@ not delivery. Two measurements:
   reported as p50 / p99 microseconds;
 - the mix of a running society (about 49% memories, 47% events with
   ``details``, 3% bank and 1.5% market transactions; memory content 20-600
-  characters), reported as p50 / p99 microseconds and records per second
+  characters, as ``simulate`` writes it), reported as p50 / p99 microseconds and records per second
   from one thread (calls divided by the loop's wall time).
 
 Arguments are built before the timed loops, so only the calls are measured.
@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from consumers.tools.simulate import WORDS, _sentence
 from consumers.topics import admin_client, all_topics, create_topics, delete_topics
 from producers import ProducerSettings, SocietyProducer
 
-WORDS = ("market", "bread", "river", "loan", "friend", "harvest", "tools", "price", "family", "trade")
 AGENTS = 2500
 #: The society's mix: (method, share of the records).
 MIX = (("record_memory", 0.49), ("record_event", 0.47), ("record_bank_transaction", 0.03),
@@ -52,15 +52,8 @@ class CallTimes:
     cpu_us_per_call: float
 
 
-def _text(rng: random.Random, low: int, high: int) -> str:
-    length = rng.randint(low, high)
-    words: list[str] = []
-    size = 0
-    while size < length:
-        word = rng.choice(WORDS)
-        words.append(word)
-        size += len(word) + 1
-    return " ".join(words)[:length]
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choices(WORDS, k=words))
 
 
 def _call(method: str, i: int, rng: random.Random) -> Call:
@@ -68,14 +61,14 @@ def _call(method: str, i: int, rng: random.Random) -> Call:
     agent = f"agent_{rng.randrange(AGENTS)}"
     step = i // AGENTS
     if method == "record_memory":
-        return method, (agent, _text(rng, 20, 600), step), {
+        return method, (agent, _sentence(rng), step), {
             "importance": round(rng.random(), 3), "tags": rng.sample(WORDS, rng.randint(0, 3))}
     if method == "record_event":
         return method, (rng.choice(("trade", "loan", "marriage", "birth", "migration")), step), {
             "agent_id_primary": agent, "agent_id_secondary": f"agent_{rng.randrange(AGENTS)}",
             "details": {"resource": rng.choice(WORDS), "quantity": rng.randint(1, 20),
                         "price": round(rng.uniform(0.5, 50), 2), "accepted": rng.random() < 0.5},
-            "description": _text(rng, 20, 120)}
+            "description": _text(rng, rng.randint(3, 20))}
     if method == "record_bank_transaction":
         return method, (f"bt_{i}", step), {
             "account_id": f"acct_{agent}", "agent_id": agent, "transaction_type": rng.choice(("deposit", "withdraw")),
@@ -88,7 +81,7 @@ def _call(method: str, i: int, rng: random.Random) -> Call:
             "seller_id": f"agent_{rng.randrange(AGENTS)}", "quantity": float(quantity), "price_per_unit": price,
             "total_cost": quantity * price, "buy_order_id": f"bo_{i}", "sell_order_id": f"so_{i}"}
     if method == "record_agent":
-        return method, (f"agent_{i}",), {"persona": _text(rng, 20, 200), "agent_type": "trader", "step": 0}
+        return method, (f"agent_{i}",), {"persona": _text(rng, rng.randint(3, 30)), "agent_type": "trader", "step": 0}
     raise ValueError(f"unknown producer call {method!r}")
 
 

@@ -12,11 +12,11 @@ import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from producers import AvroCodec, KafkaDatabaseHandler, ids, tables
 from producers.models import validate_record
 from support.pipeline import producer
+from support.topics import topic_messages
 
 pytestmark = pytest.mark.integration
 
@@ -24,24 +24,8 @@ AT = dt.datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
 
 
 def raw_messages(bootstrap: str, prefix: str, table: str) -> list[tuple[str, bytes]]:
-    """(key, value) of every message on `<prefix>.<table>`, read until each partition's end."""
-    topic = tables.topic_for(prefix, table)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}-raw", "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=30).topics[topic].partitions
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
-        remaining = {p: end for p, end in ends.items() if end > 0}
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
-        out = []
-        while remaining:
-            msg = c.poll(30)
-            assert msg is not None and msg.error() is None, f"{topic}: nothing to read before {ends}"
-            out.append((msg.key().decode(), msg.value()))
-            if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
-                remaining.pop(msg.partition(), None)
-        return out
-    finally:
-        c.close()
+    """(key, value) of every message on `<prefix>.<table>`."""
+    return [(m.key().decode(), m.value()) for m in topic_messages(bootstrap, prefix, table)]
 
 
 def reference(codec: AvroCodec, table: str, record: dict[str, Any]) -> tuple[str, bytes]:
