@@ -35,6 +35,8 @@ SERVER_GENERATED = {
     (tables.BANKING_TRANSACTIONS, "transaction_id_pk"),
     (tables.SIMULATION_EVENTS, "event_id"),
 }
+#: Columns PostgreSQL computes from others (GENERATED ALWAYS ... STORED); loaders never write them.
+COMPUTED = {(tables.AGENT_MEMORIES, "search_vector")}
 #: Avro strings documented as JSON text, loaded into JSONB columns.
 JSON_TEXT_FIELDS = {(t, c.name) for t, cols in COLUMNS.items() for c in cols if c.sql == "jsonb"}
 #: Non-null in Avro but nullable in the DDL, on purpose: ddl/0001 documents
@@ -124,7 +126,7 @@ def test_every_column_has_an_avro_field(db_columns: dict[str, dict[str, DbColumn
         f"{t}.{c}"
         for t in tables.TABLES
         for c in db_columns[t]
-        if (t, c) not in SERVER_GENERATED and c not in {f.name for f in avro_fields(t)}
+        if (t, c) not in SERVER_GENERATED | COMPUTED and c not in {f.name for f in avro_fields(t)}
     ]
     assert missing == [], "DDL columns no Avro schema carries"
 
@@ -134,6 +136,18 @@ def test_server_generated_columns_are_generated(db_columns: dict[str, dict[str, 
     for table, name in sorted(SERVER_GENERATED):
         column = db_columns[table][name]
         assert not column.nullable and (column.default or "").startswith("nextval("), column
+
+
+@pytest.mark.integration
+def test_computed_columns_are_generated_always(services: Any, template_db: str) -> None:
+    from support.db import _with_db
+
+    with psycopg.connect(_with_db(services.database_url, template_db), autocommit=True) as conn:
+        generated = set(conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND is_generated = 'ALWAYS'"
+        ).fetchall())
+    assert generated == COMPUTED
 
 
 @pytest.mark.integration

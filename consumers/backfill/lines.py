@@ -35,8 +35,10 @@ LINE: Final = "<line>"
 #: Counts of lines whose table could not be told.
 UNKNOWN_TABLE: Final = "?"
 
-#: Surrogate keys the database generates (BIGSERIAL, see ddl/0001): not in the records.
+#: Columns the database generates, not in the records: surrogate keys (BIGSERIAL, see ddl/0001)
+#: and values computed from other columns (ddl/0008's search_vector).
 GENERATED_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    tables.AGENT_MEMORIES: ("search_vector",),
     tables.MARKET_TRANSACTIONS: ("transaction_id_pk",),
     tables.BANKING_TRANSACTIONS: ("transaction_id_pk",),
     tables.SIMULATION_EVENTS: ("event_id",),

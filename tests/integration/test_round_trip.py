@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from producers import KafkaDatabaseHandler
+from producers.columns import COLUMNS
 from support.db import count, fetch
 from support.pipeline import drain, worker_settings
 
@@ -115,8 +116,12 @@ def test_every_table_round_trips(services, database_url, topic_prefix):
     assert fetch(database_url, "SELECT creation_run_id, agent_id_str, persona, initial_agent_type, creation_step, updated_at IS NOT NULL FROM agents") == [
         (run, "agent_0", "a careful farmer", "farmer", 0, True)
     ]
-    assert fetch(database_url, "SELECT * FROM agent_memories") == [
+    memory_columns = ", ".join(c.name for c in COLUMNS["agent_memories"])  # not the generated search_vector
+    assert fetch(database_url, f"SELECT {memory_columns} FROM agent_memories") == [
         (uuid.UUID(memory_id), "agent_0", run, 3, ts, "Sold bread to agent_1 at a good price", 0.75, ["trade", "bread"], "agent_1")
+    ]
+    assert fetch(database_url, "SELECT search_vector::text FROM agent_memories") == [
+        ("'1':5 'agent':4 'bread':2 'good':8 'price':9 'sold':1",)
     ]
     (m,) = fetch(database_url, "SELECT * FROM market_transactions")
     assert m[1:] == ("mt_1", run, 3, ts, "market_food", "food", "agent_1", "agent_0", 4.0, 2.5, 10.0, "bo_1", "so_1")

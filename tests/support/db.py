@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from consumers.migrations import migrate
+from consumers.migrations import load_migrations, migrate
 
+#: Templates are named by this and a digest of the migrations they hold.
 TEMPLATE = "society_test_template"
 
 
@@ -38,12 +40,27 @@ def _admin(url: str) -> psycopg.Connection:
 
 
 def create_template(url: str) -> str:
-    """(Re)create the template database and migrate it."""
+    """The migrated template database of the current ``ddl/``, created if missing.
+
+    Named by a digest of the migrations, so test sessions of checkouts with other
+    migrations (parallel branches on one server) never drop or use each other's.
+    It is migrated under a temporary name and renamed when complete, so a name
+    that exists is a complete template.
+    """
+    digest = hashlib.sha256("".join(f"{m.version}:{m.checksum};" for m in load_migrations()).encode()).hexdigest()
+    name = f"{TEMPLATE}_{digest[:12]}"
     with _admin(url) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {TEMPLATE}")
-    migrate(_with_db(url, TEMPLATE))
-    return TEMPLATE
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return name
+        building = f"{name}_{uuid.uuid4().hex[:6]}"
+        conn.execute(f"CREATE DATABASE {building}")
+    migrate(_with_db(url, building))
+    with _admin(url) as conn:
+        try:
+            conn.execute(f"ALTER DATABASE {building} RENAME TO {name}")
+        except psycopg.errors.DuplicateDatabase:  # another session finished first
+            conn.execute(f"DROP DATABASE {building} WITH (FORCE)")
+    return name
 
 
 def clone_database(url: str, template: str) -> tuple[str, str]:
