@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import json
 import math
 import uuid
 from collections.abc import Mapping
@@ -75,8 +76,92 @@ def _int(value: int) -> str:
         raise _Unrepresentable(f"an integer of about {value.bit_length() * 0.30103:.0f} digits is too long", value) from None
 
 
+#: Nesting the plain-value check follows (deeper values take the general converter).
+_PLAIN_DEPTH: Final = 16
+
+
+
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not plain JSON")  # never: only plain values get here
+
+
+# json's C encoder, made once (JSONEncoder.encode makes one per call); pure Python where it is missing.
+_C_ENCODER: Final = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    None, _no_default, encode_basestring_ascii, None, ":", ",", False, False, True
+)
+_PY_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
+def _plain_json(value: Any) -> str:
+    """Compact JSON text of a plain value (``_plain``), as json.dumps(separators=(",", ":")) writes it."""
+    if _C_ENCODER:
+        return "".join(_C_ENCODER(value, 0))
+    return _PY_ENCODER.encode(value)
+
+#: The text the plain path wrote last. Such text is JSON that jsonb takes by construction (no NUL, no
+#: lone surrogate, finite numbers, shallow), so a caller handed this very object may skip re-parsing
+#: it (``producers._fast_records``); another thread's call only replaces it, which costs a re-parse.
+LAST_PLAIN: Final[list[str | None]] = [None]
+
+
+def _plain_text(text: str) -> bool:
+    return "\x00" not in text and (text.isascii() or _encodes(text))
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether `value` is plain JSON the converter would write as json.dumps does (exact types only).
+
+    str without NUL or lone surrogates, int, finite float, bool, None, and lists, tuples
+    and str-keyed dicts of them nested at most _PLAIN_DEPTH deep (so never a cycle).
+    """
+    kind = type(value)
+    if kind is str:
+        return _plain_text(value)
+    if kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return not value - value  # finite
+    if depth >= _PLAIN_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or "\x00" in key or not (key.isascii() or _encodes(key)):
+                return False
+            kind = type(item)
+            # Scalars inline (the common flat dict), containers and text by the calls above.
+            if kind is int or kind is bool or item is None:
+                continue
+            if kind is float:
+                if item - item:
+                    return False
+            elif not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    return False
+
+
 def json_text(value: Any, table: str, field: str) -> str:
     """`value` as compact JSON text, or InvalidRecordError naming `field` and the path inside it."""
+    if _plain(value):
+        # The C encoder writes plain values exactly as the converter below does, much faster.
+        try:
+            text = LAST_PLAIN[0] = _plain_json(value)
+            return text
+        except ValueError:  # an int too long for Python's int-to-text limit: the converter says so
+            pass
     out: list[str] = []
     try:
         _write(value, out, set())

@@ -27,7 +27,7 @@ EVENTS = 1
 class StepSequences:
     """Thread-safe counters; `take` a number, `give_back` it if the record was not enqueued."""
 
-    __slots__ = ("max_steps", "_lock", "_steps", "_evicted_lo", "_evicted_hi")
+    __slots__ = ("max_steps", "_lock", "_steps", "_evicted_lo", "_evicted_hi", "_newest")
 
     def __init__(self, max_steps: int) -> None:
         self.max_steps = max_steps
@@ -37,15 +37,20 @@ class StepSequences:
         # Evicted steps as sorted disjoint ranges [lo, hi]: one range for a run that moves forward.
         self._evicted_lo: list[int] = []
         self._evicted_hi: list[int] = []
+        #: (step, counters) of the most recently used step: most calls are for it, already last in order.
+        self._newest: tuple[int | None, tuple[dict[str, int], dict[str, int]]] = (None, ({}, {}))
 
     def take(self, kind: int, subject: str, step: int) -> tuple[dict[str, int], int]:
         """The next number of (`subject`, `step`) and the counters it was taken from."""
         with self._lock:
-            counters = self._steps.get(step)
-            if counters is None:
-                counters = self._add_step(step)
-            else:
-                self._steps.move_to_end(step)
+            newest, counters = self._newest
+            if newest != step:
+                counters = self._steps.get(step)
+                if counters is None:
+                    counters = self._add_step(step)
+                else:
+                    self._steps.move_to_end(step)
+                self._newest = (step, counters)
             numbers = counters[kind]
             seq = numbers.get(subject, 0)
             numbers[subject] = seq + 1
@@ -64,11 +69,12 @@ class StepSequences:
         """Forget `step`'s counters: its next ids are those of its first run again."""
         with self._lock:
             self._steps.pop(step, None)
-            self._add_step(step, warn=False)
+            self._newest = (step, self._add_step(step, warn=False))
 
     def clear(self) -> None:
         """Forget everything (a new run)."""
         with self._lock:
+            self._newest = (None, ({}, {}))
             self._steps.clear()
             self._evicted_lo.clear()
             self._evicted_hi.clear()

@@ -23,8 +23,9 @@ from typing import Any, Callable, Mapping, TypeVar
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from producers import _sequences, ids, tables
+from producers._fast_records import DEFAULT_FINGERPRINTS, ENCODERS
 from producers._json import json_text
-from producers.codec import AvroCodec
+from producers.codec import HEADER_SIZE, MAGIC, AvroCodec
 from producers.errors import DeliveryError, InvalidRecordError, KafkaAuthenticationError, ProducerError, QueueFullError
 from producers.kafka_config import KafkaClientSettings
 from producers.models import validate_record
@@ -155,6 +156,29 @@ def _flush_abandoned(producer: Producer, deliveries: _Deliveries) -> None:
 #: The column naming each table's run (read per record: looked up once).
 _RUN_COLUMN = {t: d.run_column for t, d in tables.DECLARATIONS.items()}
 
+# Each record_* call's one-pass validate-and-encode (``producers._fast_records``); a None from it
+# sends the call down the reference path (the pydantic model, then the codec).
+_encode_agent = ENCODERS[tables.AGENTS]
+_encode_memory = ENCODERS[tables.AGENT_MEMORIES]
+_encode_market = ENCODERS[tables.MARKET_TRANSACTIONS]
+_encode_bank = ENCODERS[tables.BANKING_TRANSACTIONS]
+_encode_event = ENCODERS[tables.SIMULATION_EVENTS]
+#: A derived id on the wire: Avro string length (36) and the UUID's text.
+_ID_LENGTH = b"H"
+#: Largest encoded derived id (length byte + text), added to the payload when the id is not yet known.
+_ID_BYTES = 37
+
+
+@dataclass(frozen=True, slots=True)
+class _FastRun:
+    """What the fast path needs of the current run, set at once (a concurrent call sees one run)."""
+
+    run_id: uuid.UUID
+    key: str
+    #: The run id as an Avro string (length + text).
+    encoded: bytes
+    ids: ids.RunIds
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -210,6 +234,13 @@ class SocietyProducer:
         self._failures = deliveries.failures
         self._run: dict[str, Any] | None = None
         self._run_key = ""  # str(run_id), formatted once: keys and ids use it per record
+        self._fast_run: _FastRun | None = None
+        #: Single-object header of each table whose current schema the fast path encodes (the default
+        #: schemas: a codec with other schemas takes the reference path).
+        self._headers = {
+            t: MAGIC + self._codec.current[t].fingerprint for t in ENCODERS
+            if self._codec.current[t].fingerprint == DEFAULT_FINGERPRINTS[t]
+        }
         #: Records of the current run enqueued per table, sent with its final status (record_counts).
         self._run_counts: dict[str, int] = dict.fromkeys(tables.TABLES, 0)
         self._sequences = _sequences.StepSequences(settings.sequence_steps)
@@ -253,10 +284,11 @@ class SocietyProducer:
         }
         fields = self._send(tables.SIMULATION_RUNS, run)
         self._run = fields
-        self._run_key = str(fields["run_id"])
+        self._run_key = key = str(fields["run_id"])
         with self._lock:
             self._run_counts = dict.fromkeys(tables.TABLES, 0)
         self._sequences.clear()
+        self._fast_run = _FastRun(fields["run_id"], key, _ID_LENGTH + key.encode(), ids.RunIds(key))
         return fields["run_id"]
 
     def end_run(self, status: str = "completed", *, end_time: datetime | None = None, notes: str | None = None) -> None:
@@ -299,6 +331,11 @@ class SocietyProducer:
         step: int | None = None,
     ) -> None:
         """Record an agent created in the current run."""
+        run = self._fast_run
+        if run is not None and tables.AGENTS in self._headers:
+            payload = _encode_agent(run.encoded, agent_id, persona, agent_type, step, None)
+            if payload is not None and self._send_encoded(tables.AGENTS, run, payload, run.key):
+                return
         run_id = self._require_run()["run_id"]
         record = {
             "creation_run_id": run_id,
@@ -323,6 +360,15 @@ class SocietyProducer:
         memory_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
         """Record one memory of `agent_id`; return its id."""
+        run = self._fast_run
+        if run is not None and tables.AGENT_MEMORIES in self._headers:
+            payload = _encode_memory(agent_id, run.encoded, step, timestamp, content, importance, tags,
+                                     related_agent_id)
+            if payload is not None:
+                key = f"{run.key}/{agent_id}" if agent_id else run.key
+                uid = self._send_derived(tables.AGENT_MEMORIES, run, payload, key, memory_id, agent_id, step)
+                if uid is not None:
+                    return uid
         record = self._child(
             step, timestamp,
             memory_id=_UNNUMBERED if memory_id is None else memory_id,
@@ -354,6 +400,15 @@ class SocietyProducer:
         timestamp: datetime | None = None,
     ) -> None:
         """Record one completed trade."""
+        run = self._fast_run
+        if run is not None and tables.MARKET_TRANSACTIONS in self._headers:
+            payload = _encode_market(transaction_id, run.encoded, step, timestamp, market_id, resource_type,
+                                     buyer_id, seller_id, quantity, price_per_unit, total_cost, buy_order_id,
+                                     sell_order_id)
+            if payload is not None and self._send_encoded(
+                tables.MARKET_TRANSACTIONS, run, payload, f"{run.key}/{market_id}" if market_id else run.key
+            ):
+                return
         self._send(tables.MARKET_TRANSACTIONS, self._child(
             step, timestamp,
             transaction_sim_id=transaction_id,
@@ -384,6 +439,15 @@ class SocietyProducer:
         timestamp: datetime | None = None,
     ) -> None:
         """Record one banking transaction."""
+        run = self._fast_run
+        if run is not None and tables.BANKING_TRANSACTIONS in self._headers:
+            payload = _encode_bank(transaction_id, run.encoded, step, timestamp, account_id, agent_id,
+                                   transaction_type, amount, balance_after, description, counterparty_id,
+                                   reference_id)
+            if payload is not None and self._send_encoded(
+                tables.BANKING_TRANSACTIONS, run, payload, f"{run.key}/{account_id}" if account_id else run.key
+            ):
+                return
         self._send(tables.BANKING_TRANSACTIONS, self._child(
             step, timestamp,
             transaction_sim_id=transaction_id,
@@ -414,13 +478,24 @@ class SocietyProducer:
         `details` is JSON text (a str) or a JSON-representable value, converted
         like ``start_run``'s `config_snapshot`.
         """
+        details = _json_field(details, tables.SIMULATION_EVENTS, "details")
+        run = self._fast_run
+        if run is not None and tables.SIMULATION_EVENTS in self._headers:
+            payload = _encode_event(run.encoded, step, timestamp, event_type, agent_id_primary, agent_id_secondary,
+                                    details, description)
+            if payload is not None:
+                key = f"{run.key}/{agent_id_primary}" if agent_id_primary else run.key
+                uid = self._send_derived(tables.SIMULATION_EVENTS, run, payload, key, event_uid,
+                                         agent_id_primary or "", step)
+                if uid is not None:
+                    return uid
         record = self._child(
             step, timestamp,
             event_uid=_UNNUMBERED if event_uid is None else event_uid,
             event_type=event_type,
             agent_id_primary=agent_id_primary,
             agent_id_secondary=agent_id_secondary,
-            details=_json_field(details, tables.SIMULATION_EVENTS, "details"),
+            details=details,
             description=description,
         )
         if event_uid is not None:
@@ -566,6 +641,54 @@ class SocietyProducer:
         fields = validate_record(table, record)
         self._enqueue(table, fields, key if key is not None else self._key(table, fields))
         return fields
+
+    def _send_encoded(self, table: str, run: _FastRun, payload: bytes, key: str) -> bool:
+        """Enqueue a record the fast path encoded; False (nothing done) to take the reference path instead.
+
+        That path raises what this one does not: the producer is closed, or the record is too large.
+        """
+        if self._closed or len(payload) + (len(key) << 2) > self._max_payload - HEADER_SIZE:
+            return False
+        self._produce(self._topics[table], key, self._headers[table] + payload)
+        self._count_sent(table, run)
+        return True
+
+    def _send_derived(
+        self, table: str, run: _FastRun, payload: bytes, key: str, given: Any, subject: str, step: int
+    ) -> uuid.UUID | None:
+        """Enqueue a fast-encoded memory or event under its `given` id, else the next number of (subject, step).
+
+        None (nothing done, no number taken) to take the reference path: the producer is closed, the
+        record may be too large, or the given id is not a UUID.
+        """
+        if self._closed or len(payload) + _ID_BYTES + (len(key) << 2) > self._max_payload - HEADER_SIZE:
+            return None
+        header = self._headers[table]
+        if given is not None:
+            if type(given) is not uuid.UUID:
+                return None
+            self._produce(self._topics[table], key, b"".join((header, _ID_LENGTH, str(given).encode(), payload)))
+            self._count_sent(table, run)
+            return given
+        if table == tables.AGENT_MEMORIES:
+            kind, derive = _sequences.MEMORIES, run.ids.memory
+        else:
+            kind, derive = _sequences.EVENTS, run.ids.event
+        numbers, seq = self._sequences.take(kind, subject, step)
+        try:
+            uid, text = derive(subject, step, seq)
+            self._produce(self._topics[table], key, b"".join((header, _ID_LENGTH, text, payload)))
+        except BaseException:
+            self._sequences.give_back(numbers, subject, seq)
+            raise
+        self._count_sent(table, run)
+        return uid
+
+    def _count_sent(self, table: str, run: _FastRun) -> None:
+        with self._lock:
+            self._stats.sent[table] += 1
+            if run is self._fast_run:
+                self._run_counts[table] += 1
 
     def _send_numbered(self, table: str, record: dict[str, Any], kind: int) -> uuid.UUID:
         """Send a memory or event whose id is derived from the next number of its (subject, step).

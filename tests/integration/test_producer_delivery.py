@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from producers import (
     AvroCodec,
@@ -33,31 +32,15 @@ from producers import (
     tables,
 )
 from support.pipeline import producer
+from support.topics import topic_messages
 
 pytestmark = pytest.mark.integration
 
 
 def read_records(bootstrap: str, prefix: str, table: str) -> list[dict[str, Any]]:
-    """Every record on `<prefix>.<table>`, decoded, read until each partition's end offset."""
-    topic = tables.topic_for(prefix, table)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}-read", "enable.auto.commit": False})
-    try:
-        parts = c.list_topics(topic, timeout=30).topics[topic].partitions
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
-        remaining = {p: end for p, end in ends.items() if end > 0}
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
-        codec = AvroCodec()
-        out = []
-        while remaining:
-            msg = c.poll(30)
-            assert msg is not None, f"{topic}: nothing to read before the end offsets {ends}"
-            assert msg.error() is None, msg.error()
-            out.append(codec.decode(msg.value()).record)
-            if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
-                remaining.pop(msg.partition(), None)
-        return out
-    finally:
-        c.close()
+    """Every record on `<prefix>.<table>`, decoded."""
+    codec = AvroCodec()
+    return [codec.decode(m.value()).record for m in topic_messages(bootstrap, prefix, table)]
 
 
 # --- ids (issue 6, cases 1 and 2) ---------------------------------------------------------------
