@@ -35,6 +35,9 @@ SERVER_GENERATED = {
     (tables.BANKING_TRANSACTIONS, "transaction_id_pk"),
     (tables.SIMULATION_EVENTS, "event_id"),
 }
+#: When a row was loaded (ddl/0009): filled by the column's DEFAULT now(), no Avro field carries it.
+LOAD_TIMES = {(t, "loaded_at") for t in (tables.AGENT_MEMORIES, tables.MARKET_TRANSACTIONS,
+                                         tables.BANKING_TRANSACTIONS, tables.SIMULATION_EVENTS)}
 #: Avro strings documented as JSON text, loaded into JSONB columns.
 JSON_TEXT_FIELDS = {(t, c.name) for t, cols in COLUMNS.items() for c in cols if c.sql == "jsonb"}
 #: Non-null in Avro but nullable in the DDL, on purpose: ddl/0001 documents
@@ -124,7 +127,7 @@ def test_every_column_has_an_avro_field(db_columns: dict[str, dict[str, DbColumn
         f"{t}.{c}"
         for t in tables.TABLES
         for c in db_columns[t]
-        if (t, c) not in SERVER_GENERATED and c not in {f.name for f in avro_fields(t)}
+        if (t, c) not in SERVER_GENERATED | LOAD_TIMES and c not in {f.name for f in avro_fields(t)}
     ]
     assert missing == [], "DDL columns no Avro schema carries"
 
@@ -134,6 +137,13 @@ def test_server_generated_columns_are_generated(db_columns: dict[str, dict[str, 
     for table, name in sorted(SERVER_GENERATED):
         column = db_columns[table][name]
         assert not column.nullable and (column.default or "").startswith("nextval("), column
+
+
+@pytest.mark.integration
+def test_load_times_default_to_the_loading_transactions_start(db_columns: dict[str, dict[str, DbColumn]]) -> None:
+    for table, name in sorted(LOAD_TIMES):
+        column = db_columns[table][name]
+        assert column.nullable and column.default == "now()" and column.data_type == "timestamp with time zone", column
 
 
 @pytest.mark.integration

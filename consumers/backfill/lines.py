@@ -35,11 +35,13 @@ LINE: Final = "<line>"
 #: Counts of lines whose table could not be told.
 UNKNOWN_TABLE: Final = "?"
 
-#: Surrogate keys the database generates (BIGSERIAL, see ddl/0001): not in the records.
+#: Columns the database fills, not in the records: surrogate keys (BIGSERIAL, see ddl/0001)
+#: and the load time (``loaded_at``, ddl/0009).
 GENERATED_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
-    tables.MARKET_TRANSACTIONS: ("transaction_id_pk",),
-    tables.BANKING_TRANSACTIONS: ("transaction_id_pk",),
-    tables.SIMULATION_EVENTS: ("event_id",),
+    tables.AGENT_MEMORIES: ("loaded_at",),
+    tables.MARKET_TRANSACTIONS: ("transaction_id_pk", "loaded_at"),
+    tables.BANKING_TRANSACTIONS: ("transaction_id_pk", "loaded_at"),
+    tables.SIMULATION_EVENTS: ("event_id", "loaded_at"),
 }
 #: Client-side ids, derived when a line carries none.
 DERIVED_ID: Final[dict[str, str]] = {tables.AGENT_MEMORIES: "memory_id", tables.SIMULATION_EVENTS: "event_uid"}
