@@ -66,7 +66,7 @@ def report(
         print_json({"output": str(path), "bytes": written.bytes, "charts": written.charts,
                     "runs": written.summaries})
         return
-    stale = sorted({v for s in written.summaries for v in s["stale_views"]})
+    stale = [v for v in views.MATERIALIZED if any(v in s["stale_views"] for s in written.summaries)]
     if stale:
         print_warning(f"the materialized views {', '.join(stale)} are older than the rows: "
                       "run `society-ingest views refresh` (or report --refresh) for current figures")

@@ -12,8 +12,9 @@ from typing import Any, Final
 from consumers._deps import require
 from consumers.report.queries import RECORD_TABLES, RunData
 
-_figure = require("matplotlib.figure", "charts")
-_agg = require("matplotlib.backends.backend_agg", "charts")
+require("matplotlib", "charts")
+import matplotlib.backends.backend_agg as _agg  # noqa: E402  # after the check above
+import matplotlib.figure as _figure  # noqa: E402
 
 DPI: Final = 100
 CHART_WIDTH_PX: Final = 960

@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from consumers.report.charts import CHART_HEIGHT_PX, CHART_WIDTH_PX
+from consumers.views import MATERIALIZED
 
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232b;
@@ -44,11 +45,11 @@ def render(summaries: list[dict[str, Any]], rows: list[list[str]],
     """
     runs = [s["run_id"] for s in summaries]
     title = "Run " + " vs ".join(r[:8] for r in runs)
-    css = _CSS % {"width": 1100 if len(runs) == 1 else 1800, "runs": len(runs),
+    css = _CSS % {"width": 1040 if len(runs) == 1 else 1960, "runs": len(runs),
                   "w": CHART_WIDTH_PX, "h": CHART_HEIGHT_PX}
     head = "".join(f"<th>run <code>{html.escape(r)}</code></th>" for r in runs)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-    stale = sorted({v for s in summaries for v in s["stale_views"]})
+    stale = [v for v in MATERIALIZED if any(v in s["stale_views"] for s in summaries)]
     warn = (f'<p class="warn">The materialized views {html.escape(", ".join(stale))} are older than the rows: run '
             "<code>society-ingest views refresh</code> (or <code>report --refresh</code>) for current figures.</p>"
             if stale else "")
