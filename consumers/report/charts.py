@@ -15,6 +15,7 @@ from consumers.report.queries import RECORD_TABLES, RunData
 require("matplotlib", "charts")
 import matplotlib.backends.backend_agg as _agg  # noqa: E402  # after the check above
 import matplotlib.figure as _figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI: Final = 100
 CHART_WIDTH_PX: Final = 960
@@ -32,6 +33,12 @@ def _png(fig: Any) -> bytes:
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=DPI)
     return out.getvalue()
+
+
+def _steps(ax: Any) -> None:
+    """Steps on the x axis: whole numbers only."""
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _empty(ax: Any, what: str) -> None:
@@ -52,7 +59,7 @@ def prices(data: RunData) -> bytes:
         ax.fill_between(c["step"], c["min_price"], c["max_price"], color=color, alpha=0.18, label="min–max")
         ax.plot(c["step"], c["vwap"], color=color, linewidth=1.8, label="VWAP")
         ax.set_title(resource)
-        ax.set_xlabel("step")
+        _steps(ax)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("price per unit")
     if resources:
@@ -74,7 +81,7 @@ def wealth(data: RunData) -> bytes:
     over_time.fill_between(w["step"], w["p25"], w["p75"], color=_COLORS[0], alpha=0.3, label="p25–p75")
     over_time.plot(w["step"], w["median"], color=_COLORS[0], linewidth=1.8, label="median")
     over_time.plot(w["step"], w["mean"], color=_COLORS[1], linewidth=1.2, linestyle="--", label="mean")
-    over_time.set_xlabel("step")
+    _steps(over_time)
     over_time.set_ylabel("bank balance")
     over_time.grid(alpha=0.3)
     over_time.legend(loc="upper left", fontsize="small")
@@ -98,7 +105,7 @@ def events(data: RunData) -> bytes:
     types = sorted(data.events, key=lambda t: -sum(data.events[t].values()))
     ax.stackplot(steps, [[data.events[t].get(s, 0) for s in steps] for t in types], labels=types,
                  colors=[_COLORS[i % len(_COLORS)] for i in range(len(types))], alpha=0.85)
-    ax.set_xlabel("step")
+    _steps(ax)
     ax.set_ylabel("events")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
@@ -117,7 +124,7 @@ def lag(data: RunData) -> bytes:
         c, color = data.lag[table], _COLORS[i % len(_COLORS)]
         ax.plot(c["step"], c["lag_p50_s"], color=color, linewidth=1.6, label=f"{RECORD_TABLES[table]} median")
         ax.plot(c["step"], c["lag_p95_s"], color=color, linewidth=1, linestyle="--", label=f"{RECORD_TABLES[table]} p95")
-    ax.set_xlabel("step")
+    _steps(ax)
     ax.set_ylabel("seconds")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")

@@ -21,6 +21,7 @@ table { border-collapse: collapse; background: #fff; width: 100%%; box-shadow: 0
 th, td { text-align: left; padding: 6px 12px; border-bottom: 1px solid #e6e8eb; vertical-align: top; }
 th { background: #eef0f3; font-weight: 600; }
 td:first-child { color: #5b6470; white-space: nowrap; }
+section { margin-bottom: 16px; }
 .charts { display: grid; grid-template-columns: repeat(%(runs)d, 1fr); gap: 16px; }
 figure { margin: 0; background: #fff; padding: 8px; box-shadow: 0 1px 2px #0001; border-radius: 6px; }
 figure img { display: block; width: 100%%; height: auto; aspect-ratio: %(w)d / %(h)d; }

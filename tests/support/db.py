@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from consumers.migrations import migrate
+from consumers.migrations import load_migrations, migrate
 
+#: Prefix of the migrated templates' names; each set of migrations has its own template.
 TEMPLATE = "society_test_template"
 
 
@@ -37,13 +39,39 @@ def _admin(url: str) -> psycopg.Connection:
     return psycopg.connect(_with_db(url, "postgres"), autocommit=True)
 
 
+def template_name() -> str:
+    """The template of this checkout's migrations: named by their checksums, so checkouts with other
+    migrations (branches tested at once on one server) never drop or use each other's template."""
+    digest = hashlib.sha256(" ".join(m.checksum for m in load_migrations()).encode()).hexdigest()
+    return f"{TEMPLATE}_{digest[:12]}"
+
+
+_MIGRATED = "society-ingest test template: migrated"
+
+
 def create_template(url: str) -> str:
-    """(Re)create the template database and migrate it."""
+    """The migrated template of this checkout's migrations: reused when complete, else (re)created.
+
+    Sessions making the same template at once take turns (an advisory lock), so none drops
+    the template another is cloning.
+    """
+    name = template_name()
     with _admin(url) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {TEMPLATE}")
-    migrate(_with_db(url, TEMPLATE))
-    return TEMPLATE
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+        try:
+            # Marked complete by a comment once migrated: checked without connecting to it (a
+            # connection would make another session's clone of it fail).
+            done = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                                (name,)).fetchone()
+            if done and done[0] == _MIGRATED:
+                return name
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
+            migrate(_with_db(url, name))
+            conn.execute(f"COMMENT ON DATABASE {name} IS '{_MIGRATED}'")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+    return name
 
 
 def clone_database(url: str, template: str) -> tuple[str, str]:
