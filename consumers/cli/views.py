@@ -13,7 +13,8 @@ app = typer.Typer(help="The analysis views (ddl/0009): refresh the materialized 
 
 Concurrently = Annotated[
     bool,
-    typer.Option("--concurrently", help="Keep the views readable during the refresh (slower; REFRESH … CONCURRENTLY)."),
+    typer.Option("--concurrently",
+                 help="Keep the views readable during the refresh (slower; REFRESH … CONCURRENTLY)."),
 ]
 
 

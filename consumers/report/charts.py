@@ -94,6 +94,16 @@ def wealth(data: RunData) -> bytes:
     return _png(fig)
 
 
+def _finish(fig: Any, ax: Any, ylabel: str, title: str) -> bytes:
+    """Steps across, `ylabel` up, a grid, the legend at the right, `title` above: the PNG."""
+    _steps(ax)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    fig.suptitle(title)
+    return _png(fig)
+
+
 def events(data: RunData) -> bytes:
     """Events per step, stacked by type."""
     fig, axes = _new()
@@ -102,15 +112,10 @@ def events(data: RunData) -> bytes:
         _empty(ax, "events")
         return _png(fig)
     steps = sorted({s for by_step in data.events.values() for s in by_step})
-    types = sorted(data.events, key=lambda t: -sum(data.events[t].values()))
+    types = sorted(data.events)  # by name: a type has the same colour in every run's chart
     ax.stackplot(steps, [[data.events[t].get(s, 0) for s in steps] for t in types], labels=types,
                  colors=[_COLORS[i % len(_COLORS)] for i in range(len(types))], alpha=0.85)
-    _steps(ax)
-    ax.set_ylabel("events")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
-    fig.suptitle("Event mix over time")
-    return _png(fig)
+    return _finish(fig, ax, "events", "Event mix over time")
 
 
 def lag(data: RunData) -> bytes:
@@ -123,13 +128,9 @@ def lag(data: RunData) -> bytes:
     for i, table in enumerate(t for t in RECORD_TABLES if t in data.lag):
         c, color = data.lag[table], _COLORS[i % len(_COLORS)]
         ax.plot(c["step"], c["lag_p50_s"], color=color, linewidth=1.6, label=f"{RECORD_TABLES[table]} median")
-        ax.plot(c["step"], c["lag_p95_s"], color=color, linewidth=1, linestyle="--", label=f"{RECORD_TABLES[table]} p95")
-    _steps(ax)
-    ax.set_ylabel("seconds")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
-    fig.suptitle("Ingestion lag: loaded_at − real_timestamp")
-    return _png(fig)
+        ax.plot(c["step"], c["lag_p95_s"], color=color, linewidth=1, linestyle="--",
+                label=f"{RECORD_TABLES[table]} p95")
+    return _finish(fig, ax, "seconds", "Ingestion lag: loaded_at − real_timestamp")
 
 
 #: The charts of a report, in page order: (id, caption, drawing function).

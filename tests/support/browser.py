@@ -8,6 +8,7 @@ elsewhere the test is skipped with the reason.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -36,7 +37,8 @@ def _install() -> str:
     if os.geteuid() != 0:
         return "installing Debian's chromium package needs root"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+    for cmd in (["apt-get", "update", "-qq"], install):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
         if done.returncode != 0:
             return f"{' '.join(cmd)} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}"
@@ -85,8 +87,6 @@ def layout(browser: str, page: Path, width: int) -> dict:
                probe.as_uri()).stdout
     start = dom.index("<title>") + len("<title>")
     title = dom[start:dom.index("</title>", start)]
-    import html
-
     return json.loads(html.unescape(title))
 
 
