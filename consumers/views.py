@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from consumers._deps import psycopg
+from consumers.errors import ConfigurationError
 
 #: Every analysis view, in the order a refresh must follow (a view before those built on it).
 VIEWS: Final = (
@@ -29,14 +30,22 @@ def refresh(conninfo: str, concurrently: bool = False) -> list[Refreshed]:
     """Refresh every materialized view, in dependency order, each in its own transaction.
 
     `concurrently` keeps the views readable meanwhile (REFRESH … CONCURRENTLY, through
-    their unique indexes), at the cost of a slower refresh. Needs the views' owner.
+    their unique indexes), at the cost of a slower refresh. Needs the views' owner: any other
+    role gets ConfigurationError.
     """
     done = []
     how = psycopg.sql.SQL("CONCURRENTLY " if concurrently else "")
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for view in MATERIALIZED:
             started = time.perf_counter()
-            conn.execute(psycopg.sql.SQL("REFRESH MATERIALIZED VIEW {}{}").format(how, psycopg.sql.Identifier(view)))
+            try:
+                conn.execute(psycopg.sql.SQL("REFRESH MATERIALIZED VIEW {}{}").format(
+                    how, psycopg.sql.Identifier(view)))
+            except psycopg.errors.InsufficientPrivilege as e:
+                raise ConfigurationError(
+                    f"cannot refresh {view}: {e.diag.message_primary}; refresh the views as their owner, "
+                    "the role that runs `society-ingest migrate`"
+                ) from e
             seconds = time.perf_counter() - started
             rows = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier(view)))
             done.append(Refreshed(view, rows.fetchone()[0], seconds))
