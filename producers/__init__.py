@@ -2,7 +2,8 @@
 
     from producers import KafkaDatabaseHandler, SocietyProducer, ProducerSettings
 
-Depends only on confluent-kafka, fastavro and pydantic.
+Depends only on confluent-kafka, fastavro and pydantic; reading memories back
+(``producers.reads``) also needs psycopg, imported on first use: the ``read`` extra.
 """
 
 from producers.codec import AvroCodec
@@ -13,14 +14,18 @@ from producers.errors import (
     KafkaAuthenticationError,
     KafkaSettingsError,
     MalformedRecordError,
+    NotLandedError,
     ProducerError,
     QueueFullError,
+    ReadError,
+    ReadUnavailableError,
     SocietyIngestError,
     UnknownSchemaError,
 )
 from producers.handler import KafkaDatabaseHandler
 from producers.producer import DeliveryFailure, ProducerStats, SocietyProducer
 from producers.kafka_config import KafkaClientSettings
+from producers.reads import MemoryReader, RetrievalWeights
 from producers.settings import ProducerSettings
 from producers.tables import TABLES, dlq_topic, topic_for
 
@@ -36,10 +41,15 @@ __all__ = [
     "KafkaClientSettings",
     "KafkaSettingsError",
     "MalformedRecordError",
+    "MemoryReader",
+    "NotLandedError",
     "ProducerError",
     "ProducerSettings",
     "ProducerStats",
     "QueueFullError",
+    "ReadError",
+    "ReadUnavailableError",
+    "RetrievalWeights",
     "SocietyIngestError",
     "SocietyProducer",
     "UnknownSchemaError",

@@ -61,3 +61,20 @@ class UnknownSchemaError(CodecError):
 
 class MalformedRecordError(CodecError):
     """Not Avro single-object encoding, or a truncated or corrupt payload."""
+
+
+class ReadError(SocietyIngestError):
+    """Reading memories back from PostgreSQL failed (``producers.reads``)."""
+
+
+class ReadUnavailableError(ReadError):
+    """PostgreSQL cannot be reached, or psycopg is not installed: retry later, or fix the settings."""
+
+
+class NotLandedError(ReadError):
+    """Records this producer delivered were not all loaded within the timeout; `behind` says where."""
+
+    def __init__(self, message: str, behind: dict[tuple[str, int], int | None]) -> None:
+        super().__init__(message)
+        #: (topic, partition) -> records still to load there, or None when no worker stored an offset yet.
+        self.behind = behind

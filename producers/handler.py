@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any, Callable, Mapping, TypeVar
 
 from producers import kafka_config, tables
+from producers._handler_reads import READ_URL_ENV, MemoryReads
 from producers._json import json_text
 from producers.errors import InvalidRecordError, QueueFullError
 from producers.kafka_config import KafkaClientSettings
@@ -142,6 +143,21 @@ def _named_broker(db_url: str | None, config: Any, explicit: str | None) -> str 
     return servers
 
 
+#: URL schemes of PostgreSQL connection URLs (the simulation's own db_url may be one).
+_PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def resolve_read_url(explicit: str | None, db_url: Any, config: Any) -> str | None:
+    """The database to read memories from: `explicit`, a postgresql:// `db_url` (argument, then
+    ``config.output.database_url``), ``SOCIETY_READ_DATABASE_URL``, ``DATABASE_URL``; else None."""
+    if explicit:
+        return explicit
+    for url in (db_url, _config_get(config, "output", "database_url")):
+        if isinstance(url, str) and url.startswith(_PG_SCHEMES):
+            return url
+    return next((os.environ[v] for v in READ_URL_ENV if os.environ.get(v)), None)
+
+
 def resolve_bootstrap(db_url: str | None, config: Any, explicit: str | None) -> str:
     """Pick the broker: explicit argument, a kafka:// URL (argument, then config), else the environment."""
     named = _named_broker(db_url, config, explicit)
@@ -195,7 +211,7 @@ def resolve_topic_prefix(db_url: str | None, config: Any, explicit: str | None) 
     return tables.DEFAULT_TOPIC_PREFIX
 
 
-class KafkaDatabaseHandler:
+class KafkaDatabaseHandler(MemoryReads):
     """Drop-in for the simulation's DatabaseHandler, writing through Kafka.
 
     Construct it like the original: ``KafkaDatabaseHandler(db_url, config, config_snapshot)``.
@@ -214,6 +230,12 @@ class KafkaDatabaseHandler:
     - security (SASL, TLS) and client id: ``kafka=``, else the environment as
       the CLI reads it (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``,
       ``KAFKA_SSL_*``, ``KAFKA_CONFIG_FILE``), with the broker found above.
+
+    Memories are read back from PostgreSQL (``get_recent_agent_memories``,
+    ``retrieve_memories``, ``wait_until_landed``; see ``producers._handler_reads``):
+    ``read_database_url=``, else a ``postgresql://`` `db_url`, else
+    ``SOCIETY_READ_DATABASE_URL`` or ``DATABASE_URL``; ``loader_group=`` names the
+    workers' consumer group, or pass a ready ``reader`` (a ``MemoryReader``).
     """
 
     def __init__(
@@ -227,8 +249,12 @@ class KafkaDatabaseHandler:
         topic_prefix: str | None = None,
         kafka: KafkaClientSettings | None = None,
         flush_timeout: float = 60.0,
+        read_database_url: str | None = None,
+        loader_group: str | None = None,
+        reader: Any = None,
         **settings: Any,
     ) -> None:
+        self._init_reads(resolve_read_url(read_database_url, db_url, config), loader_group, reader)
         if producer is None:
             if kafka is not None and bootstrap_servers is not None:
                 raise ValueError("pass kafka= or bootstrap_servers=, not both: kafka= names the brokers")
@@ -298,6 +324,7 @@ class KafkaDatabaseHandler:
     async def close(self) -> None:
         """Flush and close the producer."""
         loop = asyncio.get_running_loop()
+        self._close_reads()
         await loop.run_in_executor(None, self.producer.close, self.flush_timeout)
 
     async def save_agent_memory(self, agent_id: Any, memory_data: Mapping[str, Any], step: int) -> str:

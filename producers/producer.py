@@ -90,7 +90,7 @@ class ProducerStats:
 class _Deliveries:
     """Delivery counters and failures, shared by a producer, librdkafka's callbacks and its finalizer."""
 
-    __slots__ = ("lock", "stats", "failures", "reported", "kafka", "refused")
+    __slots__ = ("lock", "stats", "failures", "reported", "kafka", "refused", "offsets")
 
     def __init__(self, kafka: KafkaClientSettings) -> None:
         self.lock = threading.Lock()
@@ -100,6 +100,8 @@ class _Deliveries:
         self.kafka = kafka
         #: Why the brokers refused this client (credentials, TLS), once they did.
         self.refused: str | None = None
+        #: (topic, partition) -> highest offset delivered there (read-your-writes: ``SocietyProducer.sync``).
+        self.offsets: dict[tuple[str, int], int] = {}
 
     def on_error(self, err: KafkaError) -> None:
         """librdkafka's client-level errors (served by poll/flush): remember a refusal."""
@@ -112,6 +114,9 @@ class _Deliveries:
         with self.lock:
             if err is None:
                 self.stats.delivered += 1
+                tp = (msg.topic(), msg.partition())
+                if msg.offset() > self.offsets.get(tp, -1):
+                    self.offsets[tp] = msg.offset()
                 return
             self.stats.failed += 1
             key = msg.key()
@@ -470,6 +475,18 @@ class SocietyProducer:
                 pending,
             )
         return stats
+
+    def sync(self, timeout: float = 30.0) -> dict[tuple[str, int], int]:
+        """Flush (raising like ``flush``), then return where everything delivered so far ends.
+
+        Per (topic, partition) this producer delivered to: the offset after the
+        last record delivered there. Once the workers' stored offsets reach these,
+        every record recorded before this call is loaded: pass the result to
+        ``producers.reads.MemoryReader.wait_until_landed`` (read-your-writes).
+        """
+        self.flush(timeout)
+        with self._lock:
+            return {tp: offset + 1 for tp, offset in self._deliveries.offsets.items()}
 
     def close(self, timeout: float = 30.0) -> ProducerStats:
         """Flush and stop accepting records (raises DeliveryError like ``flush``).

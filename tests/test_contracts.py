@@ -38,6 +38,8 @@ SERVER_GENERATED = {
 #: When a row was loaded (ddl/0009): filled by the column's DEFAULT now(), no Avro field carries it.
 LOAD_TIMES = {(t, "loaded_at") for t in (tables.AGENT_MEMORIES, tables.MARKET_TRANSACTIONS,
                                          tables.BANKING_TRANSACTIONS, tables.SIMULATION_EVENTS)}
+#: Columns PostgreSQL computes from others (GENERATED ALWAYS ... STORED); loaders never write them.
+COMPUTED = {(tables.AGENT_MEMORIES, "search_vector")}
 #: Avro strings documented as JSON text, loaded into JSONB columns.
 JSON_TEXT_FIELDS = {(t, c.name) for t, cols in COLUMNS.items() for c in cols if c.sql == "jsonb"}
 #: Non-null in Avro but nullable in the DDL, on purpose: ddl/0001 documents
@@ -127,7 +129,7 @@ def test_every_column_has_an_avro_field(db_columns: dict[str, dict[str, DbColumn
         f"{t}.{c}"
         for t in tables.TABLES
         for c in db_columns[t]
-        if (t, c) not in SERVER_GENERATED | LOAD_TIMES and c not in {f.name for f in avro_fields(t)}
+        if (t, c) not in SERVER_GENERATED | COMPUTED | LOAD_TIMES and c not in {f.name for f in avro_fields(t)}
     ]
     assert missing == [], "DDL columns no Avro schema carries"
 
@@ -144,6 +146,18 @@ def test_load_times_default_to_the_loading_transactions_start(db_columns: dict[s
     for table, name in sorted(LOAD_TIMES):
         column = db_columns[table][name]
         assert column.nullable and column.default == "now()" and column.data_type == "timestamp with time zone", column
+
+
+@pytest.mark.integration
+def test_computed_columns_are_generated_always(services: Any, template_db: str) -> None:
+    from support.db import _with_db
+
+    with psycopg.connect(_with_db(services.database_url, template_db), autocommit=True) as conn:
+        generated = set(conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND is_generated = 'ALWAYS'"
+        ).fetchall())
+    assert generated == COMPUTED
 
 
 @pytest.mark.integration

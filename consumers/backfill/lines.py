@@ -35,10 +35,10 @@ LINE: Final = "<line>"
 #: Counts of lines whose table could not be told.
 UNKNOWN_TABLE: Final = "?"
 
-#: Columns the database fills, not in the records: surrogate keys (BIGSERIAL, see ddl/0001)
-#: and the load time (``loaded_at``, ddl/0009).
+#: Columns the database generates, not in the records: surrogate keys (BIGSERIAL, see ddl/0001),
+#: values computed from other columns (ddl/0008's search_vector) and load times (ddl/0009's loaded_at).
 GENERATED_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
-    tables.AGENT_MEMORIES: ("loaded_at",),
+    tables.AGENT_MEMORIES: ("search_vector", "loaded_at"),
     tables.MARKET_TRANSACTIONS: ("transaction_id_pk", "loaded_at"),
     tables.BANKING_TRANSACTIONS: ("transaction_id_pk", "loaded_at"),
     tables.SIMULATION_EVENTS: ("event_id", "loaded_at"),

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import psycopg
 import pytest
 from confluent_kafka import Producer
 
@@ -88,21 +87,3 @@ def test_simulate_consume_status_and_dlq(services, database_url, topic_prefix, s
 def test_cli_errors_are_one_clear_line(services, database_url):
     out = cli(services, database_url, "consume", "--tables", "nope")
     assert out.returncode != 0 and "unknown table" in out.stderr
-
-
-def test_bench_reports_medians_and_ratios_of_what_it_loaded(services, database_url):
-    rows, repeats = 1000, 2
-    out = cli(services, database_url, "bench", "--rows", str(rows), "--repeats", str(repeats), "--json")
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
-    results = report["results"]
-    assert set(results) == {"copy", "copy_staging_on_conflict", "executemany_on_conflict", "raw_produce",
-                            "record_memory", "pipeline"}
-    for name, r in results.items():
-        assert len(r["samples"]) == repeats and all(s > 0 for s in r["samples"]), name
-        assert min(r["samples"]) <= r["rows_per_s"] <= max(r["samples"]), name
-    assert results["copy"]["ratio"] == 1 and results["pipeline"]["baseline"] == "copy"
-    # The untimed warm-up, then per repeat three SQL baselines and one pipeline run, each its own copy of the rows.
-    with psycopg.connect(database_url) as conn:
-        loaded = conn.execute("SELECT count(*) FROM agent_memories").fetchone()[0]
-    assert loaded == rows + repeats * 4 * rows

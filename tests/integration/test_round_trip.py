@@ -27,8 +27,8 @@ class EventType(enum.Enum):
 
 
 T0 = 1_780_000_000.25  # epoch seconds with a fraction, as the simulation sends
-#: Columns later migrations added that no record carries (ddl/0009: when the row was loaded).
-ADDED_BY_THE_DATABASE = ("loaded_at",)
+#: Columns later migrations added that no record carries (ddl/0008's search_vector, ddl/0009's load time).
+ADDED_BY_THE_DATABASE = ("search_vector", "loaded_at")
 
 
 def seed_columns(url: str, table: str) -> list[tuple]:
@@ -127,6 +127,9 @@ def test_every_table_round_trips(services, database_url, topic_prefix):
     ]
     assert seed_columns(database_url, "agent_memories") == [
         (uuid.UUID(memory_id), "agent_0", run, 3, ts, "Sold bread to agent_1 at a good price", 0.75, ["trade", "bread"], "agent_1")
+    ]
+    assert fetch(database_url, "SELECT search_vector::text FROM agent_memories") == [
+        ("'1':5 'agent':4 'bread':2 'good':8 'price':9 'sold':1",)
     ]
     (m,) = seed_columns(database_url, "market_transactions")
     assert m[1:] == ("mt_1", run, 3, ts, "market_food", "food", "agent_1", "agent_0", 4.0, 2.5, 10.0, "bo_1", "so_1")

@@ -10,7 +10,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumers.migrations import load_migrations, migrate
 
-#: Prefix of the migrated templates' names; each set of migrations has its own template.
+#: Templates are named by this and a digest of the migrations they hold.
 TEMPLATE = "society_test_template"
 
 
@@ -39,38 +39,27 @@ def _admin(url: str) -> psycopg.Connection:
     return psycopg.connect(_with_db(url, "postgres"), autocommit=True)
 
 
-def template_name() -> str:
-    """The template of this checkout's migrations: named by their checksums, so checkouts with other
-    migrations (branches tested at once on one server) never drop or use each other's template."""
-    digest = hashlib.sha256(" ".join(m.checksum for m in load_migrations()).encode()).hexdigest()
-    return f"{TEMPLATE}_{digest[:12]}"
-
-
-_MIGRATED = "society-ingest test template: migrated"
-
-
 def create_template(url: str) -> str:
-    """The migrated template of this checkout's migrations: reused when complete, else (re)created.
+    """The migrated template database of the current ``ddl/``, created if missing.
 
-    Sessions making the same template at once take turns (an advisory lock), so none drops
-    the template another is cloning.
+    Named by a digest of the migrations, so test sessions of checkouts with other
+    migrations (parallel branches on one server) never drop or use each other's.
+    It is migrated under a temporary name and renamed when complete, so a name
+    that exists is a complete template.
     """
-    name = template_name()
+    digest = hashlib.sha256("".join(f"{m.version}:{m.checksum};" for m in load_migrations()).encode()).hexdigest()
+    name = f"{TEMPLATE}_{digest[:12]}"
     with _admin(url) as conn:
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return name
+        building = f"{name}_{uuid.uuid4().hex[:6]}"
+        conn.execute(f"CREATE DATABASE {building}")
+    migrate(_with_db(url, building))
+    with _admin(url) as conn:
         try:
-            # Marked complete by a comment once migrated: checked without connecting to it (a
-            # connection would make another session's clone of it fail).
-            done = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                                (name,)).fetchone()
-            if done and done[0] == _MIGRATED:
-                return name
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {name}")
-            migrate(_with_db(url, name))
-            conn.execute(f"COMMENT ON DATABASE {name} IS '{_MIGRATED}'")
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+            conn.execute(f"ALTER DATABASE {building} RENAME TO {name}")
+        except psycopg.errors.DuplicateDatabase:  # another session finished first
+            conn.execute(f"DROP DATABASE {building} WITH (FORCE)")
     return name
 
 

@@ -1,0 +1,120 @@
+"""``society-ingest bench``: every mode at a small size loads exactly what it should and leaves nothing behind.
+
+Counts and structure only: speed is never asserted (the machines are shared).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from consumers.bench import leftovers
+from consumers.bench.scratch import DATABASE_PREFIX, with_database
+from producers import tables
+from support.pipeline import wait_for
+
+pytestmark = pytest.mark.integration
+
+RECORDS, ALT, AGENTS, REPEATS = 2000, 600, 50, 1
+E2E_AGENTS, E2E_RATE, E2E_SECONDS, E2E_PRODUCERS = 40, 2, 4, 2
+PRODUCER_CALLS = 1000
+SMALL = ["--records", str(RECORDS), "--alt-records", str(ALT), "--agents", str(AGENTS), "--repeats", str(REPEATS),
+         "--partitions", "2", "--e2e-agents", str(E2E_AGENTS), "--e2e-steps-per-second", str(E2E_RATE),
+         "--e2e-seconds", str(E2E_SECONDS), "--e2e-producers", str(E2E_PRODUCERS),
+         "--producer-records", str(PRODUCER_CALLS)]
+
+
+def _bench(services, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap, "DATABASE_URL": services.database_url,
+           "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "consumers.cli", "bench", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+TAG = re.compile(r"^bench ([0-9a-f]{10}): database", re.MULTILINE)
+
+
+def _tag(stderr: str) -> str:
+    return TAG.search(stderr).group(1)
+
+
+def test_every_mode_loads_exact_counts_and_removes_its_database_and_topics(services, tmp_path: Path):
+    out = tmp_path / "bench.json"
+    proc = _bench(services, *SMALL, "--json", str(out))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    report = json.loads(out.read_text())
+    assert leftovers(services.bootstrap, services.database_url, report["tag"]) == ([], False)
+    assert report["complete"] and _tag(stderr) == report["tag"] and "pipeline, 1 worker process" in stdout
+
+    mix = report["modes"]["mix"]
+    assert mix["records"] == RECORDS and mix["rows"][tables.SIMULATION_RUNS] == 1  # a run's two states: one row
+    assert sum(mix["rows"].values()) == RECORDS - 1 and mix["rows"][tables.AGENTS] == AGENTS
+    shares = {t: n / RECORDS for t, n in mix["records_sent"].items()}
+    assert 0.4 < shares["agent_memories"] < 0.55 and 0.4 < shares["simulation_events"] < 0.55
+    assert [(r["repeat"], r["processes"]) for r in mix["pipeline_runs"]] == [(0, 1), (0, 2)]
+    assert all(sum(r["consumed"]) == RECORDS for r in mix["pipeline_runs"])
+    assert all(len(v) == REPEATS and min(v) > 0 for v in mix["samples_rows_per_s"].values())
+
+    alt = report["modes"]["alternatives"]
+    assert alt["rows"][tables.AGENTS] == AGENTS and abs(sum(alt["rows"].values()) - ALT) <= 5
+    assert set(alt["samples_rows_per_s"]) == {"copy", "insert_per_row", "executemany_on_conflict",
+                                              "values_100_on_conflict"}
+
+    e2e = report["modes"]["e2e"]
+    assert [p["steps"] for p in e2e["producers"]] == [E2E_RATE * E2E_SECONDS] * E2E_PRODUCERS
+    assert sum(sum(p["sent"].values()) for p in e2e["producers"]) == e2e["records"]
+    assert sum(e2e["worker"][0]["inserted"].values()) == e2e["records"]  # nothing duplicated, nothing lost
+    assert 0 <= e2e["latency_s"]["p50"] <= e2e["latency_s"]["p95"] <= e2e["latency_s"]["p99"]
+    assert e2e["lag_series"] and e2e["lag_series"][-1][1] == 0 and e2e["drain_s"] >= 0
+
+    producer = report["modes"]["producer"]
+    calls = producer["per_call_us"]
+    assert set(calls) == {"record_agent", "record_memory", "record_event", "record_bank_transaction",
+                          "record_market_transaction"}
+    assert sum(c["calls"] for c in calls.values()) == PRODUCER_CALLS * REPEATS
+    assert all(0 < c["p50"] <= c["p99"] for c in calls.values())
+    assert len(producer["raw_produce_records_per_s"]) == REPEATS
+    assert {line["measurement"].split(",")[0].split(":")[0] for line in report["table"]} >= {
+        "binary COPY of the mix (1", "pipeline", "producer", "end to end"}
+
+
+def test_sigterm_in_the_middle_still_removes_everything(services):
+    proc = _bench(services, *SMALL, "--modes", "e2e", "--e2e-seconds", "120")
+    lines: list[str] = []
+
+    def e2e_loading() -> bool:
+        """The worker committed rows of the paced society: producers and worker are running."""
+        while not lines or not TAG.search(lines[-1]):
+            line = proc.stderr.readline()
+            assert line, f"the bench ended: {''.join(lines)}"
+            lines.append(line)
+        url = with_database(services.database_url, f"{DATABASE_PREFIX}{_tag(lines[-1])}")
+        try:
+            with psycopg.connect(url) as conn:
+                return conn.execute("SELECT count(*) FROM ingest_offsets").fetchone()[0] > 0
+        except psycopg.errors.UndefinedTable:
+            return False  # not migrated yet
+        except psycopg.OperationalError:
+            return False  # not created yet
+
+    try:
+        wait_for(e2e_loading, "the end-to-end mode to load rows", timeout=120)
+        tag = _tag(lines[-1])
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    assert leftovers(services.bootstrap, services.database_url, tag) == ([], False)
