@@ -35,6 +35,9 @@ SERVER_GENERATED = {
     (tables.BANKING_TRANSACTIONS, "transaction_id_pk"),
     (tables.SIMULATION_EVENTS, "event_id"),
 }
+#: When a row was loaded (ddl/0009): filled by the column's DEFAULT now(), no Avro field carries it.
+LOAD_TIMES = {(t, "loaded_at") for t in (tables.AGENT_MEMORIES, tables.MARKET_TRANSACTIONS,
+                                         tables.BANKING_TRANSACTIONS, tables.SIMULATION_EVENTS)}
 #: Columns PostgreSQL computes from others (GENERATED ALWAYS ... STORED); loaders never write them.
 COMPUTED = {(tables.AGENT_MEMORIES, "search_vector")}
 #: Avro strings documented as JSON text, loaded into JSONB columns.
@@ -126,7 +129,7 @@ def test_every_column_has_an_avro_field(db_columns: dict[str, dict[str, DbColumn
         f"{t}.{c}"
         for t in tables.TABLES
         for c in db_columns[t]
-        if (t, c) not in SERVER_GENERATED | COMPUTED and c not in {f.name for f in avro_fields(t)}
+        if (t, c) not in SERVER_GENERATED | COMPUTED | LOAD_TIMES and c not in {f.name for f in avro_fields(t)}
     ]
     assert missing == [], "DDL columns no Avro schema carries"
 
@@ -136,6 +139,13 @@ def test_server_generated_columns_are_generated(db_columns: dict[str, dict[str, 
     for table, name in sorted(SERVER_GENERATED):
         column = db_columns[table][name]
         assert not column.nullable and (column.default or "").startswith("nextval("), column
+
+
+@pytest.mark.integration
+def test_load_times_default_to_the_loading_transactions_start(db_columns: dict[str, dict[str, DbColumn]]) -> None:
+    for table, name in sorted(LOAD_TIMES):
+        column = db_columns[table][name]
+        assert column.nullable and column.default == "now()" and column.data_type == "timestamp with time zone", column
 
 
 @pytest.mark.integration

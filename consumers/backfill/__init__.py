@@ -13,9 +13,9 @@ JSON is read strictly: invalid UTF-8, NaN or Infinity, duplicate keys, a line
 that is not an object, and unknown keys (named) make a bad line; numbers keep
 their digits in jsonb (read as ``Decimal``), and ``-0`` in a REAL column is
 -0.0. Blank lines are skipped. The
-database-generated surrogate keys (``transaction_id_pk``, ``event_id``) are
-not part of a record: they are ignored, and counted in the summary, so a dump
-of the simulation's own tables loads as it is.
+database-generated surrogate keys (``transaction_id_pk``, ``event_id``) and
+load times (``loaded_at``) are not part of a record: they are ignored, and
+counted in the summary, so a dump of the simulation's own tables loads as it is.
 
 **Ids.** A memory or event without ``memory_id`` / ``event_uid`` gets a
 UUIDv5 (``producers.ids.NAMESPACE``) of its table and its content (canonical

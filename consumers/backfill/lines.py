@@ -35,13 +35,13 @@ LINE: Final = "<line>"
 #: Counts of lines whose table could not be told.
 UNKNOWN_TABLE: Final = "?"
 
-#: Columns the database generates, not in the records: surrogate keys (BIGSERIAL, see ddl/0001)
-#: and values computed from other columns (ddl/0008's search_vector).
+#: Columns the database generates, not in the records: surrogate keys (BIGSERIAL, see ddl/0001),
+#: values computed from other columns (ddl/0008's search_vector) and load times (ddl/0009's loaded_at).
 GENERATED_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
-    tables.AGENT_MEMORIES: ("search_vector",),
-    tables.MARKET_TRANSACTIONS: ("transaction_id_pk",),
-    tables.BANKING_TRANSACTIONS: ("transaction_id_pk",),
-    tables.SIMULATION_EVENTS: ("event_id",),
+    tables.AGENT_MEMORIES: ("search_vector", "loaded_at"),
+    tables.MARKET_TRANSACTIONS: ("transaction_id_pk", "loaded_at"),
+    tables.BANKING_TRANSACTIONS: ("transaction_id_pk", "loaded_at"),
+    tables.SIMULATION_EVENTS: ("event_id", "loaded_at"),
 }
 #: Client-side ids, derived when a line carries none.
 DERIVED_ID: Final[dict[str, str]] = {tables.AGENT_MEMORIES: "memory_id", tables.SIMULATION_EVENTS: "event_uid"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from consumers.cli import backfill, bench, consume, dlq, export, migrate, replay, simulate, soak, status, topics
+from consumers.cli import (
+    backfill, bench, consume, dlq, export, migrate, replay, report, simulate, soak, status, topics, views,
+)
 from consumers.cli._failures import context, run
 from consumers.cli._options import LogFormatOption, setup_logging, typer
 
@@ -41,6 +43,8 @@ app.add_typer(dlq.app, name="dlq")
 app.command()(bench.bench)
 app.command()(backfill.backfill)
 app.command()(export.export)
+app.command()(report.report)
+app.add_typer(views.app, name="views")
 
 __all__ = ["app", "main"]
 

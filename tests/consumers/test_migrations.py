@@ -24,6 +24,8 @@ from consumers.migrations import MIGRATION_LOCK_ID, default_ddl_dir, load_migrat
 pytestmark = pytest.mark.integration
 
 DDL_FILES = sorted(default_ddl_dir().glob("*.sql"))
+#: The version a migration added after the last one gets (versions may have gaps, e.g. a branch's 0009 before 0008).
+NEXT = int(DDL_FILES[-1].name[:4]) + 1
 SIX_TABLES = {
     "simulation_runs",
     "agents",
@@ -136,11 +138,11 @@ def test_second_run_returns_nothing_and_changes_nothing(empty_db: str) -> None:
 def test_a_new_migration_added_later_is_applied_alone(empty_db: str, ddl_copy: Path) -> None:
     assert len(migrate(empty_db, ddl_dir=ddl_copy)) == len(DDL_FILES)
     before = bookkeeping(empty_db)
-    new = _write(ddl_copy / f"{len(DDL_FILES) + 1:04d}_add_run_labels.sql",
+    new = _write(ddl_copy / f"{NEXT:04d}_add_run_labels.sql",
                  "CREATE TABLE run_labels (run_id UUID REFERENCES simulation_runs (run_id), label TEXT NOT NULL);\n")
     applied = migrate(empty_db, ddl_dir=ddl_copy)
-    assert [(m.version, m.name) for m in applied] == [(len(DDL_FILES) + 1, "add_run_labels")]
-    assert bookkeeping(empty_db) == before + [(len(DDL_FILES) + 1, "add_run_labels", _sha256(new))]
+    assert [(m.version, m.name) for m in applied] == [(NEXT, "add_run_labels")]
+    assert bookkeeping(empty_db) == before + [(NEXT, "add_run_labels", _sha256(new))]
     assert has_table(empty_db, "run_labels")
     assert migrate(empty_db, ddl_dir=ddl_copy) == []
 
@@ -185,7 +187,7 @@ def test_editing_an_applied_migration_is_refused_and_applies_nothing_else(
     before = schema_snapshot(empty_db)
     with (ddl_copy / edited).open("a", encoding="utf-8") as f:
         f.write(edit)
-    pending = _write(ddl_copy / f"{len(DDL_FILES) + 1:04d}_pending.sql", "CREATE TABLE pending_thing (id INT);\n")
+    pending = _write(ddl_copy / f"{NEXT:04d}_pending.sql", "CREATE TABLE pending_thing (id INT);\n")
     with pytest.raises(MigrationChecksumError) as caught:
         migrate(empty_db, ddl_dir=ddl_copy)
     assert edited in str(caught.value)
@@ -198,11 +200,10 @@ def test_editing_an_applied_migration_is_refused_and_applies_nothing_else(
 def test_checksums_are_verified_before_any_pending_migration_is_applied(empty_db: str, ddl_copy: Path) -> None:
     # The database has 0001, 0002 and 0004 (0004 came from a branch merged
     # first); 0003 arrives later, and meanwhile someone edited 0004.
-    n = len(DDL_FILES)
-    later = _write(ddl_copy / f"{n + 2:04d}_later.sql", "CREATE TABLE later_thing (id INT);\n")
+    later = _write(ddl_copy / f"{NEXT + 1:04d}_later.sql", "CREATE TABLE later_thing (id INT);\n")
     migrate(empty_db, ddl_dir=ddl_copy)
     before = schema_snapshot(empty_db)
-    _write(ddl_copy / f"{n + 1:04d}_merged.sql", "CREATE TABLE merged_thing (id INT);\n")
+    _write(ddl_copy / f"{NEXT:04d}_merged.sql", "CREATE TABLE merged_thing (id INT);\n")
     with later.open("a", encoding="utf-8") as f:
         f.write("-- edited after it was applied\n")
     with pytest.raises(MigrationChecksumError, match=later.name):
@@ -233,7 +234,7 @@ def _advisory_locks(url: str) -> int:
 
 
 def test_a_failing_migration_leaves_no_partial_table_and_no_bookkeeping_row(empty_db: str, ddl_copy: Path) -> None:
-    broken = _write(ddl_copy / f"{len(DDL_FILES) + 1:04d}_broken.sql", BROKEN_SQL)
+    broken = _write(ddl_copy / f"{NEXT:04d}_broken.sql", BROKEN_SQL)
     with pytest.raises((MigrationError, psycopg.Error)):
         migrate(empty_db, ddl_dir=ddl_copy)
     # The earlier migrations committed; the broken one left nothing behind.
@@ -251,7 +252,7 @@ def test_a_failing_migration_raises_a_migration_error_naming_the_file(empty_db: 
     # BUG: consumers/migrations.py lets the raw psycopg error escape, without
     # the file's name; `society-ingest migrate` only catches MigrationError, so
     # the operator gets a traceback instead of one clear line.
-    broken = _write(ddl_copy / f"{len(DDL_FILES) + 1:04d}_broken.sql", BROKEN_SQL)
+    broken = _write(ddl_copy / f"{NEXT:04d}_broken.sql", BROKEN_SQL)
     with pytest.raises(MigrationError, match=broken.name) as caught:
         migrate(empty_db, ddl_dir=ddl_copy)
     assert isinstance(caught.value.__cause__, psycopg.Error)
@@ -294,9 +295,9 @@ def test_notices_raised_by_migrations_are_returned_and_printed(empty_db: str, dd
     from consumers.cli import app
 
     user = psycopg.conninfo.conninfo_to_dict(empty_db).get("user") or fetch(empty_db, "SELECT current_user")[0][0]
-    _write(ddl_copy / f"{len(DDL_FILES) + 1:04d}_grants.sql", NOTICE_SQL)
+    _write(ddl_copy / f"{NEXT:04d}_grants.sql", NOTICE_SQL)
     applied = migrate(empty_db, ddl_dir=ddl_copy)
-    expected = f"{len(DDL_FILES) + 1:04d}_grants: role {user} may not create roles: no grants made"
+    expected = f"{NEXT:04d}_grants: role {user} may not create roles: no grants made"
     assert applied.notices == [expected]
     # Only the migrations' own notices: not the bookkeeping's "relation … already exists, skipping".
     assert migrate(empty_db, ddl_dir=ddl_copy).notices == []
@@ -309,7 +310,7 @@ def test_notices_raised_by_migrations_are_returned_and_printed(empty_db: str, dd
         result = CliRunner().invoke(app, ["migrate", "--database-url", _with_db(empty_db, fresh)])
         assert result.exit_code == 0, result.output
         assert f"warning: {expected}" in result.stderr
-        assert f"applied {len(DDL_FILES) + 1:04d}_grants" in result.stdout
+        assert f"applied {NEXT:04d}_grants" in result.stdout
     finally:
         with _admin(empty_db) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {fresh} WITH (FORCE)")

@@ -227,7 +227,8 @@ def test_debug_adds_the_traceback_without_the_password(services, args, env):
 
 
 HELP = [[], ["migrate"], ["topics"], ["topics", "create"], ["topics", "list"], ["topics", "describe"], ["consume"],
-        ["simulate"], ["status"], ["dlq"], ["dlq", "list"], ["dlq", "show"], ["dlq", "redrive"], ["bench"]]
+        ["simulate"], ["status"], ["dlq"], ["dlq", "list"], ["dlq", "show"], ["dlq", "redrive"], ["bench"],
+        ["report"], ["views"], ["views", "refresh"]]
 
 
 def test_help_never_prints_the_database_url():

@@ -1,0 +1,192 @@
+"""``society-ingest report``: two simulated runs through Kafka and a worker, reported as HTML and shown
+in a real headless browser (Debian's Chromium), every chart visible in the screenshot."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from PIL import Image
+
+from consumers.report.charts import CHART_HEIGHT_PX, CHART_WIDTH_PX, CHARTS
+from consumers.topics import admin_client, all_topics, create_topics
+from consumers.views import MATERIALIZED, refresh
+from support import browser
+from support.db import clone_database, drop_database
+from support.pipeline import WAIT_TIMEOUT_S, WorkerThread, worker_settings
+
+pytestmark = pytest.mark.integration
+
+AGENTS, STEPS = 40, 31  # step 29 books interest for every account: one step where everyone has a balance
+CHART_IDS = [chart_id for chart_id, _, _ in CHARTS]
+_DATA_PNG = re.compile(r'<img class="chart" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def cli(services: Any, url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap, "DATABASE_URL": url, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "consumers.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=WAIT_TIMEOUT_S * 2, cwd=cwd)
+
+
+@dataclass
+class Runs:
+    """The database (its URL holds a password: not in the repr) and what simulate reported of each run."""
+
+    url: str = field(repr=False)
+    reports: list[dict] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.url, self.reports))
+
+
+@pytest.fixture(scope="module")
+def runs(services: Any, template_db: str) -> Iterator[Runs]:
+    """A database with two runs simulated through Kafka and a real worker, views refreshed."""
+    url, name = clone_database(services.database_url, template_db)
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    admin = admin_client(services.bootstrap)
+    create_topics(admin, prefix, services.bootstrap, partitions=3)
+    try:
+        reports = []
+        with WorkerThread(worker_settings(services.bootstrap, url, prefix)):
+            for seed in (7, 8):
+                sim = cli(services, url, "simulate", "--agents", str(AGENTS), "--steps", str(STEPS), "--seed",
+                          str(seed), "--topic-prefix", prefix, "--wait-loaded", "120", "--json")
+                assert sim.returncode == 0, sim.stderr
+                reports.append(json.loads(sim.stdout))
+        refresh(url)
+        yield Runs(url, reports)
+    finally:
+        for future in admin.delete_topics(all_topics(prefix), operation_timeout=10, request_timeout=10).values():
+            future.result(timeout=15)
+        drop_database(services.database_url, name)
+
+
+def _charts(page: str) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(data))) for data in _DATA_PNG.findall(page)]
+
+
+def _drawn(image: Image.Image) -> bool:
+    """More than a blank box: a real chart has many colours and plenty of non-white pixels."""
+    rgb = image.convert("RGB")
+    colors = rgb.getcolors(maxcolors=1 << 20) or []
+    inked = sum(n for n, (r, g, b) in colors if min(r, g, b) < 200)
+    return len(colors) > 50 and inked > 0.02 * rgb.width * rgb.height
+
+
+def test_report_writes_one_self_contained_page_with_every_chart(services, runs, tmp_path):
+    url, reports = runs
+    run_id = reports[0]["run_id"]
+    out = cli(services, url, "report", "--run", run_id, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    path = tmp_path / f"report-{run_id}.html"  # the default name, in the current folder
+    assert summary["output"] == path.name and path.exists()
+    (run,) = summary["runs"]
+    recorded = reports[0]["recorded"]
+    assert run["rows"] == {t: recorded[t] for t in run["rows"]}
+    assert run["agents"] == AGENTS and run["steps"] == STEPS and run["stale_views"] == []
+    assert sum(m["trades"] for m in run["market"].values()) == recorded["market_transactions"]
+    assert sum(run["events"].values()) == recorded["simulation_events"]
+    assert run["wealth"]["step"] == STEPS - 1 and run["wealth"]["agents"] == AGENTS  # interest at step 29
+    assert 0 <= run["ingestion_lag"]["median_s"] <= run["ingestion_lag"]["max_s"] < 120
+
+    page = path.read_text(encoding="utf-8")
+    assert re.findall(r'(?:src|href)="(?!data:)', page) == []  # nothing to fetch: one file
+    charts = _charts(page)
+    assert len(charts) == len(CHART_IDS) == len(summary["charts"])
+    for chart_id, image in zip(CHART_IDS, charts, strict=True):
+        assert image.format == "PNG" and image.size == (CHART_WIDTH_PX, CHART_HEIGHT_PX), chart_id
+        assert _drawn(image), f"chart {chart_id} is blank"
+
+
+@pytest.mark.parametrize("compare", [False, True], ids=["one run", "two runs"])
+def test_the_page_renders_in_a_real_browser_with_every_chart_visible(services, runs, tmp_path, compare):
+    chromium = browser.chromium()
+    url, reports = runs
+    ids = [r["run_id"] for r in reports] if compare else [reports[0]["run_id"]]
+    page = tmp_path / "report.html"
+    args = ["--compare", ids[1]] if compare else []
+    out = cli(services, url, "report", "--run", ids[0], *args, "--output", str(page))
+    assert out.returncode == 0, out.stderr
+    assert f"report written to {page}" in out.stdout
+    for run_id in ids:  # the summary table has a column per run
+        assert f"run {run_id[:8]}" in out.stdout
+
+    width = 1960 if compare else 1040
+    layout = browser.layout(chromium, page, width)
+    images = layout["images"]
+    assert sorted(i["id"] for i in images) == sorted(f"chart-{c}-{r}" for c in CHART_IDS for r in ids)
+    shot = browser.screenshot(chromium, page, tmp_path / "report.png", width, layout["height"])
+    print(f"screenshot: {shot}")
+    screen = Image.open(shot).convert("RGB")
+    assert screen.size == (width, layout["height"])
+    for image in images:
+        assert image["complete"] and image["naturalWidth"] == CHART_WIDTH_PX, image
+        assert image["width"] > 0.8 * width / len(ids) - 100 and image["height"] > 300, image
+        box = (round(image["x"]), round(image["y"]), round(image["x"] + image["width"]),
+               round(image["y"] + image["height"]))
+        assert box[2] <= screen.width and box[3] <= screen.height, f"{image['id']} lies outside the page"
+        assert _drawn(screen.crop(box)), f"{image['id']} is not visible in the screenshot"
+    if compare:  # each chart of the two runs side by side: same row, the first run on the left
+        by_id = {i["id"]: i for i in images}
+        for c in CHART_IDS:
+            left, right = by_id[f"chart-{c}-{ids[0]}"], by_id[f"chart-{c}-{ids[1]}"]
+            assert left["y"] == right["y"] and left["x"] + left["width"] <= right["x"]
+
+
+def test_an_unknown_run_is_one_line_and_no_file(services, runs, tmp_path):
+    url, _ = runs
+    missing = uuid.uuid4()
+    out = cli(services, url, "report", "--run", str(missing), cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"error: run {missing} is not in PostgreSQL at "
+                                               f"{out.stderr.split(' at ', 1)[1].strip()}"]
+    assert list(tmp_path.iterdir()) == []
+    folder = cli(services, url, "report", "--run", str(missing), "--output", str(tmp_path))
+    assert folder.returncode == 1 and "is a folder" in folder.stderr
+
+
+def test_without_matplotlib_the_report_says_which_extra_to_install(services, runs, tmp_path):
+    url, reports = runs
+    blocked = ("import sys; sys.modules['matplotlib'] = None; sys.argv = ['society-ingest', *sys.argv[1:]]; "
+               "from consumers.cli import main; main()")
+    env = {**os.environ, "DATABASE_URL": url}
+    out = subprocess.run([sys.executable, "-c", blocked, "report", "--run", reports[0]["run_id"]], env=env,
+                         capture_output=True, text=True, timeout=WAIT_TIMEOUT_S, cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("error: matplotlib is not installed; run \"pip install 'society-ingest[charts]'\" "
+                                  "to fix it")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_views_are_reported_until_refreshed(services, runs, tmp_path):
+    url, reports = runs
+    run_id = reports[1]["run_id"]
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("INSERT INTO simulation_events (event_uid, simulation_run_id, step_timestamp, event_type) "
+                  "VALUES (gen_random_uuid(), %s, %s, 'LATE')", (run_id, STEPS))
+    stale = cli(services, url, "report", "--run", run_id, "--json", "--output", str(tmp_path / "a.html"))
+    assert stale.returncode == 0, stale.stderr
+    assert json.loads(stale.stdout)["runs"][0]["stale_views"] == list(MATERIALIZED)
+    assert "are older than the rows" in (tmp_path / "a.html").read_text(encoding="utf-8")
+    warned = cli(services, url, "report", "--run", run_id, "--output", str(tmp_path / "b.html"))
+    assert "warning: the materialized views wealth_distribution, ingestion_lag are older than the rows" in warned.stderr
+    refreshed = cli(services, url, "views", "refresh", "--concurrently", "--json")
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert [r["view"] for r in json.loads(refreshed.stdout)] == list(MATERIALIZED)
+    fresh = cli(services, url, "report", "--run", run_id, "--json", "--output", str(tmp_path / "c.html"))
+    summary = json.loads(fresh.stdout)["runs"][0]
+    assert summary["stale_views"] == [] and summary["events"]["LATE"] == 1
