@@ -203,6 +203,16 @@ class _TextList(list):  # type: ignore[type-arg]
     """Marker type for the text[] dumper (registered by oid; rows carry plain lists)."""
 
 
+def configure_adapters(context: Any) -> None:
+    """The dumpers the sink loads row tuples with, on a connection (or any psycopg adapt context)."""
+    # jsonb values are JSON text the models already validated: dump them as they are.
+    set_json_dumps(_as_json_text, context=context)
+    text_array_oid = context.adapters.types["text"].array_oid
+    context.adapters.register_dumper(
+        _TextList, type("TextArrayDumper", (_TextArrayBinaryDumper,), {"oid": text_array_oid})
+    )
+
+
 @dataclass(slots=True)
 class _Parents:
     #: 16-byte run ids, and run id + agent id UTF-8 (``copy_rows.parent_key``).
@@ -240,12 +250,7 @@ class PostgresSink:
         conn = None
         try:
             conn = psycopg.connect(self._url, autocommit=True, **CONNECT_OPTIONS)
-            # jsonb values are JSON text the models already validated: dump them as they are.
-            set_json_dumps(_as_json_text, context=conn)
-            text_array_oid = conn.adapters.types["text"].array_oid
-            conn.adapters.register_dumper(
-                _TextList, type("TextArrayDumper", (_TextArrayBinaryDumper,), {"oid": text_array_oid})
-            )
+            configure_adapters(conn)
             for spec in SPECS.values():
                 cols = ", ".join(f"{c.name} {c.copy_type}" for c in spec.columns)
                 conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {spec.stage_table} ({cols}, _seq int4)")
