@@ -53,6 +53,10 @@ _MAX_KAFKA_MS: Final = _MAX_US // 1000
 _FLOAT_LE = struct.Struct("<f").unpack_from
 _DOUBLE_LE = struct.Struct("<d").unpack_from
 _INVALID_JSON_LIMIT: Final = MAX_TEXT_CHARS * 4
+_PACK_I4 = copy_rows.I4.pack
+_PACK_ARRAY_HEADER = copy_rows.ARRAY_HEADER.pack
+_ARRAY_HEADER_SIZE: Final = copy_rows.ARRAY_HEADER.size
+_EMPTY_ARRAY_FIELD: Final = copy_rows.text_array([])
 
 
 class Unsupported(Exception):
@@ -92,29 +96,49 @@ def _json_problem(s: bytes) -> tuple[str, str] | None:
 
 
 def _strings(b: bytes, i: int, end: int, limit: int) -> tuple[bytes, int, tuple[int, str, str] | None]:
-    """An Avro array of strings at `i` as a COPY text[] field: (field, next i, first (index, value, reason))."""
-    items: list[bytes] = []
+    """An Avro array of strings at `i` as a COPY text[] field: (field, next i, first (index, value, reason)).
+
+    The same bytes as ``copy_rows.text_array``, made in one pass.
+    """
+    if b[i] == 0:
+        return _EMPTY_ARRAY_FIELD, i + 1, None
+    parts: list[bytes] = [b"", b""]  # the field's length and the array header, once known
+    size = _ARRAY_HEADER_SIZE
     problem = None
     while True:
-        n, i = _read_long(b, i)
+        n = b[i]
+        if n < 128:
+            i += 1
+            n = (n >> 1) ^ -(n & 1)
+        else:
+            n, i = _read_long(b, i)
         if n == 0:
             break
         if n < 0:  # a block with its size in bytes first
             n = -n
             _, i = _read_long(b, i)
         for _ in range(n):
-            size, i = _read_long(b, i)
-            stop = i + size
-            if size < 0 or stop > end:
+            k = b[i]
+            if k < 128:
+                i += 1
+                k = (k >> 1) ^ -(k & 1)
+            else:
+                k, i = _read_long(b, i)
+            stop = i + k
+            if k < 0 or stop > end:
                 raise EOFError("string runs past the end of the payload")
             s = b[i:stop]
             i = stop
-            if size > limit or not s.isascii() or 0 in s:
+            if k > limit or not s.isascii() or 0 in s:
                 p = _text_problem(s, limit)
                 if p is not None and problem is None:
-                    problem = (len(items), *p)
-            items.append(s)
-    return copy_rows.text_array(items), i, problem
+                    problem = (len(parts) // 2 - 1, *p)
+            parts.append(_PACK_I4(k))
+            parts.append(s)
+            size += 4 + k
+    parts[0] = _PACK_I4(size)
+    parts[1] = _PACK_ARRAY_HEADER(1, 0, copy_rows.TEXT_OID, len(parts) // 2 - 1, 1)
+    return b"".join(parts), i, problem
 
 
 def _range_reason(value: Any, low: Any, high: Any) -> str:
