@@ -23,6 +23,17 @@ class Source:
     value: bytes | None
 
 
+def source_of(entry: Any) -> Source:
+    """The Source of a batch entry: a Source, or the Kafka message itself, which the worker keeps
+    instead of copying it into a Source (one object less per record; this runs only for the rare
+    record that is dead-lettered or conflicts)."""
+    if isinstance(entry, Source):
+        return entry
+    ts_type, ts = entry.timestamp()
+    return Source(entry.topic(), entry.partition(), entry.offset(), ts if ts_type else None, entry.key(),
+                  entry.value())
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A record that cannot be loaded, and why."""
@@ -43,7 +54,8 @@ class TableRows:
     """
 
     rows: list[Any] = field(default_factory=list)
-    sources: list[Source] = field(default_factory=list)
+    #: Source, or the Kafka message (see ``source_of``).
+    sources: list[Any] = field(default_factory=list)
     parents: list[bytes | None] = field(default_factory=list)
 
     def split(self) -> tuple[TableRows, TableRows]:
@@ -82,7 +94,7 @@ class Batch:
         rows.parents.append(None)
         self.rows += 1
 
-    def add_copy(self, table: str, row: bytes, parent: bytes, source: Source) -> None:
+    def add_copy(self, table: str, row: bytes, parent: bytes, source: Any) -> None:
         """Add one row of a fact table as its binary COPY tuple, with its parent key."""
         rows = self.tables[table]
         rows.rows.append(row)

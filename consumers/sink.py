@@ -32,7 +32,7 @@ from psycopg import pq
 from psycopg.adapt import Dumper
 from psycopg.types.json import set_json_dumps
 from consumers import copy_rows
-from consumers.batch import Batch, DeadLetter, TableRows, TopicPartition
+from consumers.batch import Batch, DeadLetter, TableRows, TopicPartition, source_of
 from consumers.bounded_set import BoundedSet
 from consumers.errors import FencedError, TransientError
 from consumers.pg_errors import DATA_ERRORS, translate
@@ -397,7 +397,7 @@ class PostgresSink:
         except DATA_ERRORS as e:
             if len(rows.rows) == 1:
                 result.dead.append(
-                    DeadLetter(rows.sources[0], spec.name, type(e).__name__, str(e).strip().splitlines()[0])
+                    DeadLetter(source_of(rows.sources[0]), spec.name, type(e).__name__, str(e).strip().splitlines()[0])
                 )
                 return
             for half in rows.split():
@@ -451,7 +451,7 @@ class PostgresSink:
             divergent = cur.execute(self._conflicts[spec.name]).fetchall()
         cur.execute(f"TRUNCATE {spec.stage_table}")
         for seq, key, incoming in divergent:
-            src = sources[seq]
+            src = source_of(sources[seq])
             cur.execute(_RECORD_CONFLICT, {"table": spec.name, "key": key, "topic": src.topic,
                                            "partition": src.partition, "offset": src.offset,
                                            "incoming": json.dumps(incoming)})

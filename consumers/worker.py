@@ -23,7 +23,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from consumers.batch import Batch, DeadLetter, Source
+from consumers.batch import Batch, DeadLetter, Source, source_of
 from consumers.dlq import DeadLetterPublisher
 from consumers.dlq_limit import DeadLetterLimit
 from consumers.errors import ConfigurationError, FatalError, Interrupted, TransientError
@@ -321,19 +321,19 @@ class Worker:
         self._batch.track(topic, partition, offset, len(value or b""))
         ts_type, ts = msg.timestamp()
         ts_ms = ts if ts_type else None
-        source = Source(topic, partition, offset, ts_ms, msg.key(), value)
         table = self._topics[topic]
         transcode = self._transcode.get(table)
         if transcode is not None and value is not None and self._wanted is None:
             try:
                 transcoded = transcode(value, ts_ms)
             except (CodecError, InvalidRecordError) as e:
-                self._dead(DeadLetter(source, table, type(e).__name__, str(e)))
+                self._dead(DeadLetter(source_of(msg), table, type(e).__name__, str(e)))
                 return
             if transcoded is not None:
                 self._limit.good()
-                self._batch.add_copy(table, transcoded[0], transcoded[1], source)
+                self._batch.add_copy(table, transcoded[0], transcoded[1], msg)  # the message is its source
                 return
+        source = Source(topic, partition, offset, ts_ms, msg.key(), value)
         try:
             if value is None:
                 raise MalformedRecordError("empty message (tombstone)")
