@@ -24,6 +24,7 @@ leaves them out); the worker decodes those the general way.
 from __future__ import annotations
 
 import binascii
+import json
 import struct
 import uuid
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from producers._fast_avro import _read_long
 from producers.codec import MAGIC, AvroCodec, SchemaVersion
 from producers.columns import ColumnDef, column_of
 from producers.errors import InvalidRecordError, MalformedRecordError
-from producers.models import MAX_TEXT_CHARS, _json_text, _no_nul
+from producers.models import MAX_TEXT_CHARS, _json_text, _no_nul, _reject_constant
 
 #: transcode(value, kafka_timestamp_ms) -> (COPY tuple, parent key); see ``copy_rows.parent_key``.
 Transcode = Callable[[bytes, "int | None"], tuple[bytes, bytes]]
@@ -50,6 +51,8 @@ _MAX_US: Final = (datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=_UTC) - _EP
 #: Kafka timestamps the fast path converts itself (0 to year 9999); others take the general path.
 _MAX_KAFKA_MS: Final = _MAX_US // 1000
 
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+_unhexlify = binascii.unhexlify
 _FLOAT_LE = struct.Struct("<f").unpack_from
 _DOUBLE_LE = struct.Struct("<d").unpack_from
 _INVALID_JSON_LIMIT: Final = MAX_TEXT_CHARS * 4
@@ -67,9 +70,12 @@ def _uuid(s: bytes) -> bytes:
     """The 16 bytes of a UUID's text; canonical text quickly, anything else as uuid.UUID reads it."""
     if len(s) == 36 and s[8] == s[13] == s[18] == s[23] == 45:  # "-"
         try:
-            return binascii.unhexlify(s[:8] + s[9:13] + s[14:18] + s[19:23] + s[24:])
+            u = _unhexlify(s.replace(b"-", b""))  # hex digits only, unlike int(…, 16)
         except binascii.Error:
             pass
+        else:
+            if len(u) == 16:  # no other "-"
+                return u
     return uuid.UUID(s.decode("utf-8")).bytes
 
 
@@ -88,6 +94,15 @@ def _text_problem(s: bytes, limit: int) -> tuple[str, str] | None:
 def _json_problem(s: bytes) -> tuple[str, str] | None:
     """(value, reason) when `s` is JSON text that jsonb (and the models) would refuse."""
     t = s.decode("utf-8")
+    if b"\\u" not in s and not t.startswith("\ufeff"):
+        # What ``_json_text`` does for text without \u escapes (json.loads, which also refuses
+        # a BOM), minus making a decoder per call; any failure is worded by _json_text below.
+        try:
+            _JSON.decode(t)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            return None
     try:
         _json_text(t)
     except ValueError as e:
@@ -106,12 +121,7 @@ def _strings(b: bytes, i: int, end: int, limit: int) -> tuple[bytes, int, tuple[
     size = _ARRAY_HEADER_SIZE
     problem = None
     while True:
-        n = b[i]
-        if n < 128:
-            i += 1
-            n = (n >> 1) ^ -(n & 1)
-        else:
-            n, i = _read_long(b, i)
+        n, i = _read_long(b, i)  # once per block: the items' lengths below are read inline
         if n == 0:
             break
         if n < 0:  # a block with its size in bytes first
