@@ -11,6 +11,8 @@ The parent only supervises:
   the parent only and each child gets one signal, not two.
 - When a child fails (a fatal error, or it dies), the parent stops the others
   the same way and raises ``WorkerProcessError`` with that child's error line.
+- When the parent dies without stopping them (SIGKILL), each child notices
+  (its end of a pipe from the parent closes) and stops as on SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -37,11 +40,24 @@ Work = Callable[[int], Any]
 Describe = Callable[[BaseException], str]
 
 
-def _child(work: Work, describe: Describe, index: int, results: Connection) -> None:
+def _stop_when_orphaned(parent_alive: int) -> None:
+    """SIGTERM this process once `parent_alive` reads end of file: the parent is gone."""
+
+    def watch() -> None:
+        while os.read(parent_alive, 1):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _child(work: Work, describe: Describe, index: int, results: Connection, parent_alive: tuple[int, int]) -> None:
     os.setpgid(0, 0)  # a terminal's Ctrl-C goes to the parent, which forwards it once
+    os.close(parent_alive[1])  # only the parent holds the write end open
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    _stop_when_orphaned(parent_alive[0])
     try:
         stats = work(index)  # installs the worker's own signal handlers
     except BaseException as e:  # noqa: BLE001 - every failure becomes the parent's error line
@@ -62,6 +78,7 @@ def run_processes(count: int, work: Work, describe: Describe) -> list[Any]:
     """
     ctx = multiprocessing.get_context("fork")
     reader, writer = ctx.Pipe(duplex=False)
+    parent_alive = os.pipe()
     children: list[Any] = []
     stopping = False
 
@@ -88,10 +105,12 @@ def run_processes(count: int, work: Work, describe: Describe) -> list[Any]:
     previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
     try:
         for i in range(count):
-            p = ctx.Process(target=_child, args=(work, describe, i, writer), name=f"society-ingest-worker-{i}")
+            p = ctx.Process(target=_child, args=(work, describe, i, writer, parent_alive),
+                            name=f"society-ingest-worker-{i}")
             p.start()
             children.append(p)
         writer.close()
+        os.close(parent_alive[0])
         for sig in _SIGNALS:
             signal.signal(sig, forward)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
@@ -103,6 +122,7 @@ def run_processes(count: int, work: Work, describe: Describe) -> list[Any]:
         for p in children:
             p.join()
         reader.close()
+        os.close(parent_alive[1])
 
 
 def _supervise(children: list[Any], reader: Connection, stop_children: Callable[[], None],

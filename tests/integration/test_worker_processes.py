@@ -54,3 +54,20 @@ def test_a_failing_child_stops_the_others_and_the_parent_exits_1_with_its_line(
     errors = [line for line in workers.log_tail(20_000).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: worker process 1: "), workers.log_tail()
     assert str(port) in errors[0]
+
+
+def test_children_stop_when_the_parent_is_killed(services, database_url, topic_prefix, spawn):
+    p = producer(services.bootstrap, topic_prefix)
+    p.start_run()
+    for i in range(500):
+        p.record_memory(f"agent_{i % 10}", f"memory {i}", i // 10)
+    p.close()
+    workers = spawn(database_url, topic_prefix, f"{topic_prefix}-g", "--processes", "2")
+    wait_for(lambda: workers.check_alive() or count(database_url, "agent_memories") == 500, "every row")
+    workers.kill()  # SIGKILL: the parent cannot forward anything
+
+    def sessions() -> int:  # the children's database connections, gone once they exited
+        return fetch(database_url, "SELECT count(*) FROM pg_stat_activity "
+                                   "WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0]
+
+    wait_for(lambda: sessions() == 0, "the children to exit")
