@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from typing import Annotated
 
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options, properties
@@ -24,10 +23,6 @@ from consumers.settings import DEFAULT_GROUP, WorkerSettings, default_worker_id
 from consumers.worker import Worker
 from producers.kafka_config import KafkaClientSettings
 from producers.tables import TABLES
-
-
-#: How long the decoding thread may hold the GIL while the writer thread waits for it (seconds).
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @kafka_options
@@ -135,10 +130,6 @@ def _run_worker(
     extra: dict[str, str] | None = None,
 ) -> dict[str, object]:
     """Run one worker until it stops; its stats. `check`: first the schema and Kafka (else done already)."""
-    # The writer thread waits on PostgreSQL many times a batch (each COPY chunk, each statement) and
-    # then needs the GIL back from the decoding thread: with Python's default 5 ms switch interval
-    # those hand-backs dominate a batch. The worker owns its process, so it sets the interval.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     bind_fields(worker_id=settings.worker_id)
     metrics = server = None
     if metrics_port is not None:  # before the checks: a port in use is a mistake to report first
