@@ -23,6 +23,17 @@ class Source:
     value: bytes | None
 
 
+def source_of(entry: Any) -> Source:
+    """The Source of a batch entry: a Source, or the Kafka message itself, which the worker keeps
+    instead of copying it into a Source (one object less per record; this runs only for the rare
+    record that is dead-lettered or conflicts)."""
+    if isinstance(entry, Source):
+        return entry
+    ts_type, ts = entry.timestamp()
+    return Source(entry.topic(), entry.partition(), entry.offset(), ts if ts_type else None, entry.key(),
+                  entry.value())
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A record that cannot be loaded, and why."""
@@ -35,10 +46,23 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class TableRows:
-    """Rows of one table (column order of its TableSpec) and where each came from."""
+    """Rows of one table and where each came from.
 
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    sources: list[Source] = field(default_factory=list)
+    A row is a tuple in its TableSpec's column order, or (fact tables, from
+    ``consumers.transcode``) its binary COPY tuple, with its parent key in
+    `parents` (``copy_rows.parent_key``; None for a tuple row).
+    """
+
+    rows: list[Any] = field(default_factory=list)
+    #: Source, or the Kafka message (see ``source_of``).
+    sources: list[Any] = field(default_factory=list)
+    parents: list[bytes | None] = field(default_factory=list)
+
+    def split(self) -> tuple[TableRows, TableRows]:
+        """The first and second half (for bisecting a chunk PostgreSQL refused)."""
+        mid = len(self.rows) // 2
+        return (TableRows(self.rows[:mid], self.sources[:mid], self.parents[:mid]),
+                TableRows(self.rows[mid:], self.sources[mid:], self.parents[mid:]))
 
 
 class Batch:
@@ -63,10 +87,19 @@ class Batch:
         self.bytes += size
 
     def add(self, table: str, row: tuple[Any, ...], source: Source) -> None:
-        """Add one decoded row of `table`."""
+        """Add one decoded row of `table` as a tuple."""
         rows = self.tables[table]
         rows.rows.append(row)
         rows.sources.append(source)
+        rows.parents.append(None)
+        self.rows += 1
+
+    def add_copy(self, table: str, row: bytes, parent: bytes, source: Any) -> None:
+        """Add one row of a fact table as its binary COPY tuple, with its parent key."""
+        rows = self.tables[table]
+        rows.rows.append(row)
+        rows.sources.append(source)
+        rows.parents.append(parent)
         self.rows += 1
 
     def add_dead(self, dead: DeadLetter) -> None:

@@ -55,7 +55,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from consumers._deps import require
-from consumers.batch import Batch, TopicPartition
+from consumers.batch import Batch, TopicPartition, source_of
 
 #: How often the consume loop refreshes the lag gauges (cached watermarks: cheap, but not per pass).
 LAG_REFRESH_S = 5.0
@@ -239,8 +239,9 @@ class WorkerMetrics(NoMetrics):
             self._batch_latency.observe(max(0.0, now - batch.started))
         self._last_commit.set(now_s)
         for table, rows in batch.tables.items():
-            if rows.sources and rows.sources[0].timestamp_ms is not None:
-                self._end_to_end.labels(table).observe(max(0.0, now_s - rows.sources[0].timestamp_ms / 1000))
+            first = source_of(rows.sources[0]) if rows.sources else None
+            if first is not None and first.timestamp_ms is not None:
+                self._end_to_end.labels(table).observe(max(0.0, now_s - first.timestamp_ms / 1000))
         for table in self._tables.values():
             self._loaded.labels(table).inc(result.inserted[table])
             self._duplicates.labels(table).inc(result.duplicates[table])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import struct
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,9 @@ from consumers._deps import psycopg
 from psycopg import pq
 from psycopg.adapt import Dumper
 from psycopg.types.json import set_json_dumps
-from consumers.batch import Batch, DeadLetter, Source, TableRows, TopicPartition
+from consumers import copy_rows
+from consumers.batch import Batch, DeadLetter, TableRows, TopicPartition, source_of
+from consumers.bounded_set import BoundedSet
 from consumers.errors import FencedError, TransientError
 from consumers.pg_errors import DATA_ERRORS, translate
 from consumers.table_specs import RUN_COLUMN, SPECS, TableSpec
@@ -53,6 +56,11 @@ PublishDead = Callable[[list[DeadLetter]], None]
 #: After a chunk hit an existing key, load this many chunks of that table through
 #: staging + ON CONFLICT before trying plain COPY again (a replay rarely ends at once).
 FAST_PATH_BACKOFF_CHUNKS = 20
+
+#: Runs and (run, agent) pairs the sink remembers as existing, each. A run of 2,500 agents
+#: needs 2,500 pairs: this holds twenty such runs (a few MB) and stops a worker that runs
+#: for months from growing without end. Forgetting one only costs an idempotent stub insert.
+MAX_KNOWN_PARENTS = 50_000
 
 
 @dataclass(slots=True)
@@ -144,7 +152,19 @@ def _latest_per_key(spec: TableSpec, rows: TableRows) -> TableRows:
         if j is None or rows.rows[j][ts_idx] <= row[ts_idx]:
             best[k] = i
     keep = sorted(best.values())
-    return TableRows([rows.rows[i] for i in keep], [rows.sources[i] for i in keep])
+    return TableRows([rows.rows[i] for i in keep], [rows.sources[i] for i in keep], [rows.parents[i] for i in keep])
+
+
+def _as_copy(table: str, rows: TableRows) -> TableRows:
+    """A fact table's rows all as COPY tuples with parent keys (tuple rows encoded here)."""
+    if None not in rows.parents:
+        return rows
+    encode, key = copy_rows.ENCODE_ROW[table], copy_rows.PARENT_KEY[table]
+    return TableRows(
+        [r if p is not None else encode(r) for r, p in zip(rows.rows, rows.parents, strict=True)],
+        rows.sources,
+        [p if p is not None else key(r) for r, p in zip(rows.rows, rows.parents, strict=True)],
+    )
 
 
 class _TextArrayBinaryDumper(Dumper):
@@ -183,10 +203,21 @@ class _TextList(list):  # type: ignore[type-arg]
     """Marker type for the text[] dumper (registered by oid; rows carry plain lists)."""
 
 
+def configure_adapters(context: Any) -> None:
+    """The dumpers the sink loads row tuples with, on a connection (or any psycopg adapt context)."""
+    # jsonb values are JSON text the models already validated: dump them as they are.
+    set_json_dumps(_as_json_text, context=context)
+    text_array_oid = context.adapters.types["text"].array_oid
+    context.adapters.register_dumper(
+        _TextList, type("TextArrayDumper", (_TextArrayBinaryDumper,), {"oid": text_array_oid})
+    )
+
+
 @dataclass(slots=True)
 class _Parents:
-    runs: set[Any]
-    agents: set[tuple[Any, str]]
+    #: 16-byte run ids, and run id + agent id UTF-8 (``copy_rows.parent_key``).
+    runs: set[bytes]
+    agents: set[bytes]
 
 
 class PostgresSink:
@@ -202,8 +233,9 @@ class PostgresSink:
         self._insert = {t: _insert_sql(s) for t, s in SPECS.items()}
         self._conflicts = {t: _conflict_sql(s) for t, s in SPECS.items() if not s.upsert}
         # Parents known to exist, so most batches skip their stub inserts.
-        self._known_runs: set[Any] = set()
-        self._known_agents: set[tuple[Any, str]] = set()
+        self._known_runs = BoundedSet(MAX_KNOWN_PARENTS)
+        self._known_agents = BoundedSet(MAX_KNOWN_PARENTS)
+        self._stage = {t: copy_rows.staged_encoder(SPECS[t]) for t in copy_rows.FACT_TABLES}
         # Chunks per table to load through staging before trying plain COPY again.
         self._skip_fast_path: dict[str, int] = {}
 
@@ -218,12 +250,7 @@ class PostgresSink:
         conn = None
         try:
             conn = psycopg.connect(self._url, autocommit=True, **CONNECT_OPTIONS)
-            # jsonb values are JSON text the models already validated: dump them as they are.
-            set_json_dumps(_as_json_text, context=conn)
-            text_array_oid = conn.adapters.types["text"].array_oid
-            conn.adapters.register_dumper(
-                _TextList, type("TextArrayDumper", (_TextArrayBinaryDumper,), {"oid": text_array_oid})
-            )
+            configure_adapters(conn)
             for spec in SPECS.values():
                 cols = ", ".join(f"{c.name} {c.copy_type}" for c in spec.columns)
                 conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {spec.stage_table} ({cols}, _seq int4)")
@@ -320,48 +347,46 @@ class PostgresSink:
                         states = len(rows.rows)
                         rows = _latest_per_key(spec, rows)
                         result.duplicates[table] += states - len(rows.rows)  # superseded in the batch
-                    self._load(cur, spec, rows.rows, rows.sources, result, created)
+                    else:
+                        rows = _as_copy(table, rows)
+                    self._load(cur, spec, rows, result, created)
                 self._store_offsets(cur, batch, expected)
                 self._heartbeat(cur, result)
             if result.dead:
                 publish_dead(result.dead)
-        self._known_runs |= created.runs
-        self._known_agents |= created.agents
+        self._known_runs.update(created.runs)
+        self._known_agents.update(created.agents)
         return result
 
-    def _ensure_parents(self, cur: Any, spec: TableSpec, rows: list[tuple[Any, ...]], result: WriteResult) -> _Parents:
+    def _ensure_parents(self, cur: Any, spec: TableSpec, rows: TableRows) -> _Parents:
         """Insert stub parents that `rows` reference and that may not exist yet."""
-        runs: set[Any] = set()
-        agents: set[tuple[Any, str]] = set()
         run_col = RUN_COLUMN.get(spec.name)
-        if run_col is not None:
+        if run_col is None:
+            return _Parents(set(), set())
+        if spec.upsert:  # row tuples
             idx = spec.column_names.index(run_col)
-            runs = {r[idx] for r in rows} - self._known_runs
-            if runs:
-                cur.execute(_STUB_RUNS, (sorted(runs),))
+            keys = {r[idx].bytes for r in rows.rows}
+        else:
+            keys = set(rows.parents)
+        agents: set[bytes] = set()
         if spec.agent_column is not None:
-            ai = spec.column_names.index(spec.agent_column)
-            ri = spec.column_names.index("simulation_run_id")
-            agents = {(r[ri], r[ai]) for r in rows} - self._known_agents
-            if agents:
-                pairs = sorted(agents)
-                cur.execute(_STUB_AGENTS, ([r for r, _ in pairs], [a for _, a in pairs]))
+            agents = self._known_agents.missing(keys)
+            keys = {k[:16] for k in keys}
+        runs = self._known_runs.missing(keys)
+        if runs:
+            cur.execute(_STUB_RUNS, ([uuid.UUID(bytes=r) for r in sorted(runs)],))
+        if agents:
+            pairs = sorted(agents)  # the run's 16 bytes first: the order of (run, agent)
+            cur.execute(_STUB_AGENTS, ([uuid.UUID(bytes=k[:16]) for k in pairs],
+                                       [k[16:].decode("utf-8") for k in pairs]))
         return _Parents(runs, agents)
 
-    def _load(
-        self,
-        cur: Any,
-        spec: TableSpec,
-        rows: list[tuple[Any, ...]],
-        sources: list[Source],
-        result: WriteResult,
-        created: _Parents,
-    ) -> None:
+    def _load(self, cur: Any, spec: TableSpec, rows: TableRows, result: WriteResult, created: _Parents) -> None:
         """Load rows (and their stub parents) in a savepoint; on a data error, bisect down to the bad rows."""
         try:
             with cur.connection.transaction():
-                parents = self._ensure_parents(cur, spec, rows, result)
-                self._load_chunk(cur, spec, rows, sources, result)
+                parents = self._ensure_parents(cur, spec, rows)
+                self._load_chunk(cur, spec, rows, result)
             created.runs |= parents.runs
             created.agents |= parents.agents
         except errors.ForeignKeyViolation as e:
@@ -370,27 +395,19 @@ class PostgresSink:
             self._known_agents.clear()
             raise TransientError(f"parent row vanished, retrying with stubs: {e}") from e
         except DATA_ERRORS as e:
-            if len(rows) == 1:
+            if len(rows.rows) == 1:
                 result.dead.append(
-                    DeadLetter(sources[0], spec.name, type(e).__name__, str(e).strip().splitlines()[0])
+                    DeadLetter(source_of(rows.sources[0]), spec.name, type(e).__name__, str(e).strip().splitlines()[0])
                 )
                 return
-            mid = len(rows) // 2
-            self._load(cur, spec, rows[:mid], sources[:mid], result, created)
-            self._load(cur, spec, rows[mid:], sources[mid:], result, created)
+            for half in rows.split():
+                self._load(cur, spec, half, result, created)
 
-    def _load_chunk(
-        self,
-        cur: Any,
-        spec: TableSpec,
-        rows: list[tuple[Any, ...]],
-        sources: list[Source],
-        result: WriteResult,
-    ) -> None:
-        if not spec.upsert and self._fast_path_ok(spec.name) and self._copy_direct(cur, spec, rows):
-            result.inserted[spec.name] += len(rows)
+    def _load_chunk(self, cur: Any, spec: TableSpec, rows: TableRows, result: WriteResult) -> None:
+        if not spec.upsert and self._fast_path_ok(spec.name) and self._copy_direct(cur, spec, rows.rows):
+            result.inserted[spec.name] += len(rows.rows)
             return
-        self._copy_staged(cur, spec, rows, sources, result)
+        self._copy_staged(cur, spec, rows, result)
 
     def _fast_path_ok(self, table: str) -> bool:
         skip = self._skip_fast_path.get(table, 0)
@@ -398,34 +415,35 @@ class PostgresSink:
             self._skip_fast_path[table] = skip - 1
         return not skip
 
-    def _copy_direct(self, cur: Any, spec: TableSpec, rows: list[tuple[Any, ...]]) -> bool:
-        """Plain binary COPY into the table: the normal path, since offsets stored with the
-        rows mean redelivery brings no duplicates. False when a key already exists."""
+    def _copy_direct(self, cur: Any, spec: TableSpec, rows: list[bytes]) -> bool:
+        """Plain binary COPY of the rows' COPY tuples into the table: the normal path, since offsets
+        stored with the rows mean redelivery brings no duplicates. False when a key already exists."""
         try:
             with cur.connection.transaction():
                 with cur.copy(f"COPY {spec.name} ({_qcols(spec.column_names)}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types([c.table_type for c in spec.columns])
-                    for row in rows:
-                        copy.write_row(row)
+                    # Raw data: psycopg sends it as it is, the stream's header and trailer included.
+                    copy.write(copy_rows.SIGNATURE)
+                    copy.write(b"".join(rows))
+                    copy.write(copy_rows.TRAILER)
         except errors.UniqueViolation:
             # A replay, backfill or re-sent record: staging with ON CONFLICT for a while.
             self._skip_fast_path[spec.name] = FAST_PATH_BACKOFF_CHUNKS
             return False
         return True
 
-    def _copy_staged(
-        self,
-        cur: Any,
-        spec: TableSpec,
-        rows: list[tuple[Any, ...]],
-        sources: list[Source],
-        result: WriteResult,
-    ) -> None:
+    def _copy_staged(self, cur: Any, spec: TableSpec, table_rows: TableRows, result: WriteResult) -> None:
+        rows, sources = table_rows.rows, table_rows.sources
         cols = _qcols((*spec.column_names, "_seq"))
         with cur.copy(f"COPY {spec.stage_table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types([*spec.copy_types, "int4"])
-            for seq, row in enumerate(rows):
-                copy.write_row((*row, seq))
+            if spec.upsert:
+                copy.set_types([*spec.copy_types, "int4"])
+                for seq, row in enumerate(rows):
+                    copy.write_row((*row, seq))
+            else:
+                stage = self._stage[spec.name]
+                copy.write(copy_rows.SIGNATURE)
+                copy.write(b"".join([stage(row, seq) for seq, row in enumerate(rows)]))
+                copy.write(copy_rows.TRAILER)
         cur.execute(self._insert[spec.name])
         inserted = cur.rowcount
         divergent: list[tuple[Any, ...]] = []
@@ -433,7 +451,7 @@ class PostgresSink:
             divergent = cur.execute(self._conflicts[spec.name]).fetchall()
         cur.execute(f"TRUNCATE {spec.stage_table}")
         for seq, key, incoming in divergent:
-            src = sources[seq]
+            src = source_of(sources[seq])
             cur.execute(_RECORD_CONFLICT, {"table": spec.name, "key": key, "topic": src.topic,
                                            "partition": src.partition, "offset": src.offset,
                                            "incoming": json.dumps(incoming)})

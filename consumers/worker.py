@@ -23,7 +23,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from consumers.batch import Batch, DeadLetter, Source
+from consumers.batch import Batch, DeadLetter, Source, source_of
 from consumers.dlq import DeadLetterPublisher
 from consumers.dlq_limit import DeadLetterLimit
 from consumers.errors import ConfigurationError, FatalError, Interrupted, TransientError
@@ -33,6 +33,7 @@ from consumers.settings import WorkerSettings
 from consumers.sink import PostgresSink, WriteResult
 from consumers.writer import BatchWriter, Job, Outcome
 from consumers.table_specs import SPECS
+from consumers.transcode import Transcoders
 from producers import tables
 from producers.codec import AvroCodec
 from producers.errors import CodecError, InvalidRecordError, MalformedRecordError
@@ -105,6 +106,10 @@ class Worker:
         self._validate = settings.validate_records
         self._row_of = {t: itemgetter(*SPECS[t].column_names) for t in tables.TABLES}
         self._range_error = {t: SPECS[t].range_error for t in tables.TABLES}
+        # Validated fact-table records of the current schema go straight to COPY tuples;
+        # `--no-validate` keeps the general path (its checks are the database's).
+        transcoders = Transcoders(self._codec) if self._validate else None
+        self._transcode = {t: transcoders.for_table(t) for t in tables.TABLES} if transcoders else {}
         #: A replay's filter on decoded records: (table, fields) -> load it? None: load all.
         self._wanted: Any = None
         #: Why Kafka refused the consumer (credentials, TLS): fatal, raised by the consuming loop.
@@ -315,8 +320,20 @@ class Worker:
             self.stats.first_message_at = time.monotonic()
         self._batch.track(topic, partition, offset, len(value or b""))
         ts_type, ts = msg.timestamp()
-        source = Source(topic, partition, offset, ts if ts_type else None, msg.key(), value)
+        ts_ms = ts if ts_type else None
         table = self._topics[topic]
+        transcode = self._transcode.get(table)
+        if transcode is not None and value is not None and self._wanted is None:
+            try:
+                transcoded = transcode(value, ts_ms)
+            except (CodecError, InvalidRecordError) as e:
+                self._dead(DeadLetter(source_of(msg), table, type(e).__name__, str(e)))
+                return
+            if transcoded is not None:
+                self._limit.good()
+                self._batch.add_copy(table, transcoded[0], transcoded[1], msg)  # the message is its source
+                return
+        source = Source(topic, partition, offset, ts_ms, msg.key(), value)
         try:
             if value is None:
                 raise MalformedRecordError("empty message (tombstone)")

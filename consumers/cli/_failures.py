@@ -119,6 +119,14 @@ def _one_line(message: str) -> str:
     return " ".join(secrets.scrub(message).split())
 
 
+def describe_line(e: BaseException) -> str:
+    """The one line ``report`` prints for `e` (without ``error:``), passwords scrubbed."""
+    message = describe(e)
+    if message is None:
+        message = f"unexpected {type(e).__name__}: {e}"
+    return _one_line(message)
+
+
 def report(e: BaseException) -> None:
     """Print `e` as ``error: <one line>`` (after the scrubbed traceback with --debug)."""
     message = describe(e)

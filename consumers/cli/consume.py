@@ -11,13 +11,15 @@ from consumers.cli._options import (
     DatabaseUrl, DeadLetterMaxConsecutive, DeadLetterMaxPerMinute, Group, LogFormatOption, Prefix, Timeout, print_json,
     setup_logging, typer,
 )
+from consumers.cli._failures import describe_line
 from consumers.cli._redact import secrets
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka, require_schema
 from consumers.logs import bind_fields
 from consumers.kafka_clients import LIBRDKAFKA_LOGGER
 from consumers.metrics import DEFAULT_READY_WINDOW_S, WorkerMetrics
 from consumers.probes import DEFAULT_HOST, MetricsServer
-from consumers.settings import DEFAULT_GROUP, WorkerSettings
+from consumers.processes import run_processes
+from consumers.settings import DEFAULT_GROUP, WorkerSettings, default_worker_id
 from consumers.worker import Worker
 from producers.kafka_config import KafkaClientSettings
 from producers.tables import TABLES
@@ -64,6 +66,10 @@ def consume(
         float,
         typer.Option(min=1, help="/readyz fails while a batch has waited longer than this many seconds for its commit."),
     ] = DEFAULT_READY_WINDOW_S,
+    processes: Annotated[
+        int, typer.Option(min=1, max=256, help="Worker processes in the group (about one per core); "
+                          "with --metrics-port P, process i serves P+i.")
+    ] = 1,
     log_format: LogFormatOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -96,18 +102,47 @@ def consume(
         shutdown_timeout_s=shutdown_timeout,
         consumer_extra=extra,
     )
+    if processes > 1:
+        require_schema(database(database_url, timeout))
+        reach_kafka(kafka, timeout, extra)
+
+        def work(index: int) -> dict[str, object]:
+            own = settings.model_copy(update={"worker_id": default_worker_id()})  # this process's pid
+            port = None if metrics_port is None else metrics_port + index if metrics_port else 0
+            return _run_worker(own, port, metrics_host, ready_window, idle_exit, check=False)
+
+        print_json(run_processes(processes, work, describe_line))
+        return
+    print_json(_run_worker(settings, metrics_port, metrics_host, ready_window, idle_exit, check=True,
+                           database_url=database_url, timeout=timeout, extra=extra))
+
+
+def _run_worker(
+    settings: WorkerSettings,
+    metrics_port: int | None,
+    metrics_host: str,
+    ready_window: float,
+    idle_exit: float | None,
+    *,
+    check: bool,
+    database_url: str = "",
+    timeout: float = DEFAULT_TIMEOUT_S,
+    extra: dict[str, str] | None = None,
+) -> dict[str, object]:
+    """Run one worker until it stops; its stats. `check`: first the schema and Kafka (else done already)."""
     bind_fields(worker_id=settings.worker_id)
     metrics = server = None
     if metrics_port is not None:  # before the checks: a port in use is a mistake to report first
         metrics = WorkerMetrics(ready_window_s=ready_window)
         server = MetricsServer(metrics, metrics_host, metrics_port, scrub=secrets.scrub).start()
     try:
-        require_schema(database(database_url, timeout))
-        reach_kafka(kafka, timeout, extra)
+        if check:
+            require_schema(database(database_url, timeout))
+            reach_kafka(settings.kafka, timeout, extra)
         worker = Worker(settings, metrics=metrics)
         worker.install_signal_handlers()
         stats = worker.run(idle_exit_s=idle_exit)
     finally:
         if server is not None:
             server.close()
-    print_json(dataclasses.asdict(stats))
+    return dataclasses.asdict(stats)
