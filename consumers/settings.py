@@ -15,6 +15,12 @@ from producers.settings import ProducerSettings
 from producers.tables import DEFAULT_TOPIC_PREFIX, TABLES
 
 DEFAULT_GROUP = "society-ingest"
+#: librdkafka's prefetch: what it may hold of records not yet consumed. A worker behind its topics
+#: fills it whole, so it bounds how far the worker's memory follows the lag (the soak's RSS bound);
+#: 32 MiB is about 100,000 records of the mix, seconds of work, so the consuming thread never waits.
+PREFETCH_KBYTES = 32 * 1024
+#: The most one fetch response may carry (at least the brokers' largest message).
+FETCH_MAX_BYTES = 16 * 1024 * 1024
 
 
 def default_worker_id() -> str:
@@ -74,8 +80,8 @@ class WorkerSettings(BaseModel):
             "enable.partition.eof": False,
             "session.timeout.ms": 30_000,
             "max.poll.interval.ms": 600_000,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "queued.max.messages.kbytes": 256 * 1024,
+            "fetch.max.bytes": FETCH_MAX_BYTES,
+            "queued.max.messages.kbytes": PREFETCH_KBYTES,
             **self.consumer_extra,
         })
 
