@@ -15,12 +15,14 @@ from producers.settings import ProducerSettings
 from producers.tables import DEFAULT_TOPIC_PREFIX, TABLES
 
 DEFAULT_GROUP = "society-ingest"
-#: librdkafka's prefetch: what it may hold of records not yet consumed. A worker behind its topics
-#: fills it whole, so it bounds how far the worker's memory follows the lag (the soak's RSS bound);
-#: 32 MiB is about 100,000 records of the mix, seconds of work, so the consuming thread never waits.
-PREFETCH_KBYTES = 32 * 1024
+#: librdkafka's prefetch of records not yet consumed, in KiB. A worker behind its topics fills it,
+#: so it bounds how far the worker's memory follows the lag (the soak's RSS bound). librdkafka
+#: checks it per partition queue (librdkafka issues 4137, 5140): a worker behind on 12 busy
+#: partitions holds up to 12 x 8 MiB. 8 MiB is about 16,000 records of the mix, well above what
+#: one batch takes from a partition, so the consuming thread does not wait for fetches.
+PREFETCH_KBYTES = 8 * 1024
 #: The most one fetch response may carry (at least the brokers' largest message).
-FETCH_MAX_BYTES = 16 * 1024 * 1024
+FETCH_MAX_BYTES = 8 * 1024 * 1024
 
 
 def default_worker_id() -> str:
