@@ -129,7 +129,8 @@ class MemoryReads:
         try:
             scope = self._run_scope(run_id, all_runs)
             reader = self._memory_reader()
-            check_agent_id(agent_id), check_limit("count", count)  # before any wait
+            check_agent_id(agent_id)  # before any wait
+            check_limit("count", count)
             if wait_for_landed:
                 await self._wait_or_warn()
             memories = await self._off_loop(reader.recent_memories, agent_id, count, run_id=scope)
@@ -164,7 +165,8 @@ class MemoryReads:
             scope = self._run_scope(run_id, all_runs)
             weights = weights if weights is not None else RetrievalWeights()
             reader = self._memory_reader()
-            check_agent_id(agent_id), check_limit("k", k)  # before any wait
+            check_agent_id(agent_id)  # before any wait
+            check_limit("k", k)
             if wait_for_landed:
                 await self._wait_or_warn()
             memories = await self._off_loop(
