@@ -4,11 +4,15 @@ psycopg is imported on first use only (the ``read`` extra), so ``import producer
 stays light. Calls block their thread: the asyncio handler runs them in worker
 threads. A failed connection attempt is remembered: for ``retry_after`` seconds
 (doubling up to ``MAX_RETRY_AFTER_S`` while the failures go on) calls fail at
-once with ReadUnavailableError instead of each waiting out the connect timeout.
+once with ReadUnavailableError instead of each waiting out the connect timeout;
+a missing table, column or privilege counts as such an outage too. A connection
+the server closed is dropped and the call retried once on a new connection.
+Messages never quote the URL or its password.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, Callable, TypeVar
@@ -31,13 +35,37 @@ def import_psycopg() -> Any:
     return psycopg
 
 
+#: SQLAlchemy-style schemes (``postgresql+asyncpg://``, ``postgres://``) read as ``postgresql://``.
+_SCHEME = re.compile(r"^(?:postgresql|postgres)(?:\+[A-Za-z0-9_]+)?://")
+_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:([^@/]*)@")
+INVALID_URL = "an invalid connection URL (not shown: it may hold a password)"
+
+
+def normalise_url(conninfo: str) -> str:
+    """`conninfo` with a SQLAlchemy-style PostgreSQL scheme (``postgresql+driver://``, ``postgres://``)
+    rewritten to ``postgresql://``; anything else as is."""
+    return _SCHEME.sub("postgresql://", conninfo, count=1) if isinstance(conninfo, str) else conninfo
+
+
+def scrub(text: str, conninfo: str) -> str:
+    """`text` without the URL's password (as written and percent-decoded) or the URL itself."""
+    text = text.replace(conninfo, "<connection URL>")
+    m = _PASSWORD.match(conninfo) if isinstance(conninfo, str) else None
+    if m and m.group(1):
+        from urllib.parse import unquote
+
+        for secret in {m.group(1), unquote(m.group(1))}:
+            text = text.replace(secret, "***")
+    return text
+
+
 def describe(conninfo: str) -> str:
     """user@host:port/dbname of a connection URL, never its password."""
     psycopg = import_psycopg()
     try:
         p = psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return "PostgreSQL (an invalid connection URL)"
+    except psycopg.Error:
+        return f"PostgreSQL ({INVALID_URL})"
     user = f"{p['user']}@" if p.get("user") else ""
     return f"PostgreSQL at {user}{p.get('host') or 'localhost'}:{p.get('port') or 5432}/{p.get('dbname') or ''}"
 
@@ -56,7 +84,7 @@ class ConnectionPool:
     ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
-        self._conninfo = conninfo
+        self._conninfo = normalise_url(conninfo)
         self._size = size
         self._connect_timeout = max(1, round(connect_timeout))  # libpq takes whole seconds
         self._statement_timeout_ms = int(statement_timeout * 1000)
@@ -77,18 +105,24 @@ class ConnectionPool:
     def run(self, work: Callable[[Any], T]) -> T:
         """Call ``work(connection)``; on a lost connection, once more on a fresh one."""
         psycopg = import_psycopg()
+        self._check_up()
         for attempt in (1, 2):
-            conn = self._acquire(psycopg)
+            # The retry opens a new connection: every idle one may be as dead as the first.
+            conn = self._acquire(psycopg, fresh=attempt == 2)
             try:
                 result = work(conn)
             except psycopg.OperationalError as e:
                 self._discard(conn)
-                if attempt == 2 or not conn.closed:
-                    raise ReadError(f"{self.name}: {e}") from e
-                continue  # the server dropped the connection (restart, idle timeout): reconnect
+                if attempt == 2 or not (conn.closed or conn.broken):
+                    raise ReadError(self._scrub(f"{self.name}: {e}")) from e
+                continue  # the server dropped the connection (restart, terminate, idle timeout): reconnect
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn,
+                    psycopg.errors.InsufficientPrivilege) as e:
+                self._release(conn)  # the connection is fine; the schema or grants are not: back off like an outage
+                raise self._mark_down(_first_line(e)) from e
             except psycopg.Error as e:
                 self._discard(conn)
-                raise ReadError(f"{self.name}: {e}") from e
+                raise ReadError(self._scrub(f"{self.name}: {e}")) from e
             except BaseException:
                 self._discard(conn)
                 raise
@@ -105,10 +139,34 @@ class ConnectionPool:
         for conn in idle:
             conn.close()
 
-    def _acquire(self, psycopg: Any) -> Any:
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self._conninfo)
+
+    def _check_up(self) -> None:
+        with self._cond:
+            now = time.monotonic()
+            if now < self._down_until:
+                raise ReadUnavailableError(
+                    f"{self.name} is unavailable ({self._down_reason}); next attempt in {self._down_until - now:.1f}s"
+                )
+
+    def _mark_down(self, reason: str) -> ReadUnavailableError:
+        """Remember an outage (backing off); the error to raise."""
+        with self._cond:
+            self._down_reason = self._scrub(reason)
+            self._down_until = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, MAX_RETRY_AFTER_S)
+            wait = self._down_until - time.monotonic()
+        return ReadUnavailableError(f"{self.name} is unavailable: {self._down_reason}; retrying after {wait:.0f}s")
+
+    def _acquire(self, psycopg: Any, fresh: bool = False) -> Any:
+        stale: list[Any] = []
         with self._cond:
             if self._closed:
                 raise ReadError("the memory reader is closed")
+            if fresh:  # drop the idle connections: they may all be dead
+                stale, self._idle = self._idle, []
+                self._open -= len(stale)
             while not self._idle and self._open >= self._size:
                 self._cond.wait()
             if self._idle:
@@ -119,8 +177,13 @@ class ConnectionPool:
                     f"{self.name} is unavailable ({self._down_reason}); next attempt in {self._down_until - now:.1f}s"
                 )
             self._open += 1
+        for conn in stale:
+            conn.close()
         try:
-            options = psycopg.conninfo.conninfo_to_dict(self._conninfo).get("options") or ""
+            try:
+                options = psycopg.conninfo.conninfo_to_dict(self._conninfo).get("options") or ""
+            except psycopg.Error:  # psycopg's message quotes the URL, password and all
+                raise psycopg.ProgrammingError(INVALID_URL) from None
             conn = psycopg.connect(
                 self._conninfo,
                 autocommit=True,
@@ -130,15 +193,10 @@ class ConnectionPool:
         except BaseException as e:
             with self._cond:
                 self._open -= 1
-                self._down_reason = _first_line(e)
-                self._down_until = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, MAX_RETRY_AFTER_S)
                 self._cond.notify()
+            down = self._mark_down(_first_line(e))
             if isinstance(e, psycopg.Error):
-                wait = self._down_until - time.monotonic()
-                raise ReadUnavailableError(
-                    f"{self.name} is unavailable: {self._down_reason}; retrying after {wait:.0f}s"
-                ) from e
+                raise down from None  # not chained: psycopg's text may quote the URL
             raise
         with self._cond:
             self._backoff = self._retry_after  # reachable again

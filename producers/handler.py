@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from producers import kafka_config, tables
 from producers._handler_reads import READ_URL_ENV, MemoryReads
+from producers._pg_pool import normalise_url
 from producers._json import json_text
 from producers.errors import InvalidRecordError, QueueFullError
 from producers.kafka_config import KafkaClientSettings
@@ -148,12 +149,13 @@ _PG_SCHEMES = ("postgresql://", "postgres://")
 
 
 def resolve_read_url(explicit: str | None, db_url: Any, config: Any) -> str | None:
-    """The database to read memories from: `explicit`, a postgresql:// `db_url` (argument, then
+    """The database to read memories from: `explicit`, a postgresql:// (or SQLAlchemy-style
+    ``postgresql+driver://``) `db_url` (argument, then
     ``config.output.database_url``), ``SOCIETY_READ_DATABASE_URL``, ``DATABASE_URL``; else None."""
     if explicit:
         return explicit
     for url in (db_url, _config_get(config, "output", "database_url")):
-        if isinstance(url, str) and url.startswith(_PG_SCHEMES):
+        if isinstance(url, str) and (url.startswith(_PG_SCHEMES) or normalise_url(url) != url):
             return url
     return next((os.environ[v] for v in READ_URL_ENV if os.environ.get(v)), None)
 

@@ -40,6 +40,7 @@ agent's would cost more than the agent's whole window.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import math
 import operator
 import time
@@ -65,7 +66,8 @@ _COLUMNS = ("memory_id, simulation_run_id, agent_id_str, step_timestamp, real_ti
             "tags, related_agent_id")
 _RUN_SCOPE = "simulation_run_id = %(run)s AND agent_id_str = %(agent)s"
 _ALL_RUNS_SCOPE = "agent_id_str = %(agent)s"
-_NEWEST_FIRST = "step_timestamp DESC, real_timestamp DESC"
+# memory_id last: a deterministic order for memories of one step stored at the same instant.
+_NEWEST_FIRST = "step_timestamp DESC, real_timestamp DESC, memory_id DESC"
 
 _RECENT_SQL = f"SELECT {_COLUMNS} FROM agent_memories WHERE {{scope}} ORDER BY {_NEWEST_FIRST} LIMIT %(count)s"
 
@@ -173,23 +175,80 @@ def _check_count(name: str, value: Any) -> int:
         raise ValueError(f"{name} must be an int (got {value!r})") from None
 
 
+#: PostgreSQL's int4 range (``step_timestamp``); counts above its top are clamped to it.
+INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
+
+
+def check_limit(name: str, value: Any) -> int:
+    """A count as an int, clamped to int4 (more rows than that cannot exist per agent)."""
+    return min(_check_count(name, value), INT4_MAX)
+
+
+def _check_step(value: Any) -> int:
+    step = _check_count("current_step", value)
+    if not INT4_MIN <= step <= INT4_MAX:
+        raise ValueError(f"current_step must fit a step (int4, {INT4_MIN}..{INT4_MAX}; got {value!r})")
+    return step
+
+
+def check_agent_id(agent_id: Any) -> str:
+    """`agent_id` as stored: text as is; enum members, numpy scalars, ints, floats, UUIDs as their
+    text (as the handler's save path converts them); ValueError for anything else."""
+    if isinstance(agent_id, enum.Enum):
+        agent_id = agent_id.value
+    if type(agent_id).__module__ == "numpy" and getattr(agent_id, "ndim", None) == 0:
+        agent_id = agent_id.item()
+    if isinstance(agent_id, str):
+        return str.__str__(agent_id)
+    if isinstance(agent_id, (int, float, uuid.UUID)) and not isinstance(agent_id, bool):
+        return str(agent_id)
+    raise ValueError(f"agent_id must be text (got {agent_id!r})")
+
+
 def _scope(run_id: uuid.UUID | str | None) -> tuple[str, uuid.UUID | None]:
     if run_id is None:
         return _ALL_RUNS_SCOPE, None
-    return _RUN_SCOPE, run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+    if isinstance(run_id, uuid.UUID):
+        return _RUN_SCOPE, run_id
+    try:
+        return _RUN_SCOPE, uuid.UUID(str(run_id))
+    except ValueError:
+        raise ValueError(f"run_id must be a UUID (got {run_id!r})") from None
+
+
+def check_timeout(timeout: Any) -> float:
+    """`timeout` in seconds: a number >= 0, or inf for no bound; ValueError for NaN, bools, text, None."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 (inf: no bound; got {timeout!r})")
+    return float(timeout)
+
+
+def behind(positions: Mapping[tuple[str, int], int],
+           stored: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int | None]:
+    """Of `positions`, those `stored` offsets have not reached: by how many records (None: none stored)."""
+    out: dict[tuple[str, int], int | None] = {}
+    for tp, needed in positions.items():
+        have = stored.get(tp)
+        if have is None:
+            out[tp] = None
+        elif have < needed:
+            out[tp] = needed - have
+    return out
 
 
 class MemoryReader:
     """Reads agent memories from PostgreSQL through a few reused connections; thread-safe.
 
-    `database_url`: a libpq URL (a role with SELECT on ``agent_memories`` and
+    `database_url`: a libpq URL (``postgresql+driver://`` and ``postgres://`` read as
+    ``postgresql://``; a role with SELECT on ``agent_memories`` and
     ``ingest_offsets``, e.g. one granted ``society_reader``). A connection
     attempt waits at most `connect_timeout`; after a failed one, calls fail at
     once with ReadUnavailableError for `retry_after` seconds (doubling while the
     outage lasts), so an unreachable database costs the connect timeout once,
     not on every call. Each query may run at most `statement_timeout` seconds.
     `loader_group` is the workers' consumer group, whose stored offsets
-    ``wait_until_landed`` reads.
+    ``wait_until_landed`` reads. Invalid arguments raise ValueError naming them;
+    counts above int4 are clamped; agent ids are converted to text as the save path does.
     """
 
     def __init__(self, database_url: str, *, loader_group: str = DEFAULT_LOADER_GROUP, **pool: Any) -> None:
@@ -199,14 +258,16 @@ class MemoryReader:
         self._pool = ConnectionPool(database_url, **pool)
 
     def recent_memories(self, agent_id: str, count: int, *, run_id: uuid.UUID | str | None) -> list[Memory]:
-        """At most `count` memories of `agent_id`, newest step first (a step's newest first).
+        """At most `count` memories of `agent_id`, newest step first (a step's newest first, ties by memory_id).
 
         `run_id`: the run whose memories to read; None reads every run's (steps
         then compare across runs, as the simulation's own handler does).
         """
-        if _check_count("count", count) <= 0:
-            return []
+        count = check_limit("count", count)
+        agent_id = check_agent_id(agent_id)
         scope, run = _scope(run_id)
+        if count <= 0:
+            return []
         params = {"run": run, "agent": agent_id, "count": count}
         rows = self._pool.run(lambda conn: conn.execute(_RECENT_SQL.format(scope=scope), params).fetchall())
         return [_memory(r) for r in rows]
@@ -229,20 +290,23 @@ class MemoryReader:
         `current_step` anchors recency (default: the newest candidate's step);
         `decay` in (0, 1]; `window` bounds the candidates (see the module doc).
         """
-        if _check_count("k", k) <= 0:
-            return []
-        if _check_count("window", window) < 1:
+        k = check_limit("k", k)
+        agent_id = check_agent_id(agent_id)
+        if (window := check_limit("window", window)) < 1:
             raise ValueError(f"window must be at least 1 (got {window})")
-        if not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1] (got {decay!r})")
         if not isinstance(weights, RetrievalWeights):
             raise ValueError(f"weights must be a RetrievalWeights (got {weights!r})")
         if not isinstance(query, str):
             raise ValueError(f"query must be a str (got {query!r})")
+        now = None if current_step is None else _check_step(current_step)
         scope, run = _scope(run_id)
+        if k <= 0:
+            return []
         params = {
             "run": run, "agent": agent_id, "query": query, "k": k, "window": window, "decay": float(decay),
-            "now": None if current_step is None else _check_count("current_step", current_step),
+            "now": now,
             "w_recency": float(weights.recency), "w_importance": float(weights.importance),
             "w_relevance": float(weights.relevance),
         }
@@ -256,20 +320,18 @@ class MemoryReader:
         stored no offset there at all."""
         if not positions:
             return {}
-        topics = [t for t, _ in positions]
-        partitions = [p for _, p in positions]
+        return behind(positions, self.stored_offsets(list(positions)))
+
+    def stored_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The loader group's stored next offset of each of `partitions` that has one (one brief query)."""
+        if not partitions:
+            return {}
+        topics = [t for t, _ in partitions]
+        numbers = [p for _, p in partitions]
         rows = self._pool.run(
-            lambda conn: conn.execute(_OFFSETS_SQL, (self.loader_group, topics, partitions)).fetchall()
+            lambda conn: conn.execute(_OFFSETS_SQL, (self.loader_group, topics, numbers)).fetchall()
         )
-        stored = {(t, p): o for t, p, o in rows}
-        out: dict[tuple[str, int], int | None] = {}
-        for tp, needed in positions.items():
-            have = stored.get(tp)
-            if have is None:
-                out[tp] = None
-            elif have < needed:
-                out[tp] = needed - have
-        return out
+        return {(t, p): o for t, p, o in rows}
 
     def wait_until_landed(
         self, positions: Mapping[tuple[str, int], int], timeout: float = 30.0, *, deadline: float | None = None
@@ -282,8 +344,10 @@ class MemoryReader:
         NotLandedError after `timeout` seconds, naming each partition behind and by
         how much; ReadError when the database cannot be read. `deadline` (a
         ``time.monotonic()`` value) ends the wait earlier, when part of `timeout`
-        was spent already (flushing).
+        was spent already (flushing). `timeout` inf: no bound; NaN, negative or not a
+        number: ValueError.
         """
+        timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout if deadline is None else deadline
         while True:
             behind = self.behind(positions)

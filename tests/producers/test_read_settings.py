@@ -49,3 +49,57 @@ def test_retrieval_arguments_are_checked_before_any_connection(args, message):
     reader = MemoryReader("postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(ValueError, match=message):
         reader.retrieve_memories("agent_0", "bread", **{"k": 5, "run_id": None, **args})
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://postgres:S3CRETpw@[::1:bad/x",
+    "postgresql://u:S3CRETb%ZZ@127.0.0.1:1/x",
+    "mysql://u:S3CRETpw@h/x",
+])
+def test_an_unparseable_url_is_reported_without_its_password(url):
+    from producers import ReadUnavailableError
+
+    with pytest.raises(ReadUnavailableError) as caught:
+        MemoryReader(url).recent_memories("agent_0", 1, run_id=None)
+    text = f"{caught.value} {caught.value.__cause__} {caught.value.__context__}"
+    assert "invalid connection URL" in str(caught.value) and "S3CRET" not in text
+
+
+@pytest.mark.parametrize(("url", "normal"), [
+    ("postgresql+asyncpg://u:p@h:1/d", "postgresql://u:p@h:1/d"),
+    ("postgresql+psycopg://u@h/d", "postgresql://u@h/d"),
+    ("postgresql+psycopg2://h/d", "postgresql://h/d"),
+    ("postgres://h/d", "postgresql://h/d"),
+    ("postgresql://h/d", "postgresql://h/d"),
+    ("mysql://h/d", "mysql://h/d"),
+])
+def test_sqlalchemy_style_schemes_are_normalised(url, normal):
+    from producers._pg_pool import normalise_url
+
+    assert normalise_url(url) == normal
+    if normal.startswith("postgresql://"):  # a SQLAlchemy-style db_url is a database to read from
+        assert resolve_read_url(None, url, None) == url
+
+
+def test_scrub_masks_the_password_as_written_and_decoded():
+    from producers._pg_pool import scrub
+
+    assert "S3CRET" not in scrub("bad: u:S3CRET%21x and S3CRET!x", "postgresql://u:S3CRET%21x@h/d")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"run_id": "not-a-uuid"}, "run_id must be a UUID"),
+    ({"current_step": 2**31}, "current_step must fit"),
+    ({"agent_id": object()}, "agent_id must be text"),
+    ({"k": True}, "k must be an int"),
+])
+def test_bad_reader_arguments_name_the_argument(args, message):
+    reader = MemoryReader("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(ValueError, match=message):
+        reader.retrieve_memories(**{"agent_id": "agent_0", "query": "bread", "k": 5, "run_id": None, **args})
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), None, "3", True, -1])
+def test_the_reader_wait_rejects_a_bad_timeout(timeout):
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+        MemoryReader("postgresql://nobody@127.0.0.1:1/none").wait_until_landed({("t", 0): 1}, timeout)
