@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,17 +19,62 @@ def current_umask() -> int:
     return umask
 
 
+class NotReplaceableError(OSError):
+    """The target exists and is not a regular file: replacing it would destroy a device, fifo, link or folder."""
+
+
+def refusal(path: Path) -> str | None:
+    """Why `path` must not be replaced whole, or None when it is a regular file or does not exist.
+
+    Symbolic links are refused, not followed: the rename would replace the link itself, and
+    writing through it could reach any file the link names.
+    """
+    error = _refused(path)
+    return None if error is None else ("it is a folder" if error.errno == errno.EISDIR else error.strerror)
+
+
+def _refused(path: Path) -> NotReplaceableError | None:
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # not there (its folder is checked where it is made)
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        why = "it is a symbolic link (the file is replaced whole, not written through a link): name the file itself"
+    elif stat.S_ISDIR(mode):
+        return NotReplaceableError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    else:
+        why = "it is not a regular file (a device, fifo or socket), and the file is replaced whole"
+    return NotReplaceableError(errno.EEXIST, why, str(path))
+
+
 @contextmanager
 def replaced_atomically(path: Path) -> Iterator[IO[bytes]]:
     """Write to a temporary file beside `path`; when the block ends without an error, fsync it,
-    rename it over `path` and fsync the folder (so the rename itself survives a crash)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    rename it over `path` and fsync the folder (so the rename itself survives a crash).
+
+    NotReplaceableError (its strerror says why) when `path` exists and is not a regular file
+    (see ``refusal``); an OSError naming `path` and its folder (not the temporary file) when the
+    folder refuses it.
+    """
+    refused = _refused(path)
+    if refused:
+        raise refused
+    folder_name = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create a file in {folder_name}: {e.strerror or e}", str(path)) from e
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # as open() would create it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        refused = _refused(path)  # again: it may have appeared meanwhile
+        if refused:
+            raise refused
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from consumers._deps import psycopg
-from consumers._files import replaced_atomically
+from consumers._files import refusal, replaced_atomically
 from consumers.errors import ConsumerError
 from consumers.pg_errors import where
 from producers import tables
@@ -176,9 +176,9 @@ def check_output(name: str) -> None:
     path = Path(name)
     if path.is_dir():
         raise ExportError(f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'run.ndjson.gz'}")
-    if path.exists() and not path.is_file():
-        raise ExportError(f"cannot write {path}: it is not a regular file, and the export replaces its output "
-                          "whole; write to '-' and redirect")
+    reason = refusal(path)
+    if reason:
+        raise ExportError(f"cannot write {path}: {reason}; write to '-' and redirect")
     folder = path.parent
     if not folder.exists():
         raise ExportError(f"cannot write {path}: the folder {folder} does not exist")

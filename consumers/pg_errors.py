@@ -78,12 +78,19 @@ def classify(e: BaseException) -> Kind:
     return Kind.FATAL
 
 
-def hint(state: str) -> str:
-    """What to do about a fatal SQLSTATE, for people."""
+#: Commands that only read (the analysis views, exports): a missing privilege wants the reader role.
+READER_COMMANDS = frozenset({"report", "views", "export"})
+
+
+def hint(state: str, reader: bool = False) -> str:
+    """What to do about a fatal SQLSTATE, for people (`reader`: the command only reads)."""
     if state.startswith("28"):
         return "check the user and password in DATABASE_URL"
     if state == "3D000":
         return "create the database, then run `society-ingest migrate`"
+    if state == "42501" and reader:
+        return ("grant the role the readers' privileges: GRANT society_reader TO <role> (SELECT on the tables and "
+                "the analysis views; see ddl/0006_roles.sql and ddl/0009_analysis_views.sql)")
     if state == "42501":
         return ("grant the role the loader's privileges: GRANT society_loader TO <role> (SELECT, INSERT, "
                 "UPDATE on the tables, USAGE on their sequences, TEMPORARY on the database; see ddl/0006_roles.sql)")
@@ -114,10 +121,11 @@ def _first_line(e: BaseException) -> str:
     return reason or type(e).__name__
 
 
-def translate(e: BaseException, conninfo: str, doing: str) -> TransientError | ConfigurationError:
+def translate(e: BaseException, conninfo: str, doing: str,
+              reader: bool = False) -> TransientError | ConfigurationError:
     """The worker's error for a psycopg error that is not about a row's data."""
     state = sqlstate(e)
     message = f"PostgreSQL at {where(conninfo)}: {doing}: {_first_line(e)}"
     if classify(e) is Kind.TRANSIENT:
         return TransientError(message)
-    return ConfigurationError(f"{message} ({state or type(e).__name__}); {hint(state or '')}")
+    return ConfigurationError(f"{message} ({state or type(e).__name__}); {hint(state or '', reader)}")

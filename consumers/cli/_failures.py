@@ -81,7 +81,8 @@ def _database_failure(e: Any) -> str:
     # server's one-line message (a statement error's str() adds LINE and caret lines).
     primary = (e.diag.message_primary if e.sqlstate else None) or first
     doing = "connecting" if connecting else context.command or "query"
-    return str(pg_errors.translate(type(e)(primary), conninfo, doing))
+    return str(pg_errors.translate(type(e)(primary), conninfo, doing,
+                                   reader=context.command in pg_errors.READER_COMMANDS))
 
 
 def _kafka_failure(e: KafkaException) -> str:

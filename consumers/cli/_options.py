@@ -133,16 +133,18 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def print_json(data: Any) -> None:
-    """Print `data` as JSON for programs."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+def print_json(data: Any, file: Any = None) -> None:
+    """Print `data` as JSON for programs (to stdout, or `file`)."""
+    (file or sys.stdout).write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """Print rows as a table for people."""
-    table = rich_table.Table(title=title)
+def print_table(title: str, columns: list[str], rows: list[list[Any]], to_stderr: bool = False) -> None:
+    """Print rows as a table for people; the cells are text, never Rich markup (they may come from data)."""
+    from rich.markup import escape
+
+    table = rich_table.Table(title=escape(title))
     for c in columns:
-        table.add_column(c)
+        table.add_column(escape(c))
     for r in rows:
-        table.add_row(*("" if v is None else str(v) for v in r))
-    console.print(table)
+        table.add_row(*("" if v is None else escape(str(v)) for v in r))
+    (err_console if to_stderr else console).print(table)

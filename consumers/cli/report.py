@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Annotated
 
 from consumers import views
+from consumers._files import NotReplaceableError, refusal
 from consumers.cli._options import (
-    DatabaseUrl, Json, Timeout, console, fail, print_json, print_table, print_warning, typer,
+    DatabaseUrl, Json, Timeout, console, err_console, fail, print_json, print_table, print_warning, typer,
 )
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, require_schema
 from consumers.cli.views import Concurrently
 
 
 def _check_output(path: Path) -> None:
-    if path.is_dir():
+    if str(path) == "-":
+        return
+    if path.is_dir() and not path.is_symlink():
         fail(f"--output {path} is a folder: name the HTML file to write")
-    if not path.parent.is_dir():
-        fail(f"--output {path}: the folder {path.parent} does not exist")
+    reason = refusal(path)
+    if reason:
+        fail(f"--output {path}: {reason}; write to '-' and redirect")
+    folder = path.parent
+    if not folder.is_dir():
+        fail(f"--output {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(f"--output {path}: no permission to create files in the folder {folder}")
 
 
 def report(
@@ -30,7 +41,8 @@ def report(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="HTML file to write [default: report-<run>.html in this folder].",
+        typer.Option("--output", "-o", help="HTML file to write ('-': stdout, the summary then goes to stderr) "
+                                            "[default: report-<run>.html in this folder].",
                      show_default=False),
     ] = None,
     refresh: Annotated[
@@ -53,25 +65,34 @@ def report(
         fail(str(e))
     from consumers import report as ops
 
+    if compare is not None and compare == run:
+        fail(f"--compare {compare} is the run given by --run: compare two different runs", code=2)
     run_ids = [run] if compare is None else [run, compare]
     path = output or ops.default_output(run_ids)
     _check_output(path)
     db = database(database_url, timeout)
     require_schema(db)
     if refresh:
-        views.refresh(db, concurrently)
-    runs = [ops.load_run(db, r) for r in run_ids]
-    written = ops.write_report(runs, path)
+        views.refresh(db, concurrently, timeout)
+    runs = [ops.load_run(db, r, timeout) for r in run_ids]
+    try:
+        written = ops.write_report(runs, path)
+    except NotReplaceableError as e:
+        fail(f"--output {path}: {e.strerror}; write to '-' and redirect")
+    except OSError as e:
+        fail(f"--output {path}: {e.strerror or e}")
+    to_stdout = str(path) == "-"  # the page went to stdout: everything else to stderr
     if as_json:
         print_json({"output": str(path), "bytes": written.bytes, "charts": written.charts,
-                    "runs": written.summaries})
+                    "runs": written.summaries}, file=sys.stderr if to_stdout else None)
         return
     stale = [v for v in views.MATERIALIZED if any(v in s["stale_views"] for s in written.summaries)]
     if stale:
         print_warning(f"the materialized views {', '.join(stale)} are older than the rows: "
                       "run `society-ingest views refresh` (or report --refresh) for current figures")
     print_table("report of run " + " vs ".join(str(r) for r in run_ids), ["", *(f"run {str(r)[:8]}" for r in run_ids)],
-                ops.table_rows(written.summaries))
+                ops.table_rows(written.summaries), to_stderr=to_stdout)
     charts_n = sum(len(v) for v in written.charts.values())
-    console.print(f"report written to {path} ({charts_n} charts, {written.bytes / 1024:,.0f} KiB)", highlight=False,
-                  soft_wrap=True)
+    (err_console if to_stdout else console).print(
+        f"report written to {'stdout' if to_stdout else path} ({charts_n} charts, {written.bytes / 1024:,.0f} KiB)",
+        highlight=False, soft_wrap=True, markup=False)

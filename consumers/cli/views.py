@@ -28,7 +28,7 @@ def refresh(
     """Refresh the materialized views (wealth_distribution, ingestion_lag) from the tables; run it as their owner."""
     db = database(database_url, timeout)
     require_schema(db)
-    done = ops.refresh(db, concurrently)
+    done = ops.refresh(db, concurrently, timeout)
     if as_json:
         print_json([dataclasses.asdict(r) for r in done])
         return

@@ -8,6 +8,7 @@ not import matplotlib; ``write_report`` does.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,15 +36,23 @@ class WrittenReport:
 
 
 def write_report(runs: list[RunData], path: Path) -> WrittenReport:
-    """Draw every chart of each run and write the page to `path` (replaced whole, atomically)."""
+    """Draw every chart of each run and write the page to `path` (replaced whole, atomically; '-': stdout).
+
+    A `path` that exists and is not a regular file (a device, fifo, symbolic link) is refused:
+    ``consumers._files.NotReplaceableError``.
+    """
     from consumers.report import charts, page
 
     summaries = [summarize(r) for r in runs]
-    drawn = [(chart_id, caption, [draw(r) for r in runs]) for chart_id, caption, draw in charts.CHARTS]
+    drawn = charts.draw(runs)
     text = page.render(summaries, table_rows(summaries), drawn,
                        datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
     encoded = text.encode("utf-8")
-    write_atomically(path, encoded)
+    if str(path) == "-":
+        sys.stdout.buffer.write(encoded)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomically(path, encoded)
     return WrittenReport(path, len(encoded),
                          {chart_id: [len(p) for p in pngs] for chart_id, _, pngs in drawn}, summaries)
 

@@ -6,14 +6,18 @@ Each chart is CHART_WIDTH_PX × CHART_HEIGHT_PX, so the page can reserve its box
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from consumers._deps import require
 from consumers.report.queries import RECORD_TABLES, RunData
 
 require("matplotlib", "charts")
-import matplotlib.backends.backend_agg as _agg  # noqa: E402  # after the check above
+import matplotlib  # noqa: E402  # after the check above
+import matplotlib.backends.backend_agg as _agg  # noqa: E402
 import matplotlib.figure as _figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -21,6 +25,96 @@ DPI: Final = 100
 CHART_WIDTH_PX: Final = 960
 CHART_HEIGHT_PX: Final = 400
 _COLORS: Final = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+#: Colours for named series (resources, event types): tab20, distinct for up to 20 names.
+_PALETTE: Final = tuple(matplotlib.colormaps["tab20"].colors)
+#: Resources drawn in the price chart (the largest volume over the runs first); the rest are counted.
+TOP_RESOURCES: Final = 8
+#: Event types drawn in the event mix (the most events over the runs first); the rest are "other".
+TOP_EVENT_TYPES: Final = 12
+OTHER: Final = "other"
+#: Text from the data is drawn as it is: no mathtext ($…$), so "$5" is a dollar sign.
+_RC: Final = {"text.parse_math": False, "text.usetex": False}
+
+
+@dataclass
+class Style:
+    """What the charts of runs shown side by side share: a colour per name, the series drawn and the axes' limits."""
+
+    colors: dict[str, Any] = field(default_factory=dict)
+    resources: list[str] = field(default_factory=list)
+    more_resources: int = 0
+    event_types: list[str] = field(default_factory=list)
+    #: chart (or "prices:<resource>") -> (low, high) of the y axis; "steps" -> (first, last) step.
+    limits: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _finite(values: Iterable[Any]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _span(values: Iterable[Any]) -> tuple[float, float] | None:
+    vs = _finite(values)
+    if not vs:
+        return None
+    lo, hi = min(vs), max(vs)
+    pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 1.0
+    return lo - pad, hi + pad
+
+
+def style(runs: list[RunData]) -> Style:
+    """The shared style of `runs`' charts: colours by name (the same name, the same colour in every run),
+    the top resources and event types over all runs, and common axis limits."""
+    st = Style()
+    volume: dict[str, float] = {}
+    for r in runs:
+        for res, c in r.prices.items():
+            volume[res] = volume.get(res, 0.0) + sum(_finite(c["volume"]))
+    ranked = sorted(volume, key=lambda k: (-volume[k], k))
+    st.resources = sorted(ranked[:TOP_RESOURCES])
+    st.more_resources = max(0, len(ranked) - TOP_RESOURCES)
+    counts: dict[str, int] = {}
+    for r in runs:
+        for t, by_step in r.events.items():
+            counts[t] = counts.get(t, 0) + sum(by_step.values())
+    ranked_types = sorted(counts, key=lambda k: (-counts[k], k))
+    st.event_types = sorted(ranked_types[:TOP_EVENT_TYPES])
+    if len(ranked_types) > TOP_EVENT_TYPES:
+        st.event_types.append(OTHER)
+    for i, name in enumerate([*st.resources, *(t for t in st.event_types if t != OTHER)]):
+        st.colors.setdefault(name, _PALETTE[i % len(_PALETTE)] if i < len(_PALETTE) else
+                             matplotlib.colormaps["hsv"](((i - len(_PALETTE)) * 0.618) % 1))
+    st.colors[OTHER] = "#b0b0b0"
+    if len(runs) < 2:
+        return st
+    steps = [s for r in runs for s in (r.first_step, r.last_step) if s is not None]
+    if steps:
+        st.limits["steps"] = (min(steps) - 0.5, max(steps) + 0.5)
+    for res in st.resources:
+        span = _span(v for r in runs for k in ("min_price", "max_price", "vwap")
+                     for v in r.prices.get(res, {}).get(k, []))
+        if span:
+            st.limits[f"prices:{res}"] = span
+    span = _span(v for r in runs for k in ("p10", "p90", "mean") for v in r.wealth.get(k, []))
+    if span:
+        st.limits["wealth"] = span
+    span = _span(v for r in runs for v in r.final_balances)
+    if span:
+        st.limits["wealth:hist"] = span
+    totals = [sum(by_step.get(s, 0) for by_step in r.events.values())
+              for r in runs for s in {s for by_step in r.events.values() for s in by_step}]
+    if totals:
+        st.limits["events"] = (0, max(totals) * 1.05 or 1)
+    span = _span(v for r in runs for c in r.lag.values() for k in ("lag_p50_s", "lag_p95_s") for v in c[k])
+    if span:
+        st.limits["lag"] = span
+    return st
+
+
+def _limit(ax: Any, st: Style, key: str) -> None:
+    if key in st.limits:
+        ax.set_ylim(*st.limits[key])
+    if "steps" in st.limits:
+        ax.set_xlim(*st.limits["steps"])
 
 
 def _new(cols: int = 1, rows: int = 1, **kw: Any) -> tuple[Any, Any]:
@@ -31,7 +125,11 @@ def _new(cols: int = 1, rows: int = 1, **kw: Any) -> tuple[Any, Any]:
 
 def _png(fig: Any) -> bytes:
     out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=DPI)
+    with warnings.catch_warnings():
+        # constrained layout says so when a legend leaves it too little room: the chart is drawn all the same
+        warnings.filterwarnings("ignore", message=".*constrained_layout not applied.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*layout not applied.*", category=UserWarning)
+        fig.savefig(out, format="png", dpi=DPI)
     return out.getvalue()
 
 
@@ -47,29 +145,34 @@ def _empty(ax: Any, what: str) -> None:
     ax.set_yticks([])
 
 
-def prices(data: RunData) -> bytes:
-    """VWAP per resource and step, with the step's min–max price as a band."""
-    resources = sorted(data.prices)
+def prices(data: RunData, st: Style | None = None) -> bytes:
+    """VWAP per resource and step, with the step's min–max price as a band (the top resources by volume)."""
+    st = st or style([data])
+    resources = [r for r in st.resources if r in data.prices]
     fig, axes = _new(cols=max(1, len(resources)), sharex=True)
     if not resources:
         _empty(axes[0][0], "market trades")
-    for i, (ax, resource) in enumerate(zip(axes[0], resources, strict=False)):
+    for ax, resource in zip(axes[0], resources, strict=False):
         c = data.prices[resource]
-        color = _COLORS[i % len(_COLORS)]
+        color = st.colors[resource]
         ax.fill_between(c["step"], c["min_price"], c["max_price"], color=color, alpha=0.18, label="min–max")
         ax.plot(c["step"], c["vwap"], color=color, linewidth=1.8, label="VWAP")
-        ax.set_title(resource)
+        ax.set_title(resource, fontsize="small" if len(resources) > 4 else "medium")
         _steps(ax)
+        _limit(ax, st, f"prices:{resource}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("price per unit")
     if resources:
         axes[0][0].legend(loc="upper left", fontsize="small")
-    fig.suptitle("Market prices per resource")
+    more = len(data.prices) - len(resources)
+    fig.suptitle("Market prices per resource" + (f" (the {len(resources)} largest by volume; +{more} more)"
+                                                 if more > 0 else ""))
     return _png(fig)
 
 
-def wealth(data: RunData) -> bytes:
+def wealth(data: RunData, st: Style | None = None) -> bytes:
     """Balances over agents per step (median, p25–p75, p10–p90), and their histogram at the last step."""
+    st = st or Style()
     fig, axes = _new(cols=2, width_ratios=(2, 1))
     over_time, hist = axes[0]
     w = data.wealth
@@ -85,9 +188,11 @@ def wealth(data: RunData) -> bytes:
     over_time.set_ylabel("bank balance")
     over_time.grid(alpha=0.3)
     over_time.legend(loc="upper left", fontsize="small")
-    over_time.set_title("Over time")
-    hist.hist(data.final_balances, bins=30, color=_COLORS[0], alpha=0.8)
-    hist.set_title(f"At step {w['step'][-1]} ({len(data.final_balances):,} agents)")
+    over_time.set_title("Over time (materialized view)")
+    _limit(over_time, st, "wealth")
+    hist.hist(_finite(data.final_balances), bins=30, color=_COLORS[0], alpha=0.8,
+              range=st.limits.get("wealth:hist"))
+    hist.set_title(f"At step {w['step'][-1]} ({len(data.final_balances):,} agents, live)")
     hist.set_xlabel("bank balance")
     hist.set_ylabel("agents")
     fig.suptitle("Wealth distribution")
@@ -95,36 +200,47 @@ def wealth(data: RunData) -> bytes:
 
 
 def _finish(fig: Any, ax: Any, ylabel: str, title: str) -> bytes:
-    """Steps across, `ylabel` up, a grid, the legend at the right, `title` above: the PNG."""
+    """Steps across, `ylabel` up, a grid, the legend at the right (in columns when long), `title` above: the PNG."""
     _steps(ax)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    entries = len(ax.get_legend_handles_labels()[1])
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="x-small" if entries > 8 else "small",
+              ncol=1 + (entries - 1) // 14)
     fig.suptitle(title)
     return _png(fig)
 
 
-def events(data: RunData) -> bytes:
-    """Events per step, stacked by type."""
+def events(data: RunData, st: Style | None = None) -> bytes:
+    """Events per step, stacked by type (the most frequent types; the rest as "other")."""
+    st = st or style([data])
     fig, axes = _new()
     ax = axes[0][0]
     if not data.events:
         _empty(ax, "events")
         return _png(fig)
     steps = sorted({s for by_step in data.events.values() for s in by_step})
-    types = sorted(data.events)  # by name: a type has the same colour in every run's chart
-    ax.stackplot(steps, [[data.events[t].get(s, 0) for s in steps] for t in types], labels=types,
-                 colors=[_COLORS[i % len(_COLORS)] for i in range(len(types))], alpha=0.85)
+    named = [t for t in st.event_types if t != OTHER]
+    series = {t: [data.events[t].get(s, 0) for s in steps] for t in named if t in data.events}
+    rest = [t for t in data.events if t not in series]
+    if rest:
+        series[f"{OTHER} ({len(rest)} types)"] = [sum(data.events[t].get(s, 0) for t in rest) for s in steps]
+    colors = [st.colors.get(t, st.colors[OTHER]) for t in series]
+    ax.stackplot(steps, list(series.values()), labels=list(series), colors=colors, alpha=0.85)
+    _limit(ax, st, "events")
     return _finish(fig, ax, "events", "Event mix over time")
 
 
-def lag(data: RunData) -> bytes:
+def lag(data: RunData, st: Style | None = None) -> bytes:
     """Ingestion lag (loaded_at − real_timestamp) per table and step: median, and p95 dashed."""
+    st = st or Style()
     fig, axes = _new()
     ax = axes[0][0]
     if not any(any(v is not None for v in c["lag_p50_s"]) for c in data.lag.values()):
-        _empty(ax, "load times")
+        # rows without real_timestamp (no event time) or without loaded_at (loaded before 0009)
+        _empty(ax, "rows with both an event time (real_timestamp) and a load time (loaded_at)")
         return _png(fig)
+    _limit(ax, st, "lag")
     for i, table in enumerate(t for t in RECORD_TABLES if t in data.lag):
         c, color = data.lag[table], _COLORS[i % len(_COLORS)]
         ax.plot(c["step"], c["lag_p50_s"], color=color, linewidth=1.6, label=f"{RECORD_TABLES[table]} median")
@@ -134,11 +250,19 @@ def lag(data: RunData) -> bytes:
 
 
 #: The charts of a report, in page order: (id, caption, drawing function).
-CHARTS: Final[tuple[tuple[str, str, Callable[[RunData], bytes]], ...]] = (
+CHARTS: Final[tuple[tuple[str, str, Callable[[RunData, Style], bytes]], ...]] = (
     ("prices", "Market price per resource: volume-weighted average price per step, band from the step's lowest "
                "to highest price", prices),
     ("wealth", "Wealth distribution: the agents' bank balances per step (carried forward from each account's last "
-               "transaction), and their histogram at the last step", wealth),
+               "transaction), and their histogram at the last step (read live from bank_balances, not from the materialized "
+               "view)", wealth),
     ("events", "Event mix: events per step by type", events),
     ("lag", "Ingestion lag: seconds from recording (real_timestamp) to loading (loaded_at) per table and step", lag),
 )
+
+
+def draw(runs: list[RunData]) -> list[tuple[str, str, list[bytes]]]:
+    """Every chart of each run, in page order, sharing one style (colours by name, common scales)."""
+    st = style(runs)
+    with matplotlib.rc_context(_RC):
+        return [(chart_id, caption, [fn(r, st) for r in runs]) for chart_id, caption, fn in CHARTS]

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from consumers.report.queries import RECORD_TABLES, RunData
 
 #: Event types named in the summary (the most frequent first); the charts show all.
 TOP_EVENT_TYPES = 3
+#: Resources named in the printed summary (the largest volume first); the rest are counted.
+TOP_MARKETS = 5
+#: Beyond this magnitude numbers are printed in scientific notation.
+COMPACT_ABOVE = 1e12
+
+
+def _finite(v: Any) -> Any:
+    """`v` with every non-finite float (NaN, ±inf) replaced by None, through dicts and lists."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
 
 
 def _weighted_median(values: list[float], weights: list[int]) -> float | None:
@@ -46,7 +62,7 @@ def summarize(data: RunData) -> dict[str, Any]:
               if w.get("step") else None)
     events = {t: sum(by_step.values()) for t, by_step in data.events.items()}
     duration = (data.end_time - data.start_time).total_seconds() if data.end_time and data.start_time else None
-    return {
+    return _finite({
         "run_id": data.run_id, "status": data.status,
         "start_time": data.start_time.isoformat() if data.start_time else None,
         "duration_s": duration, "agents": data.agents,
@@ -56,16 +72,20 @@ def summarize(data: RunData) -> dict[str, Any]:
         "events": dict(sorted(events.items(), key=lambda kv: (-kv[1], kv[0]))),
         "ingestion_lag": _lag(data),
         "stale_views": data.stale,
-    }
+    })
 
 
 def _num(v: float | None, digits: int = 2) -> str:
-    return "–" if v is None else f"{v:,.{digits}f}"
+    if v is None or not math.isfinite(v):
+        return "–"
+    return f"{v:.3e}" if abs(v) >= COMPACT_ABOVE else f"{v:,.{digits}f}"
 
 
 def _seconds(v: float | None) -> str:
-    if v is None:
+    if v is None or not math.isfinite(v):
         return "–"
+    if abs(v) >= COMPACT_ABOVE:
+        return f"{v:.3e} s"
     return f"{v * 1000:,.0f} ms" if abs(v) < 1 else f"{v:,.2f} s"
 
 
@@ -88,7 +108,12 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
     row("duration", lambda s: _duration(s["duration_s"]))
     for table, name in RECORD_TABLES.items():
         row(name, lambda s, t=table: f"{s['rows'].get(t, 0):,}")
-    for resource in sorted({r for s in summaries for r in s["market"]}):
+    volume: dict[str, float] = {}
+    for s in summaries:
+        for r, m in s["market"].items():
+            volume[r] = volume.get(r, 0) + (m["volume"] or 0)
+    ranked = sorted(volume, key=lambda r: (-volume[r], r))
+    for resource in sorted(ranked[:TOP_MARKETS]):
         def market(s: dict[str, Any], r: str = resource) -> str:
             m = s["market"].get(r)
             if m is None:
@@ -96,6 +121,9 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
             return (f"{m['trades']:,} trades, VWAP {_num(m['vwap'])} "
                     f"({_num(m['min_price'])}–{_num(m['max_price'])})")
         row(f"market {resource}", market)
+    if len(ranked) > TOP_MARKETS:
+        row(f"(+{len(ranked) - TOP_MARKETS} more resources)",
+            lambda s: f"{sum(1 for r in ranked[TOP_MARKETS:] if r in s['market']):,} of them traded in this run")
 
     def wealth(s: dict[str, Any]) -> str:
         w = s["wealth"]

@@ -100,6 +100,9 @@ def test_bank_balances_are_the_last_balance_per_account_carried_forward_and_summ
         ("a2", 3, 30.0, 1, 1, 10.0),
         ("a3", 3, 50.0, 1, 1, 50.0),    # unknown before its first transaction: no row
     ]
+    # a count, as bigint (ddl/0010): not sum()'s numeric
+    assert rows(known, "SELECT DISTINCT pg_typeof(transactions)::text FROM bank_balances WHERE run_id = %s") == [
+        ("bigint",)]
 
 
 def test_wealth_distribution_per_step(known):
@@ -160,6 +163,27 @@ def test_materialized_views_change_only_on_refresh(known):
     done = refresh(known, concurrently=True)
     assert [r.view for r in done] == list(MATERIALIZED)
     assert rows(known, steps) == [(4,)]
+
+
+@pytest.mark.parametrize("concurrently", [False, True])
+def test_refresh_is_one_transaction_and_a_held_lock_fails_within_the_timeout(known, concurrently):
+    from consumers.views import LockTimeoutError
+
+    with psycopg.connect(known, autocommit=True) as c:
+        c.execute("INSERT INTO banking_transactions (simulation_run_id, transaction_sim_id, step_timestamp, "
+                  "account_id, agent_id_str, transaction_type, amount, balance_after) "
+                  f"VALUES (%s, 't9-{concurrently}', 9, 'acct_a3', 'a3', 'deposit', 1, 61)", (RUN,))
+    steps = "SELECT max(step) FROM wealth_distribution WHERE run_id = %s"
+    before = rows(known, steps)
+    with psycopg.connect(known) as holder:
+        holder.execute("REFRESH MATERIALIZED VIEW ingestion_lag")  # holds it locked until it ends: the second view
+        with pytest.raises(LockTimeoutError, match=r"^lock not available within 0.5s: another session holds a "
+                                                   r"lock on ingestion_lag "):
+            refresh(known, concurrently=concurrently, timeout_s=0.5)
+        holder.rollback()
+    assert rows(known, steps) == before  # wealth_distribution's refresh was rolled back with the failure
+    refresh(known, concurrently=concurrently, timeout_s=10)
+    assert rows(known, steps) == [(9,)]
 
 
 def test_the_reader_role_selects_every_view(known):

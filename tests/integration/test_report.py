@@ -180,13 +180,100 @@ def test_stale_views_are_reported_until_refreshed(services, runs, tmp_path):
                   "VALUES (gen_random_uuid(), %s, %s, 'LATE')", (run_id, STEPS))
     stale = cli(services, url, "report", "--run", run_id, "--json", "--output", str(tmp_path / "a.html"))
     assert stale.returncode == 0, stale.stderr
-    assert json.loads(stale.stdout)["runs"][0]["stale_views"] == list(MATERIALIZED)
+    # each view checked on its own: a new event changes ingestion_lag's rows, not the balances
+    assert json.loads(stale.stdout)["runs"][0]["stale_views"] == ["ingestion_lag"]
     assert "are older than the rows" in (tmp_path / "a.html").read_text(encoding="utf-8")
     warned = cli(services, url, "report", "--run", run_id, "--output", str(tmp_path / "b.html"))
-    assert "warning: the materialized views wealth_distribution, ingestion_lag are older than the rows" in warned.stderr
+    assert "warning: the materialized views ingestion_lag are older than the rows" in warned.stderr
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("INSERT INTO banking_transactions (transaction_sim_id, simulation_run_id, step_timestamp, "
+                  "agent_id_str, account_id, transaction_type, amount, balance_after) "
+                  "VALUES ('late', %s, %s, 'late-agent', 'late-account', 'deposit', 1, 1)", (run_id, STEPS))
+    both = cli(services, url, "report", "--run", run_id, "--json", "--output", str(tmp_path / "d.html"))
+    assert json.loads(both.stdout)["runs"][0]["stale_views"] == list(MATERIALIZED), both.stderr
     refreshed = cli(services, url, "views", "refresh", "--concurrently", "--json")
     assert refreshed.returncode == 0, refreshed.stderr
     assert [r["view"] for r in json.loads(refreshed.stdout)] == list(MATERIALIZED)
     fresh = cli(services, url, "report", "--run", run_id, "--json", "--output", str(tmp_path / "c.html"))
     summary = json.loads(fresh.stdout)["runs"][0]
     assert summary["stale_views"] == [] and summary["events"]["LATE"] == 1
+
+
+def _hostile_run(url: str, names: list[str], nan_price: bool = False) -> str:
+    """A hand-made run whose resource and event type names are `names` (markup, mathtext, dollars)."""
+    run_id = str(uuid.uuid4())
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("INSERT INTO simulation_runs (run_id, status) VALUES (%s, 'completed')", (run_id,))
+        for i, name in enumerate(names):
+            for step in (0, 1):
+                price = float("nan") if nan_price and i == 0 else 3e38 if i == 1 else 2.5
+                c.execute("INSERT INTO market_transactions (transaction_sim_id, simulation_run_id, step_timestamp, "
+                          "market_id, resource_type, buyer_agent_id, seller_agent_id, quantity, price_per_unit, "
+                          "total_cost) VALUES (%s, %s, %s, 'm', %s, 'a', 'b', 1, %s, 1)",
+                          (f"t{i}-{step}", run_id, step, name, price))
+                c.execute("INSERT INTO simulation_events (event_uid, simulation_run_id, step_timestamp, event_type) "
+                          "VALUES (gen_random_uuid(), %s, %s, %s)", (run_id, step, name))
+    return run_id
+
+
+def test_refuses_to_replace_a_fifo_or_a_symlink_and_names_output(services, runs, tmp_path):
+    url, reports = runs
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    target = tmp_path / "kept.html"
+    target.write_text("kept", encoding="utf-8")
+    link = tmp_path / "link.html"
+    link.symlink_to(target)
+    for path in (fifo, link):
+        out = cli(services, url, "report", "--run", reports[0]["run_id"], "--output", str(path))
+        assert out.returncode == 1, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --output {path}: it is "), out.stderr
+    assert fifo.is_fifo() and link.is_symlink() and target.read_text(encoding="utf-8") == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.html", "link.html", "pipe"]  # no .partial left
+
+
+def test_dash_writes_the_page_to_stdout_and_the_summary_to_stderr(services, runs, tmp_path):
+    url, reports = runs
+    out = cli(services, url, "report", "--run", reports[0]["run_id"], "-o", "-", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("<!DOCTYPE html>") and out.stdout.rstrip().endswith("</html>")
+    assert "report written to stdout" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_comparing_a_run_with_itself_is_a_usage_error(services, runs, tmp_path):
+    url, reports = runs
+    run_id = reports[0]["run_id"]
+    out = cli(services, url, "report", "--run", run_id, "--compare", run_id, cwd=tmp_path)
+    assert out.returncode == 2 and "compare two different runs" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_names_from_the_data_are_text_not_markup_or_mathtext(services, runs, tmp_path):
+    url, _ = runs
+    names = ["PAID_$5_TO_$6", "$\\foo$ gold", "grain[/bold]", "grain[red]"]
+    run_id = _hostile_run(url, names, nan_price=True)
+    out = cli(services, url, "report", "--run", run_id, "--output", str(tmp_path / "r.html"))
+    assert out.returncode == 0, out.stderr
+    for name in names:
+        assert f"market {name}" in out.stdout
+    assert "3.000e+38" in out.stdout  # not a 39-digit number
+    as_json = cli(services, url, "report", "--run", run_id, "--json", "--output", str(tmp_path / "j.html"))
+    assert as_json.returncode == 0, as_json.stderr
+    market = json.loads(as_json.stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))["runs"][0]
+    assert market["market"]["PAID_$5_TO_$6"]["vwap"] is None
+
+
+def test_a_locked_view_fails_within_the_timeout_naming_it(services, runs, tmp_path):
+    url, reports = runs
+    with psycopg.connect(url) as holder:
+        holder.execute("REFRESH MATERIALIZED VIEW wealth_distribution")  # locked until this transaction ends
+        for args in (["views", "refresh"], ["report", "--run", reports[0]["run_id"], "-o", str(tmp_path / "r.html")]):
+            out = cli(services, url, *args, "--timeout", "2")
+            assert out.returncode == 1, out.stderr
+            assert out.stderr.strip().splitlines() == [
+                "error: lock not available within 2s: another session holds a lock on wealth_distribution "
+                "(a refresh, or a long transaction; see pg_locks)"], out.stderr
+        holder.rollback()
+    assert list(tmp_path.iterdir()) == []
