@@ -29,6 +29,8 @@ _COLORS: Final = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564
 _PALETTE: Final = tuple(matplotlib.colormaps["tab20"].colors)
 #: Resources drawn in the price chart (the largest volume over the runs first); the rest are counted.
 TOP_RESOURCES: Final = 8
+#: Above this many resources the price chart has two rows.
+PRICE_COLUMNS: Final = 4
 #: Event types drawn in the event mix (the most events over the runs first); the rest are "other".
 TOP_EVENT_TYPES: Final = 12
 OTHER: Final = "other"
@@ -149,19 +151,26 @@ def prices(data: RunData, st: Style | None = None) -> bytes:
     """VWAP per resource and step, with the step's min–max price as a band (the top resources by volume)."""
     st = st or style([data])
     resources = [r for r in st.resources if r in data.prices]
-    fig, axes = _new(cols=max(1, len(resources)), sharex=True)
+    rows = 1 if len(resources) <= PRICE_COLUMNS else 2  # TOP_RESOURCES fit in two rows
+    fig, axes = _new(cols=max(1, math.ceil(len(resources) / rows)), rows=rows, sharex=True)
     if not resources:
         _empty(axes[0][0], "market trades")
-    for ax, resource in zip(axes[0], resources, strict=False):
+    for ax in axes.flat[len(resources):] if resources else ():
+        ax.set_visible(False)
+    for ax, resource in zip(axes.flat, resources, strict=False):
         c = data.prices[resource]
         color = st.colors[resource]
         ax.fill_between(c["step"], c["min_price"], c["max_price"], color=color, alpha=0.18, label="min–max")
         ax.plot(c["step"], c["vwap"], color=color, linewidth=1.8, label="VWAP")
         ax.set_title(resource, fontsize="small" if len(resources) > 4 else "medium")
         _steps(ax)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        if rows > 1 and ax in axes[0]:
+            ax.set_xlabel("")
         _limit(ax, st, f"prices:{resource}")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("price per unit")
+    for row in axes:
+        row[0].set_ylabel("price per unit")
     if resources:
         axes[0][0].legend(loc="upper left", fontsize="small")
     more = len(data.prices) - len(resources)
