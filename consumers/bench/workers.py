@@ -70,12 +70,13 @@ def start_workers(scratch: Scratch, prefix: str, group: str, count: int, logs: P
     """Start `count` ``society-ingest consume`` processes in `group`; stderr goes to `logs`/<group>-<i>.log."""
     env = kafka_environment(scratch.kafka)
     env.pop("KAFKA_CONFIG_FILE", None)
+    env["DATABASE_URL"] = scratch.database_url  # never on a command line: `ps` shows those to every user
     started = Workers([], [])
     for i in range(count):
         path = logs / f"{group}-{i}.log"
         with open(path, "w") as err:  # the child keeps its own descriptor
             started.procs.append(scratch.adopt(subprocess.Popen(
-                [sys.executable, "-m", "consumers.cli", "consume", "-d", scratch.database_url, "--topic-prefix",
+                [sys.executable, "-m", "consumers.cli", "consume", "--topic-prefix",
                  prefix, "--group", group], env=env, stdout=subprocess.PIPE, stderr=err, text=True)))
         started.logs.append(path)
     return started

@@ -88,6 +88,20 @@ def test_every_mode_loads_exact_counts_and_removes_its_database_and_topics(servi
         "binary COPY of the mix (1", "pipeline", "producer", "end to end"}
 
 
+def _cmdlines_with(secret: str) -> list[str]:
+    """Every process's command line that contains `secret` (those this user may read: all of the bench's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue  # ended meanwhile, or not ours
+            if secret in cmdline:
+                found.append(cmdline.replace("\0", " "))
+    return found
+
+
 def test_sigterm_in_the_middle_still_removes_everything(services):
     proc = _bench(services, *SMALL, "--modes", "e2e", "--e2e-seconds", "120")
     lines: list[str] = []
@@ -110,6 +124,9 @@ def test_sigterm_in_the_middle_still_removes_everything(services):
     try:
         wait_for(e2e_loading, "the end-to-end mode to load rows", timeout=120)
         tag = _tag(lines[-1])
+        password = psycopg.conninfo.conninfo_to_dict(services.database_url).get("password")
+        assert password, "the test database URL has no password to look for"
+        assert _cmdlines_with(password) == [], "the database password is on a command line"
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
