@@ -40,13 +40,17 @@ POLL_S = workers.POLL_S
 TARGET_P95_S = 2.0
 #: How long the worker may take to drain the topics once the producers stopped.
 DRAIN_TIMEOUT_S = 600.0
+#: How long the producer processes may take to start (imports, connect, record their agents) and wait for go.
+GO_TIMEOUT_S = 300.0
 
 
 def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: int, steps_per_s: float,
-                  seconds: float, results: Any) -> None:
+                  seconds: float, results: Any, ready: Any = None, go: Any = None) -> None:
     """Record agents `first`… for `seconds`, a step every 1/`steps_per_s` s (a producer process's body).
 
     A step due while the previous one is still being recorded starts at once and counts as late.
+    With `ready` (a queue) and `go` (an event): once its agents are recorded the process puts `first`
+    on `ready` and waits for `go`; its step clock starts then, together with the other producers'.
     """
     society = Society(agents, first, seed=first + 1)
     period = 1.0 / steps_per_s
@@ -54,6 +58,10 @@ def produce_paced(kafka: KafkaClientSettings, prefix: str, first: int, agents: i
         producer.start_run({"bench": "e2e", "first_agent": first, "agents": agents})
         for c in society.agents():
             call(producer, c)
+        if ready is not None and go is not None:
+            ready.put(first)
+            if not go.wait(GO_TIMEOUT_S):
+                raise RuntimeError(f"no go signal within {GO_TIMEOUT_S:g}s")
         started, started_at, steps, late = time.monotonic(), time.time(), 0, 0
         for calls in society.steps():
             due, now = started + steps * period, time.monotonic()
@@ -157,15 +165,17 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
     sampler = Sampler(scratch.database_url, group)
     sampler.start()
     ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
+    results, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     share = [agents // producers + (i < agents % producers) for i in range(producers)]
     children = [ctx.Process(target=produce_paced, args=(scratch.kafka, prefix, sum(share[:i]), n, steps_per_s,
-                                                        seconds, results), daemon=True)
+                                                        seconds, results, ready, go), daemon=True)
                 for i, n in enumerate(share)]
     log.info("e2e: %d agents, %g steps/s for %gs, %d producer process(es)", agents, steps_per_s, seconds, producers)
     try:
         for child in children:
             child.start()
+        _wait_ready(ready, children, GO_TIMEOUT_S)
+        go.set()  # every producer's step clock starts now
         reports = _reports(results, children, seconds + DRAIN_TIMEOUT_S)
         for child in children:
             child.join()
@@ -186,6 +196,20 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
         raise workers.WorkerFailed(f"end to end loaded {got}, expected {expected}")
     return _analyse(scratch, ends, sampler.samples, reports, worker_stats, caught_up,
                     agents * steps_per_s * RECORDS_PER_AGENT_STEP, agents * RECORDS_PER_AGENT_STEP)
+
+
+def _wait_ready(ready: Any, children: list[Any], timeout: float) -> None:
+    """Wait until every producer process recorded its agents and waits for go; fails as soon as one died."""
+    deadline, waiting = time.monotonic() + timeout, len(children)
+    while waiting:
+        try:
+            ready.get(timeout=POLL_S)
+            waiting -= 1
+        except queue.Empty:
+            crashed = [c.exitcode for c in children if c.exitcode is not None]
+            if crashed or time.monotonic() > deadline:
+                raise workers.WorkerFailed(
+                    f"a producer process did not get ready (exit {crashed or 'none, timed out'})") from None
 
 
 def _reports(results: Any, children: list[Any], timeout: float) -> list[dict[str, Any]]:
@@ -229,14 +253,16 @@ def _analyse(scratch: Scratch, ends: workers.Offsets, samples: list[tuple[float,
     latency = weighted_percentiles(pairs)
     lag = [(t, sum(p.values()) - sum(s.values())) for (t, s), p in zip(samples, produced, strict=True)]
     started, stopped = min(r["started_at"] for r in reports), max(r["stopped_at"] for r in reports)
+    # The verdicts are judged while every producer was producing (they start together, at go).
+    all_started, all_stopped = max(r["started_at"] for r in reports), min(r["stopped_at"] for r in reports)
     records = sum(ends.values())
-    window = [(t, sum(s.values())) for t, s in samples if started <= t <= stopped]
+    window = [(t, sum(s.values())) for t, s in samples if all_started <= t <= all_stopped]
     loaded_rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
     # Records of the paced steps (not the agents and run states around them), over the steps' time.
     stepped = sum(sum(r["sent"].values()) - r["sent"][tables.AGENTS] - r["sent"][tables.SIMULATION_RUNS]
                   for r in reports)
     produced_rate = stepped / max(stopped - started, max(r["planned_s"] for r in reports))
-    bounded = lag_bounded(lag, started, stopped, step_records)
+    bounded = lag_bounded(lag, all_started, all_stopped, step_records)
     p95_met = latency.get("p95", float("inf")) <= TARGET_P95_S
     lines = [
         Line("end to end: produced (all producer processes)", produced_rate, unit="records/s",
@@ -252,5 +278,7 @@ def _analyse(scratch: Scratch, ends: workers.Offsets, samples: list[tuple[float,
     data = {"records": records, "producers": reports, "worker": worker_stats, "target_records_per_s": target_rate,
             "produced_records_per_s": produced_rate, "loaded_records_per_s": loaded_rate,
             "latency_s": latency, "poll_s": POLL_S, "lag_bounded": bounded, "drain_s": caught_up - stopped,
+            "all_producing_s": [round(all_started - started, 3), round(all_stopped - started, 3)],
+            "start_skew_s": all_started - started,
             "lag_series": [[round(t - started, 3), n] for t, n in lag]}
     return ModeResult(data, lines)

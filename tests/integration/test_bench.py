@@ -76,6 +76,9 @@ def test_every_mode_loads_exact_counts_and_removes_its_database_and_topics(servi
     assert sum(e2e["worker"][0]["inserted"].values()) == e2e["records"]  # nothing duplicated, nothing lost
     assert 0 <= e2e["latency_s"]["p50"] <= e2e["latency_s"]["p95"] <= e2e["latency_s"]["p99"]
     assert e2e["lag_series"] and e2e["lag_series"][-1][1] == 0 and e2e["drain_s"] >= 0
+    # The producers start together (each waits for go once ready), not one import time apart.
+    assert 0 <= e2e["start_skew_s"] < 1.0
+    assert e2e["all_producing_s"][1] - e2e["all_producing_s"][0] > E2E_SECONDS - 1.0
 
     producer = report["modes"]["producer"]
     calls = producer["per_call_us"]
