@@ -78,8 +78,10 @@ def classify(e: BaseException) -> Kind:
     return Kind.FATAL
 
 
-def hint(state: str) -> str:
-    """What to do about a fatal SQLSTATE, for people."""
+def hint(state: str, message: str = "") -> str:
+    """What to do about a fatal SQLSTATE (with the server's `message`), for people."""
+    if state == "42501" and "create database" in message:
+        return "the role needs CREATEDB (the bench and the soak make a scratch database): ALTER ROLE <role> CREATEDB"
     if state.startswith("28"):
         return "check the user and password in DATABASE_URL"
     if state == "3D000":
@@ -120,4 +122,4 @@ def translate(e: BaseException, conninfo: str, doing: str) -> TransientError | C
     message = f"PostgreSQL at {where(conninfo)}: {doing}: {_first_line(e)}"
     if classify(e) is Kind.TRANSIENT:
         return TransientError(message)
-    return ConfigurationError(f"{message} ({state or type(e).__name__}); {hint(state or '')}")
+    return ConfigurationError(f"{message} ({state or type(e).__name__}); {hint(state or '', message)}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consumers._orphans import die_with_parent
 from consumers.bench.scratch import Scratch, kafka_environment
 
 #: How often the offsets table is read while waiting.
@@ -77,7 +78,8 @@ def start_workers(scratch: Scratch, prefix: str, group: str, count: int, logs: P
         with open(path, "w") as err:  # the child keeps its own descriptor
             started.procs.append(scratch.adopt(subprocess.Popen(
                 [sys.executable, "-m", "consumers.cli", "consume", "--topic-prefix",
-                 prefix, "--group", group], env=env, stdout=subprocess.PIPE, stderr=err, text=True)))
+                 prefix, "--group", group], env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                preexec_fn=die_with_parent())))  # a bench killed with SIGKILL leaves no worker running
         started.logs.append(path)
     return started
 
