@@ -16,6 +16,7 @@ from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
 from consumers.cli._options import DatabaseUrl, Timeout, err_console, print_note, print_table, setup_logging, typer
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka
 from consumers.bench.report import COLUMNS
+from consumers.bench.workers import WorkerFailed
 from producers.kafka_config import KafkaClientSettings
 
 
@@ -70,6 +71,17 @@ def _writable_json(path: Path | None) -> None:
         raise typer.BadParameter(f"{path} is not writable", param_hint="--json")
 
 
+def _finite_only(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_only(v) for v in value]
+    return value
+
+
 def _finite(value: float, flag: str) -> float:
     if not math.isfinite(value):
         raise typer.BadParameter(f"must be a finite number, got {value}", param_hint=flag)
@@ -117,7 +129,8 @@ def bench(
 
     def write_json(report: BenchReport) -> None:
         if json_path is not None:
-            json_path.write_text(json.dumps(report.as_json(), indent=1, default=str, allow_nan=False) + "\n")
+            json_path.write_text(json.dumps(_finite_only(report.as_json()), indent=1, default=str, allow_nan=False)
+                                 + "\n")
 
     def save(report: BenchReport) -> None:  # after every mode: a later failure keeps what was measured
         latest[:] = [report]
@@ -141,7 +154,8 @@ def bench(
             raise
         if latest and latest[0].lines:
             table(latest[0], " (interrupted: the modes measured so far)")
-        after = "" if isinstance(e, KeyboardInterrupt) else f" (then: {type(e).__name__}: {e})"
+        # Children stopping because of the same signal are no failure; anything else (a clean-up that failed) is said.
+        after = "" if isinstance(e, (KeyboardInterrupt, WorkerFailed)) else f" (then: {type(e).__name__}: {e})"
         print_note(f"bench interrupted by {signal.Signals(signals.got or signal.SIGINT).name}{after}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:

@@ -241,3 +241,10 @@ def _remove_scratch(services, tag: str | None) -> None:
     scratch = Scratch(KafkaClientSettings(bootstrap_servers=services.bootstrap), services.database_url)
     scratch.tag, scratch.database = tag, f"{DATABASE_PREFIX}{tag}"
     scratch.close()
+
+
+def test_the_json_never_holds_nan_or_infinity():
+    from consumers.cli.bench import _finite_only
+
+    value = {"a": [1.5, float("inf"), (2, float("nan"))], "b": {"c": float("-inf")}, "d": "x"}
+    assert json.dumps(_finite_only(value), allow_nan=False) == '{"a": [1.5, null, [2, null]], "b": {"c": null}, "d": "x"}'
