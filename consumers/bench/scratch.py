@@ -15,7 +15,7 @@ import subprocess
 import uuid
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumers._deps import psycopg
@@ -64,6 +64,8 @@ class Scratch:
         self.keep = keep
         self._admin = admin_client(kafka)
         self._children: list[subprocess.Popen[Any]] = []
+        #: Consumer groups its workers joined, deleted at close.
+        self.groups: list[str] = []
 
     def __enter__(self) -> Scratch:
         with psycopg.connect(self.server_url, autocommit=True) as conn:
@@ -107,13 +109,13 @@ class Scratch:
         if self.keep:
             log.warning("--keep: left database %s and topics %s%s-*", self.database, TOPIC_PREFIX, self.tag)
             return
+        groups, kept = self.delete_groups()  # before the topics: the broker forgets a group's offsets with them
         topics, _ = self.leftovers()
         if topics:
             futures = self._admin.delete_topics(topics, operation_timeout=ADMIN_TIMEOUT_S,
                                                 request_timeout=ADMIN_TIMEOUT_S)
             for future in futures.values():
                 future.result(timeout=ADMIN_TIMEOUT_S)
-        groups, kept = self.delete_groups()
         with psycopg.connect(self.server_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
         self.on_removed(f"bench {self.tag}: removed database {self.database}, {len(topics)} topic(s) "
@@ -123,7 +125,8 @@ class Scratch:
 
     def delete_groups(self) -> tuple[list[str], list[str]]:
         """Delete this run's consumer groups; return those deleted and those that could not be."""
-        names = leftover_groups(self.kafka, self.tag)
+        # The groups it started workers in, too: a group a worker just left is not always listed yet.
+        names = sorted(set(leftover_groups(self.kafka, self.tag)) | set(self.groups))
         if not names:
             return [], []
         deleted, kept = [], []
@@ -132,6 +135,8 @@ class Scratch:
                 future.result(timeout=ADMIN_TIMEOUT_S)
                 deleted.append(name)
             except KafkaException as e:
+                if e.args and getattr(e.args[0], "code", lambda: None)() == KafkaError.GROUP_ID_NOT_FOUND:
+                    continue  # never created (no worker joined it) or already gone
                 log.warning("consumer group %s not deleted: %s", name, e)
                 kept.append(name)
         return deleted, kept

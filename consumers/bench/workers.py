@@ -73,6 +73,7 @@ def start_workers(scratch: Scratch, prefix: str, group: str, count: int, logs: P
     env.pop("KAFKA_CONFIG_FILE", None)
     env["DATABASE_URL"] = scratch.database_url  # never on a command line: `ps` shows those to every user
     started = Workers([], [])
+    scratch.groups.append(group)
     for i in range(count):
         path = logs / f"{group}-{i}.log"
         with open(path, "w") as err:  # the child keeps its own descriptor

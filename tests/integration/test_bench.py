@@ -55,6 +55,7 @@ def test_every_mode_loads_exact_counts_and_removes_its_database_and_topics(servi
     assert proc.returncode == 0, stderr
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert leftovers(services.bootstrap, services.database_url, report["tag"]) == ([], False)
+    assert leftover_groups(services.bootstrap, report["tag"]) == []
     assert report["complete"] and _tag(stderr) == report["tag"] and "pipeline, 1 worker process" in stdout
 
     mix = report["modes"]["mix"]
