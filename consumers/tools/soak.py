@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from pydantic import SecretStr
 
 from consumers import status
@@ -152,12 +152,11 @@ class _Scratch:
 
     def delete_group(self) -> None:
         """Delete the worker's consumer group (empty once the worker stopped); a failure is only logged."""
-        try:
-            listed = self.admin.list_consumer_groups(request_timeout=30).result(timeout=30)
-            if self.group in [g.group_id for g in listed.valid]:
-                self.admin.delete_consumer_groups([self.group], request_timeout=30)[self.group].result(timeout=30)
+        try:  # by name: a group its worker just left is not always listed yet
+            self.admin.delete_consumer_groups([self.group], request_timeout=30)[self.group].result(timeout=30)
         except KafkaException as e:
-            log.warning("consumer group %s not deleted: %s", self.group, e)
+            if not (e.args and getattr(e.args[0], "code", lambda: None)() == KafkaError.GROUP_ID_NOT_FOUND):
+                log.warning("consumer group %s not deleted: %s", self.group, e)
 
 
 class _Process:
