@@ -82,8 +82,10 @@ def classify(e: BaseException) -> Kind:
 READER_COMMANDS = frozenset({"report", "views", "export"})
 
 
-def hint(state: str, reader: bool = False) -> str:
-    """What to do about a fatal SQLSTATE, for people (`reader`: the command only reads)."""
+def hint(state: str, reader: bool = False, message: str = "") -> str:
+    """What to do about a fatal SQLSTATE (`message`: the server's), for people (`reader`: the command only reads)."""
+    if state == "42501" and "create database" in message:
+        return "the role needs CREATEDB (the bench and the soak make a scratch database): ALTER ROLE <role> CREATEDB"
     if state.startswith("28"):
         return "check the user and password in DATABASE_URL"
     if state == "3D000":
@@ -128,4 +130,4 @@ def translate(e: BaseException, conninfo: str, doing: str,
     message = f"PostgreSQL at {where(conninfo)}: {doing}: {_first_line(e)}"
     if classify(e) is Kind.TRANSIENT:
         return TransientError(message)
-    return ConfigurationError(f"{message} ({state or type(e).__name__}); {hint(state or '', reader)}")
+    return ConfigurationError(f"{message} ({state or type(e).__name__}); {hint(state or '', reader, message)}")

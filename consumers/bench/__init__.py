@@ -64,17 +64,19 @@ class BenchReport:
         """Everything, for ``--json``."""
         return {"tag": self.tag, "config": asdict(self.config), "complete": set(self.modes) == set(self.config.modes),
                 "modes": self.modes,
-                "table": [asdict(line) for line in self.lines]}
+                "table": [line.as_json() for line in self.lines]}
 
 
 def run_bench(kafka: KafkaClientSettings, database_url: str, config: BenchConfig,
-              on_start: Any = None, on_result: Any = None) -> BenchReport:
+              on_start: Any = None, on_result: Any = None, on_removed: Any = None) -> BenchReport:
     """Run the chosen modes on a scratch database and scratch topics of `database_url`'s server and `kafka`.
 
     `on_start(tag)` is called once the scratch objects exist (to say what to clean up after a crash),
-    `on_result(report)` after each mode (to keep what was measured if a later mode fails).
+    `on_result(report)` after each mode (to keep what was measured if a later mode fails),
+    `on_removed(line)` with what the clean-up removed.
     """
-    with Scratch(kafka, database_url, keep=config.keep) as scratch, tempfile.TemporaryDirectory() as logs_dir:
+    with (Scratch(kafka, database_url, keep=config.keep, on_removed=on_removed) as scratch,
+          tempfile.TemporaryDirectory() as logs_dir):
         if on_start is not None:
             on_start(scratch.tag)
         report, logs = BenchReport(scratch.tag, config, on_result=on_result), Path(logs_dir)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consumers._orphans import die_with_parent
 from consumers.bench.scratch import Scratch, kafka_environment
 
 #: How often the offsets table is read while waiting.
@@ -70,13 +71,16 @@ def start_workers(scratch: Scratch, prefix: str, group: str, count: int, logs: P
     """Start `count` ``society-ingest consume`` processes in `group`; stderr goes to `logs`/<group>-<i>.log."""
     env = kafka_environment(scratch.kafka)
     env.pop("KAFKA_CONFIG_FILE", None)
+    env["DATABASE_URL"] = scratch.database_url  # never on a command line: `ps` shows those to every user
     started = Workers([], [])
+    scratch.groups.append(group)
     for i in range(count):
         path = logs / f"{group}-{i}.log"
         with open(path, "w") as err:  # the child keeps its own descriptor
             started.procs.append(scratch.adopt(subprocess.Popen(
-                [sys.executable, "-m", "consumers.cli", "consume", "-d", scratch.database_url, "--topic-prefix",
-                 prefix, "--group", group], env=env, stdout=subprocess.PIPE, stderr=err, text=True)))
+                [sys.executable, "-m", "consumers.cli", "consume", "--topic-prefix",
+                 prefix, "--group", group], env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                preexec_fn=die_with_parent())))  # a bench killed with SIGKILL leaves no worker running
         started.logs.append(path)
     return started
 

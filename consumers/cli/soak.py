@@ -81,6 +81,9 @@ def soak(
     with psycopg.connect(db, autocommit=True):  # the server answers, before anything is named or started
         pass
     reach_kafka(kafka, timeout)
+    if out is not None and out.is_dir() and any(out.iterdir()):
+        raise typer.BadParameter(f"{out} is not empty: give a new or empty folder (files there would be replaced)",
+                                 param_hint="--out")
     folder = out or Path(f"soak-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     settings = SoakSettings(
         agents=agents, steps=steps, kafka=kafka, database_url=db, out=folder,

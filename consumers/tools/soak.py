@@ -15,6 +15,7 @@ asked to keep them).
 from __future__ import annotations
 
 import csv
+import logging
 import dataclasses
 import json
 import os
@@ -28,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from pydantic import SecretStr
 
 from consumers import status
+from consumers._orphans import die_with_parent
 from consumers._deps import psycopg
 from consumers.errors import ConsumerError
 from consumers.migrations import migrate
@@ -47,6 +49,8 @@ DEFAULT_MAX_WORKER_GROWTH_MB = 50.0
 WORKER_STOP_TIMEOUT_S = 60.0
 #: Give up when no sample could be taken for this long (Kafka or PostgreSQL not answering).
 MAX_MISSED_SAMPLES_S = 120.0
+log = logging.getLogger(__name__)
+
 #: Environment variables of ours that would change what the child processes do.
 _CHILD_UNSET = ("SOCIETY_METRICS_PORT", "SOCIETY_TOPIC_PREFIX", "SOCIETY_CONSUMER_GROUP", CONFIG_FILE_ENV)
 
@@ -141,8 +145,18 @@ class _Scratch:
         if self.settings.keep:
             return
         delete_topics(self.admin, all_topics(self.prefix))
+        self.delete_group()
         with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+    def delete_group(self) -> None:
+        """Delete the worker's consumer group (empty once the worker stopped); a failure is only logged."""
+        try:  # by name: a group its worker just left is not always listed yet
+            self.admin.delete_consumer_groups([self.group], request_timeout=30)[self.group].result(timeout=30)
+        except KafkaException as e:
+            if not (e.args and getattr(e.args[0], "code", lambda: None)() == KafkaError.GROUP_ID_NOT_FOUND):
+                log.warning("consumer group %s not deleted: %s", self.group, e)
 
 
 class _Process:
@@ -152,7 +166,8 @@ class _Process:
         self.name = name
         self.stdout_path, self.log_path = out / f"{name}.json", out / f"{name}.log"
         self._files: list[IO[Any]] = [self.stdout_path.open("w"), self.log_path.open("w")]
-        self.proc = subprocess.Popen(args, env=env, stdout=self._files[0], stderr=self._files[1])
+        self.proc = subprocess.Popen(args, env=env, stdout=self._files[0], stderr=self._files[1],
+                                     preexec_fn=die_with_parent())  # a soak killed with SIGKILL leaves none
 
     def rss(self) -> int | None:
         return rss_bytes(self.proc.pid) if self.proc.poll() is None else None
@@ -254,6 +269,7 @@ def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambd
         producer = _Process("producer", _cli(
             "simulate", "--agents", str(settings.agents), "--steps", str(settings.steps), "--seed", str(settings.seed),
             "--topic-prefix", scratch.prefix, "--json", *pace), env, out)
+        sampler = None
         try:
             sampler = _Sampler(scratch, settings.kafka, producer, worker)
             while producer.proc.poll() is None:
@@ -287,6 +303,11 @@ def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambd
             if worker.proc.returncode != 0:
                 raise worker.failed("did not stop cleanly")
             answer = _reconcile(scratch, env, simulated["run_id"])
+        except BaseException as e:  # interrupted or failed: what was sampled still goes to the folder
+            producer.stop(WORKER_STOP_TIMEOUT_S)
+            worker.stop(WORKER_STOP_TIMEOUT_S)
+            write_partial(settings, scratch, sampler.samples if sampler else [], e)
+            raise
         finally:
             producer.stop(WORKER_STOP_TIMEOUT_S)
             worker.stop(WORKER_STOP_TIMEOUT_S)
@@ -348,3 +369,31 @@ def write_files(result: SoakResult, out: Path) -> dict[str, str]:
     s["files"] = files
     (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     return files
+
+
+def write_partial(settings: SoakSettings, scratch: _Scratch, samples: list[Sample], error: BaseException) -> None:
+    """After an interruption or a failure: ``samples.csv``, ``soak.png`` (when the samples make one) and a
+    ``summary.json`` that says what happened; never raises (the clean-up and the error come next)."""
+    out = settings.out
+    outcome = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    summary: dict[str, Any] = {
+        "outcome": outcome, "error": None if outcome == "interrupted" else str(error).splitlines()[0][:500],
+        "agents": settings.agents, "steps": settings.steps, "steps_per_second": settings.steps_per_second,
+        "sample_seconds": settings.sample_seconds, "samples": len(samples),
+        "database": scratch.database, "topic_prefix": scratch.prefix, "kept": settings.keep, "files": {},
+    }
+    try:
+        summary["files"]["samples"] = str(write_samples(samples, out / "samples.csv"))
+        try:
+            from consumers.tools.soak_chart import draw  # matplotlib: the charts extra
+
+            figs = soak_figures.figures(samples, settings.steps)
+            summary["files"]["chart"] = str(draw(samples, figs, out / "soak.png",
+                                                 f"soak ({outcome}): {settings.agents:,} agents × "
+                                                 f"{settings.steps:,} steps, {len(samples)} samples"))
+        except Exception as e:  # too few samples for figures, or no matplotlib: the CSV and summary remain
+            summary["chart_error"] = str(e)[:500]
+        summary["files"]["summary"] = str(out / "summary.json")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except OSError:
+        pass

@@ -18,8 +18,9 @@ import psycopg
 import pytest
 
 from consumers.bench import leftovers
-from consumers.bench.scratch import DATABASE_PREFIX, with_database
+from consumers.bench.scratch import DATABASE_PREFIX, Scratch, leftover_groups, with_database
 from producers import tables
+from producers.kafka_config import KafkaClientSettings
 from support.pipeline import wait_for
 
 pytestmark = pytest.mark.integration
@@ -52,8 +53,9 @@ def test_every_mode_loads_exact_counts_and_removes_its_database_and_topics(servi
     proc = _bench(services, *SMALL, "--json", str(out))
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert leftovers(services.bootstrap, services.database_url, report["tag"]) == ([], False)
+    assert leftover_groups(services.bootstrap, report["tag"]) == []
     assert report["complete"] and _tag(stderr) == report["tag"] and "pipeline, 1 worker process" in stdout
 
     mix = report["modes"]["mix"]
@@ -76,6 +78,9 @@ def test_every_mode_loads_exact_counts_and_removes_its_database_and_topics(servi
     assert sum(e2e["worker"][0]["inserted"].values()) == e2e["records"]  # nothing duplicated, nothing lost
     assert 0 <= e2e["latency_s"]["p50"] <= e2e["latency_s"]["p95"] <= e2e["latency_s"]["p99"]
     assert e2e["lag_series"] and e2e["lag_series"][-1][1] == 0 and e2e["drain_s"] >= 0
+    # The producers start together (each waits for go once ready), not one import time apart.
+    assert 0 <= e2e["start_skew_s"] < 1.0
+    assert e2e["all_producing_s"][1] - e2e["all_producing_s"][0] > E2E_SECONDS - 1.0
 
     producer = report["modes"]["producer"]
     calls = producer["per_call_us"]
@@ -84,13 +89,42 @@ def test_every_mode_loads_exact_counts_and_removes_its_database_and_topics(servi
     assert sum(c["calls"] for c in calls.values()) == PRODUCER_CALLS * REPEATS
     assert all(0 < c["p50"] <= c["p99"] for c in calls.values())
     assert len(producer["raw_produce_records_per_s"]) == REPEATS
+    assert all(len(c["samples"]) == c["calls"] and min(c["samples"]) > 0 for c in calls.values())  # every call
+
+    # Every e2e sample: per instant, each partition's visible and produced offsets; latencies as a histogram.
+    samples = e2e["samples"]
+    assert len(samples["t"]) == len(samples["visible"]) == len(samples["produced"]) > 1
+    assert all(len(row) == len(samples["partitions"]) for row in samples["visible"] + samples["produced"])
+    assert sum(samples["visible"][-1]) == e2e["records"]
+    assert sum(e2e["latency_histogram_s"]["counts"].values()) == e2e["records"]
+
+    # The table is machine-readable: numbers and units apart, percentiles in their own fields.
+    rows = {row["measurement"]: row for row in report["table"]}
+    assert not [row for row in report["table"] if row["unit"] not in (None, "rows/s", "records/s", "records", "s", "µs")]
+    assert rows["end to end: lag bounded (peak lag)"]["unit"] == "records"
+    latency_row = rows["end to end: record to row, p95"]
+    assert [latency_row[q] for q in ("p50", "p95", "p99")] == [e2e["latency_s"][q] for q in ("p50", "p95", "p99")]
+    assert all(rows[f"producer, {name}: p50"]["p99"] == c["p99"] for name, c in calls.items())
     assert {line["measurement"].split(",")[0].split(":")[0] for line in report["table"]} >= {
         "binary COPY of the mix (1", "pipeline", "producer", "end to end"}
 
 
-def test_sigterm_in_the_middle_still_removes_everything(services):
-    proc = _bench(services, *SMALL, "--modes", "e2e", "--e2e-seconds", "120")
-    lines: list[str] = []
+def _cmdlines_with(secret: str) -> list[str]:
+    """Every process's command line that contains `secret` (those this user may read: all of the bench's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue  # ended meanwhile, or not ours
+            if secret in cmdline:
+                found.append(cmdline.replace("\0", " "))
+    return found
+
+
+def _e2e_loading(services, proc, lines: list[str]):
+    """A condition: the bench's e2e worker committed rows of the paced society (producers and worker run)."""
 
     def e2e_loading() -> bool:
         """The worker committed rows of the paced society: producers and worker are running."""
@@ -107,14 +141,111 @@ def test_sigterm_in_the_middle_still_removes_everything(services):
         except psycopg.OperationalError:
             return False  # not created yet
 
+    return e2e_loading
+
+
+def test_sigterm_in_the_middle_still_removes_everything(services):
+    proc = _bench(services, *SMALL, "--modes", "e2e", "--e2e-seconds", "120")
+    lines: list[str] = []
     try:
-        wait_for(e2e_loading, "the end-to-end mode to load rows", timeout=120)
+        wait_for(_e2e_loading(services, proc, lines), "the end-to-end mode to load rows", timeout=120)
         tag = _tag(lines[-1])
+        password = psycopg.conninfo.conninfo_to_dict(services.database_url).get("password")
+        assert password, "the test database URL has no password to look for"
+        assert _cmdlines_with(password) == [], "the database password is on a command line"
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0 and time.monotonic() - started < 60
+    assert proc.returncode == 130 and time.monotonic() - started < 60
     assert leftovers(services.bootstrap, services.database_url, tag) == ([], False)
+    assert leftover_groups(services.bootstrap, tag) == []
+
+
+def test_ctrl_c_to_the_process_group_is_an_interruption_not_a_worker_failure(services):
+    """A terminal's Ctrl-C reaches the bench and its children: exit 130, everything removed and said so."""
+    proc = _bench(services, *SMALL, "--modes", "e2e", "--e2e-seconds", "120", start_new_session=True)
+    lines: list[str] = []
+    try:
+        wait_for(_e2e_loading(services, proc, lines), "the end-to-end mode to load rows", timeout=120)
+        tag = _tag(lines[-1])
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "WorkerFailed" not in stderr and "removed database" in stderr
+    assert leftovers(services.bootstrap, services.database_url, tag) == ([], False)
+    assert leftover_groups(services.bootstrap, tag) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["--processes", "0"], ["--processes", "abc"], ["--processes", "1,,2"], ["--modes", "mix,,mix"],
+    ["--modes", "mix,mix"], ["--e2e-steps-per-second", "inf"], ["--e2e-steps-per-second", "nan"],
+    ["--e2e-seconds", "inf"], ["--json", "{tmp}"], ["--json", "{tmp}/missing/bench.json"],
+])
+def test_bad_flags_are_usage_errors_before_anything_is_created(services, tmp_path: Path, args: list[str]):
+    proc = _bench(services, *SMALL, *[a.format(tmp=tmp_path) for a in args])
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert not TAG.search(stderr) and "Traceback" not in stderr
+
+
+def _children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _gone(pids: list[int]) -> bool:
+    """Have these processes ended (or only their zombie is left)?"""
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return False
+        except OSError:
+            continue  # ended
+    return True
+
+
+def test_sigkill_of_the_bench_leaves_no_worker_running(services):
+    proc = _bench(services, *SMALL, "--modes", "e2e", "--e2e-seconds", "120")
+    lines: list[str] = []
+    try:
+        wait_for(_e2e_loading(services, proc, lines), "the end-to-end mode to load rows", timeout=120)
+        workers = [p for p in _children_of(proc.pid) if b"consume" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert workers, "the bench runs no consume worker"
+        proc.kill()
+        proc.communicate(timeout=30)
+        wait_for(lambda: _gone(workers), "the bench's workers to end with it", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _remove_scratch(services, _tag(lines[-1]) if lines and TAG.search(lines[-1]) else None)
+
+
+def _remove_scratch(services, tag: str | None) -> None:
+    """What a bench killed with SIGKILL could not remove itself."""
+    if tag is None:
+        return
+    scratch = Scratch(KafkaClientSettings(bootstrap_servers=services.bootstrap), services.database_url)
+    scratch.tag, scratch.database = tag, f"{DATABASE_PREFIX}{tag}"
+    scratch.close()
+
+
+def test_the_json_never_holds_nan_or_infinity():
+    from consumers.cli.bench import _finite_only
+
+    value = {"a": [1.5, float("inf"), (2, float("nan"))], "b": {"c": float("-inf")}, "d": "x"}
+    assert json.dumps(_finite_only(value), allow_nan=False) == '{"a": [1.5, null, [2, null]], "b": {"c": null}, "d": "x"}'

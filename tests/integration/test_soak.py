@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from PIL import Image
 
-from consumers.topics import admin_client
+from consumers.topics import admin_client, all_topics, delete_topics
 from support.pipeline import wait_for
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,8 @@ def test_soak_refuses_to_start_without_postgres(services, tmp_path):
     assert not (tmp_path / "soak").exists()
 
 
-def test_sigterm_stops_the_soak_and_removes_its_database_and_topics(services, tmp_path):
+def _long_soak(services, tmp_path) -> tuple[subprocess.Popen, Path]:
+    """A soak far longer than any test, its stderr in a file."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap, "DATABASE_URL": services.database_url}
     log = tmp_path / "soak.log"
     with log.open("w") as err:
@@ -92,6 +93,11 @@ def test_sigterm_stops_the_soak_and_removes_its_database_and_topics(services, tm
             [sys.executable, "-m", "consumers.cli", "soak", "--agents", "20", "--steps", "10000", "--sample-seconds",
              "0.5", "--partitions", "1", "--out", str(tmp_path / "soak")],
             env=env, stdout=subprocess.DEVNULL, stderr=err)
+    return soak, log
+
+
+def test_sigterm_stops_the_soak_and_removes_its_database_and_topics(services, tmp_path):
+    soak, log = _long_soak(services, tmp_path)
     try:
         name = wait_for(lambda: re.search(r"topic prefix (soak_\w+)", log.read_text()), "the soak's start line")[1]
         wait_for(lambda: all(any(f" {c} " in line for line in _processes(name)) for c in ("consume", "simulate")),
@@ -106,6 +112,29 @@ def test_sigterm_stops_the_soak_and_removes_its_database_and_topics(services, tm
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()[0] == 0
     assert not [t for t in admin_client(services.bootstrap).list_topics(timeout=30).topics if t.startswith(name + ".")]
     assert not _processes(name)
+    summary = json.loads((tmp_path / "soak" / "summary.json").read_text())  # what was sampled is kept
+    assert summary["outcome"] == "interrupted" and (tmp_path / "soak" / "samples.csv").exists()
+    groups = admin_client(services.bootstrap).list_consumer_groups(request_timeout=30).result(timeout=30)
+    assert name not in [g.group_id for g in groups.valid]
+
+
+def test_sigkill_of_the_soak_stops_its_children(services, tmp_path):
+    soak, log = _long_soak(services, tmp_path)
+    name = None
+    try:
+        name = wait_for(lambda: re.search(r"topic prefix (soak_\w+)", log.read_text()), "the soak's start line")[1]
+        wait_for(lambda: all(any(f" {c} " in line for line in _processes(name)) for c in ("consume", "simulate")),
+                 "the soak's worker and producer", timeout=60)
+        soak.kill()
+        soak.wait(30)
+        wait_for(lambda: not _processes(name), "the soak's children to end with it", timeout=60)
+    finally:
+        if soak.poll() is None:
+            soak.kill()
+        if name is not None:  # what a soak killed with SIGKILL could not remove
+            delete_topics(admin_client(services.bootstrap), all_topics(name))
+            with psycopg.connect(services.database_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _processes(name: str) -> list[str]:
@@ -130,3 +159,21 @@ def test_simulate_keeps_the_pace_asked(services, topic_prefix):
     assert paced["simulate_seconds"] >= 0.8  # each of the 8 steps lasts at least 0.1 s
     assert paced["recorded"] == flat_out["recorded"]  # the same society, only slower
     assert paced["recorded"]["agent_memories"] == 3 * 8
+
+
+def test_soak_refuses_a_non_empty_out_folder(services, tmp_path):
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap, "DATABASE_URL": services.database_url}
+    env["COLUMNS"] = "300"  # the usage error on one line
+    (tmp_path / "soak").mkdir()
+    (tmp_path / "soak" / "notes.txt").write_text("mine\n")
+    done = subprocess.run([sys.executable, "-m", "consumers.cli", "soak", "--agents", "2", "--steps", "2",
+                           "--out", str(tmp_path / "soak")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not empty" in done.stderr
+    assert [p.name for p in (tmp_path / "soak").iterdir()] == ["notes.txt"]
+
+
+def test_createdb_refusal_says_the_role_needs_createdb():
+    from consumers.pg_errors import hint
+
+    assert "ALTER ROLE <role> CREATEDB" in hint("42501", message="permission denied to create database")
+    assert "GRANT society_loader" in hint("42501", message="permission denied for table agents")
