@@ -38,7 +38,7 @@ from producers._fast_avro import _read_long
 from producers.codec import MAGIC, AvroCodec, SchemaVersion
 from producers.columns import ColumnDef, column_of
 from producers.errors import InvalidRecordError, MalformedRecordError
-from producers.models import MAX_TEXT_CHARS, _json_text, _no_nul, _reject_constant
+from producers.models import MAX_TEXT_CHARS, _json_text, json_too_deep, _no_nul, _reject_constant
 
 #: transcode(value, kafka_timestamp_ms) -> (COPY tuple, parent key); see ``copy_rows.parent_key``.
 Transcode = Callable[[bytes, "int | None"], tuple[bytes, bytes]]
@@ -94,9 +94,10 @@ def _text_problem(s: bytes, limit: int) -> tuple[str, str] | None:
 def _json_problem(s: bytes) -> tuple[str, str] | None:
     """(value, reason) when `s` is JSON text that jsonb (and the models) would refuse."""
     t = s.decode("utf-8")
-    if b"\\u" not in s and not t.startswith("\ufeff"):
+    if b"\\u" not in s and not t.startswith("\ufeff") and not json_too_deep(t):
         # What ``_json_text`` does for text without \u escapes (json.loads, which also refuses
-        # a BOM), minus making a decoder per call; any failure is worded by _json_text below.
+        # a BOM), minus making a decoder per call; any failure is worded by _json_text below,
+        # which also refuses text nested too deeply (scanned first: never json's recursion limit).
         try:
             _JSON.decode(t)
         except (ValueError, RecursionError):

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from producers import tables
+from producers._json import MAX_DEPTH
 from producers.codec import default_schema_dir, load_schema_versions
 from producers.columns import COLUMNS, ColumnDef
 from producers.errors import InvalidRecordError
@@ -83,10 +84,42 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON for PostgreSQL jsonb")
 
 
+#: Deepest nesting of JSON text accepted: the converter's bound for JSON values (``producers._json``).
+MAX_JSON_DEPTH: Final = MAX_DEPTH
+#: A JSON string (escapes included), or one bracket that opens or closes a container.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
+
+
+def json_too_deep(text: str) -> bool:
+    """Whether JSON `text` nests arrays and objects deeper than MAX_JSON_DEPTH.
+
+    An explicit scan of the text (brackets outside strings), iterative: the answer never depends
+    on the call stack, unlike json.loads' recursion limit. Run before parsing.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False  # cannot nest deeper than it has brackets
+    depth = 0
+    for m in _JSON_TOKEN.finditer(text):
+        c = m.group()
+        if c == "[" or c == "{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif c == "]" or c == "}":
+            depth -= 1
+    return False
+
+
+#: The reason for JSON text too deep, the same on the producer and in the worker.
+JSON_TOO_DEEP: Final = f"is nested deeper than {MAX_JSON_DEPTH} levels, which is not accepted"
+
+
 def _json_text(value: str) -> str:
     # Stricter than json.loads: only what PostgreSQL's jsonb accepts.
     # Text with a raw lone surrogate never gets here (StrictStr refuses it), so one can only come
     # from a \u escape: the re-encoding that finds it runs only when the text has escapes.
+    if json_too_deep(value):
+        raise ValueError(JSON_TOO_DEEP)
     escaped = "\\u" in value
     try:
         parsed = json.loads(value, parse_constant=_reject_constant)

@@ -269,3 +269,60 @@ def test_other_schema_versions_are_left_to_the_general_path() -> None:
     assert transcode(value, None) is None
     assert transcode(b"not avro at all", None) is None
     assert TRANSCODERS.for_table("agents") is None
+
+
+# -- JSON text nesting: an explicit bound, the same on the producer and in the worker ------------
+
+def _event(details: str) -> dict[str, Any]:
+    return {"event_uid": uuid.uuid4(), "simulation_run_id": uuid.uuid4(), "step_timestamp": 0,
+            "event_type": "trade", "agent_id_primary": "a1", "agent_id_secondary": None,
+            "details": details, "description": None, "real_timestamp": None}
+
+
+@pytest.mark.parametrize("depth", [100, 101, 980, 5000])
+@pytest.mark.parametrize("shape", ["[", '{"k":'])
+def test_json_text_nesting_is_bounded_by_a_scan_the_same_everywhere(depth: int, shape: str) -> None:
+    """Never json's recursion limit (which depends on the call stack): 100 levels, as JSON values."""
+    from producers._fast_records import ENCODERS
+    from producers.models import JSON_TOO_DEEP, MAX_JSON_DEPTH, _json_text
+
+    if depth > 100:
+        with pytest.raises(ValueError, match=f"^{JSON_TOO_DEEP}$"):
+            _json_text("[" * depth + "]" * depth)
+
+    assert MAX_JSON_DEPTH == 100
+    close = "]" if shape == "[" else "}"
+    # Brackets inside strings do not count, at any depth.
+    details = shape * depth + '"[[[{{{\\"]]"' + close * depth
+    too_deep = depth > MAX_JSON_DEPTH
+    record = _event(details)
+
+    # The producer: the model, and the fast encoder (which raises the model's error or defers to it).
+    try:
+        validate_record("simulation_events", record)
+        model_error = None
+    except InvalidRecordError as e:
+        model_error = e
+    # None: the producer takes the model's path, and its error, instead.
+    fast_payload = ENCODERS["simulation_events"](b"H" + str(record["simulation_run_id"]).encode(), 0,
+                                                 datetime(2026, 1, 1, tzinfo=timezone.utc), "trade", "a1", None,
+                                                 details, None)
+    # The worker: the general path and the transcoder, on the same payload.
+    value = CODEC.encode("simulation_events", {**record, "details": "[]"}).replace(
+        b"\x04[]", _avro_string(details.encode()), 1)
+    general, fast = general_path("simulation_events", value, None), transcoded("simulation_events", value, None)
+    if too_deep:
+        assert model_error is not None and model_error.field == "details"
+        assert str(model_error).startswith(f"simulation_events.details: Value error, {JSON_TOO_DEEP} (got ")
+        assert fast_payload is None
+        for got in (general, fast):
+            assert isinstance(got, InvalidRecordError) and str(got) == str(model_error)
+    else:
+        assert model_error is None and fast_payload is not None
+        assert not isinstance(general, Exception) and fast == general
+
+
+def _avro_string(data: bytes) -> bytes:
+    out = bytearray()
+    _string(out, data)
+    return bytes(out)
