@@ -334,7 +334,7 @@ class Worker:
                 self._limit.good()
                 self._batch.add_copy(table, transcoded[0], transcoded[1], msg)  # the message is its source
                 return
-        source = Source(topic, partition, offset, ts_ms, msg.key(), value)
+        source = Source(topic, partition, offset, ts_ms, msg.key(), value, msg.headers())
         try:
             if value is None:
                 raise MalformedRecordError("empty message (tombstone)")
