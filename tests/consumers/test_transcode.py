@@ -29,7 +29,7 @@ from consumers.transcode import Transcoders
 from producers._fast_avro import _write_long
 from producers.codec import MAGIC, AvroCodec
 from producers.columns import COLUMNS, ColumnDef
-from producers.errors import CodecError, InvalidRecordError
+from producers.errors import CodecError, InvalidRecordError, MalformedRecordError
 from producers.models import validate_record
 
 CODEC = AvroCodec()
@@ -135,7 +135,16 @@ def _uuid_value() -> st.SearchStrategy[bytes]:
         st.uuids().map(lambda u: f"{{{u}}}".encode())
     bad = st.sampled_from([b"", b"not-a-uuid", b"12345678-1234-1234-1234-12345678901g",
                            b"12345678-1234-1234-1234-1234567890-1", b"\xff" * 36])
-    return st.one_of([good] * 12 + [odd, bad])
+    # Text uuid.UUID alone would read as some other UUID: never accepted.
+    garbled = st.uuids().flatmap(lambda u: st.sampled_from([t.encode() for t in _garbled(u)]))
+    return st.one_of([good] * 12 + [odd, bad, garbled])
+
+
+def _garbled(u: uuid.UUID) -> list[str]:
+    h, t = u.hex, str(u)
+    return [" " + h[1:], "+" + h[1:], h[:4] + "_" + h[5:], h[:12] + "-" + h[12:], t + "-", "{{" + t + "}}",
+            "uuid:" + t, "urn:uuid:" + h, "{" + h + "}", t[:-1] + "\u0661", "-" + h, t + "\n", "{" + t,
+            "URN:UUID:" + t]
 
 
 def _number(c: ColumnDef) -> st.SearchStrategy[bytes]:
@@ -326,3 +335,42 @@ def _avro_string(data: bytes) -> bytes:
     out = bytearray()
     _string(out, data)
     return bytes(out)
+
+
+# -- UUID text: the forms the models accept, nothing uuid.UUID would reinterpret -----------------
+
+@pytest.mark.parametrize("text", _garbled(uuid.UUID("6f1c2a52-3d0b-5b7e-9a43-5d1f0c2b7e11")))
+@pytest.mark.parametrize("version", ["current", "older"])
+def test_garbled_uuid_text_is_refused_on_every_path(text: str, version: str) -> None:
+    from producers._fast_avro import uuid_of_text
+
+    with pytest.raises(ValueError):
+        uuid_of_text(text)
+    record = {"memory_id": text, "agent_id_str": "a", "simulation_run_id": uuid.uuid4(), "step_timestamp": 1,
+              "real_timestamp": None, "content": "c", "importance": 0.5, "tags": None, "related_agent_id": None}
+    with pytest.raises(InvalidRecordError, match="memory_id"):
+        validate_record("agent_memories", record)  # the producer's models
+    if version == "current":
+        value = CODEC.encode("agent_memories", {**record, "memory_id": uuid.uuid4()})
+        value = value[:10] + _avro_string(text.encode()) + value[10 + 37:]
+        assert isinstance(transcoded("agent_memories", value, None), MalformedRecordError)
+    else:
+        old = CODEC.versions["agent_memories"][0]
+        assert old is not CODEC.current["agent_memories"]
+        value = CODEC.encode("agent_memories", {k: v for k, v in record.items() if k in
+                                                {f["name"] for f in old.raw["fields"]}}, version=old.version)
+    with pytest.raises(MalformedRecordError, match="badly formed hexadecimal UUID string"):
+        CODEC.decode(value)  # the worker's general path
+
+
+@pytest.mark.parametrize("form", [str, lambda u: u.hex, lambda u: str(u).upper(), lambda u: f"{{{u}}}",
+                                  lambda u: f"urn:uuid:{u}"])
+def test_the_uuid_forms_the_models_accept_load_as_the_same_uuid(form: Any) -> None:
+    u = uuid.uuid4()
+    record = {"memory_id": form(u), "agent_id_str": "a", "simulation_run_id": uuid.uuid4(), "step_timestamp": 1,
+              "real_timestamp": None, "content": "c", "importance": 0.5, "tags": None, "related_agent_id": None}
+    assert validate_record("agent_memories", record)["memory_id"] == u
+    value = CODEC.encode("agent_memories", {**record, "memory_id": uuid.uuid4()})
+    value = value[:10] + _avro_string(form(u).encode()) + value[10 + 37:]
+    assert CODEC.decode(value).record["memory_id"] == u
+    assert assert_same("agent_memories", value, None) == "accepted"
