@@ -114,6 +114,15 @@ class AvroCodec:
         # digits...): older versions are read with their uuids as text, checked by uuid_of_text after.
         self._text_uuids = {v.fingerprint: fastavro.parse_schema(_uuids_as_text(v.raw))
                             for vs in self.versions.values() for v in vs}
+        # fastavro also reads a varint longer than 64 bits modulo 2**64 (2**64 + 7 as 7): an older
+        # version's payload is first read by the project's own reader (which refuses that), when it can.
+        self._checks: dict[bytes, Any] = {}
+        for vs in self.versions.values():
+            for v in vs[:-1]:
+                try:
+                    self._checks[v.fingerprint] = record_codec(v.raw)[1]
+                except UnsupportedSchema:
+                    pass
         self._uuid_fields = {t: tuple(f["name"] for f in v.raw["fields"] if _is_uuid(f["type"]))
                              for t, v in self.current.items()}
 
@@ -151,7 +160,10 @@ class AvroCodec:
             return Decoded(writer.table, writer.version, record)
         buf = io.BytesIO(data)
         buf.seek(HEADER_SIZE)
+        check = self._checks.get(writer.fingerprint)
         try:
+            if check is not None:
+                check(data, HEADER_SIZE)  # ValueError("varint longer than 64 bits"), as the current version's
             record = fastavro.schemaless_reader(
                 buf, self._text_uuids[writer.fingerprint],
                 None if reader is writer else self._text_uuids[reader.fingerprint],

@@ -374,3 +374,27 @@ def test_the_uuid_forms_the_models_accept_load_as_the_same_uuid(form: Any) -> No
     value = value[:10] + _avro_string(form(u).encode()) + value[10 + 37:]
     assert CODEC.decode(value).record["memory_id"] == u
     assert assert_same("agent_memories", value, None) == "accepted"
+
+
+def test_older_versions_refuse_varints_longer_than_64_bits() -> None:
+    """fastavro would read 2**64 + 14 as 7 (zigzag): a malformed record, as for the current version."""
+    old = CODEC.versions["agent_memories"][0]
+    assert old is not CODEC.current["agent_memories"]
+    record = {"memory_id": uuid.uuid4(), "agent_id_str": "a", "simulation_run_id": uuid.uuid4(), "step_timestamp": 7,
+              "real_timestamp": None, "content": "c", "importance": 0.5, "tags": None, "related_agent_id": None}
+    fields = {f["name"] for f in old.raw["fields"]}
+    value = CODEC.encode("agent_memories", {k: v for k, v in record.items() if k in fields}, version=old.version)
+    assert CODEC.decode(value).record["step_timestamp"] == 7
+    seven = bytearray()
+    _write_long(seven, 7)
+    long_seven = bytearray()
+    n = 2**64 + 14  # zigzag 7 plus 2**64: the same low 64 bits
+    while n >= 0x80:
+        long_seven.append((n & 0x7F) | 0x80)
+        n >>= 7
+    long_seven.append(n)
+    at = 10 + 37 + 2 + 37  # header, memory_id, agent_id_str "a", simulation_run_id
+    assert value[at:at + 1] == bytes(seven)
+    bad = value[:at] + bytes(long_seven) + value[at + 1:]
+    with pytest.raises(MalformedRecordError, match="varint longer than 64 bits"):
+        CODEC.decode(bad)
