@@ -398,3 +398,26 @@ def test_older_versions_refuse_varints_longer_than_64_bits() -> None:
     bad = value[:at] + bytes(long_seven) + value[at + 1:]
     with pytest.raises(MalformedRecordError, match="varint longer than 64 bits"):
         CODEC.decode(bad)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.recursive(st.none() | st.integers() | st.text(st.sampled_from('[]{}"\\ab\u00e9'), max_size=8),
+                          lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(st.sampled_from('[]{}"\\k'), max_size=4), inner, max_size=3),
+                          max_leaves=12),
+       ascii_only=st.booleans())
+def test_the_depth_scan_counts_the_brackets_json_parses(value: Any, ascii_only: bool) -> None:
+    from producers.models import MAX_JSON_DEPTH, json_too_deep
+
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    room = MAX_JSON_DEPTH - _depth(value)
+    assert not json_too_deep("[" * room + text + "]" * room)
+    assert json_too_deep("[" * (room + 1) + text + "]" * (room + 1))
