@@ -21,6 +21,8 @@ class Source:
     timestamp_ms: int | None
     key: bytes | None
     value: bytes | None
+    #: The message's own Kafka headers, carried into its dead letter.
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 def source_of(entry: Any) -> Source:
@@ -31,7 +33,7 @@ def source_of(entry: Any) -> Source:
         return entry
     ts_type, ts = entry.timestamp()
     return Source(entry.topic(), entry.partition(), entry.offset(), ts if ts_type else None, entry.key(),
-                  entry.value())
+                  entry.value(), entry.headers())
 
 
 @dataclass(frozen=True, slots=True)

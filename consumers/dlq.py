@@ -1,4 +1,10 @@
-"""Dead-letter topic: bad records with their reason, origin and original bytes.
+"""Dead-letter topic: bad records with their reason, origin and original bytes and headers.
+
+A letter's headers are the worker's (``error.*``, ``original.*``, ``worker.id``)
+followed by the original message's own, under their own names; an original
+header whose name begins with one of the worker's prefixes (RESERVED_PREFIXES)
+is left out, so the worker's headers are always the ones that say why and
+where from.
 
 A record too large to dead-letter whole (the dead-letter producer's or the
 topic's message size limit) is dead-lettered *by reference*: no value, and
@@ -33,6 +39,9 @@ H_BY_REFERENCE = "dead.by_reference"
 H_SIZE = "original.size"
 H_SHA256 = "original.sha256"
 H_HEAD = "original.head"
+#: Header names the worker writes begin so: an original header named so is left out of the
+#: letter (the worker's own say why and where from, and nothing in the message can forge them).
+RESERVED_PREFIXES = ("error.", "original.", "worker.", "dead.")
 
 #: How long the worker waits for the broker to acknowledge dead letters.
 DLQ_FLUSH_TIMEOUT_S = 30.0
@@ -47,8 +56,17 @@ MAX_REFERENCE_KEY_BYTES = 1024
 _FLUSH_SLICE_S = 0.2
 
 
+def original_headers(dead: DeadLetter) -> list[tuple[str, bytes | None]]:
+    """The original message's own headers, in order, but for names the worker reserves."""
+    return [(k, v) for k, v in dead.source.headers or () if not k.startswith(RESERVED_PREFIXES)]
+
+
 def dead_letter_headers(dead: DeadLetter, worker_id: str) -> list[tuple[str, bytes]]:
-    """Kafka headers that say why `dead` failed and where it came from."""
+    """Kafka headers that say why `dead` failed and where it came from, then the original's own."""
+    return [*_worker_headers(dead, worker_id), *original_headers(dead)]
+
+
+def _worker_headers(dead: DeadLetter, worker_id: str) -> list[tuple[str, bytes]]:
     src = dead.source
     return [
         (H_ERROR_CLASS, dead.error_class.encode()),
@@ -66,7 +84,8 @@ def reference_letter(dead: DeadLetter, worker_id: str) -> tuple[bytes | None, li
     """(key, headers) of a by-reference letter for `dead`: its value is left out."""
     value = dead.source.value or b""
     key = dead.source.key
-    headers = dead_letter_headers(dead, worker_id) + [
+    # Not the original's own headers: they may be what made it too large (it keeps them).
+    headers = _worker_headers(dead, worker_id) + [
         (H_BY_REFERENCE, b"true"),
         (H_SIZE, str(len(value)).encode()),
         (H_SHA256, hashlib.sha256(value).hexdigest().encode()),
@@ -84,7 +103,8 @@ def parse_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
 
 
 def _whole_size(dead: DeadLetter) -> int:
-    return len(dead.source.value or b"") + len(dead.source.key or b"") + len(dead.message) + _FRAMING_BYTES
+    own = sum(len(k) + len(v or b"") for k, v in original_headers(dead))
+    return len(dead.source.value or b"") + len(dead.source.key or b"") + len(dead.message) + own + _FRAMING_BYTES
 
 
 class DeadLetterPublisher:

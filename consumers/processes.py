@@ -13,10 +13,17 @@ The parent only supervises:
   the same way and raises ``WorkerProcessError`` with that child's error line.
 - When the parent dies without stopping them (SIGKILL), each child notices
   (its end of a pipe from the parent closes) and stops as on SIGTERM.
+- A child that exits 0 without the parent having asked (someone signalled
+  only that child) is logged as a warning naming it, its status and how many
+  still run; the others go on. When the last one stopped that way, the parent
+  raises ``WorkerProcessError`` (exit 1): nothing consumes any more. Unless
+  `finish` says children end on their own (``--idle-exit``): then that is
+  their normal end.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -28,6 +35,8 @@ from typing import Any
 from consumers.errors import FatalError
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+log = logging.getLogger(__name__)
 
 
 class WorkerProcessError(FatalError):
@@ -68,13 +77,14 @@ def _child(work: Work, describe: Describe, index: int, results: Connection, pare
     results.close()
 
 
-def run_processes(count: int, work: Work, describe: Describe) -> list[Any]:
+def run_processes(count: int, work: Work, describe: Describe, *, finish: bool = False) -> list[Any]:
     """Run `work(i)` for i in 0..count-1, each in its own (forked) process; return their stats.
 
     Forked, not spawned: the children inherit the CLI's settings, logging and
     password scrubbing as they are. The caller must hold no open Kafka client
     or database connection (their threads and sockets do not survive a fork).
-    Raises WorkerProcessError when a child fails.
+    Raises WorkerProcessError when a child fails, or when every child stopped without being asked
+    (unless `finish`: the children end on their own, e.g. after an idle time).
     """
     ctx = multiprocessing.get_context("fork")
     reader, writer = ctx.Pipe(duplex=False)
@@ -114,7 +124,7 @@ def run_processes(count: int, work: Work, describe: Describe) -> list[Any]:
         for sig in _SIGNALS:
             signal.signal(sig, forward)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        return _supervise(children, reader, stop_children, lambda: stopping)
+        return _supervise(children, reader, stop_children, lambda: stopping, finish)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         for sig, handler in previous.items():
@@ -126,7 +136,7 @@ def run_processes(count: int, work: Work, describe: Describe) -> list[Any]:
 
 
 def _supervise(children: list[Any], reader: Connection, stop_children: Callable[[], None],
-               stopping: Callable[[], bool]) -> list[Any]:
+               stopping: Callable[[], bool], finish: bool = False) -> list[Any]:
     stats: dict[int, Any] = {}
     failure: str | None = None
     alive = {p.sentinel: (i, p) for i, p in enumerate(children)}
@@ -151,6 +161,13 @@ def _supervise(children: list[Any], reader: Connection, stop_children: Callable[
             p.join()
             if p.exitcode != 0 and failure is None and not stopping():
                 failure = f"worker process {index} exited with status {p.exitcode}"
+            elif p.exitcode == 0 and failure is None and not stopping():
+                (log.info if finish else log.warning)(
+                    "worker process %d (pid %d) %s with status 0; %d of %d still running", index, p.pid,
+                    "finished" if finish else "stopped without the parent asking", len(alive), len(children))
+                if not alive and not finish:
+                    failure = (f"the worker processes stopped on their own (the last, worker process {index}, "
+                               "exited with status 0 without the parent asking): nothing consumes any more")
         if failure is not None:
             stop_children()
     if failure is not None:

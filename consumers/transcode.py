@@ -26,7 +26,6 @@ from __future__ import annotations
 import binascii
 import json
 import struct
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
@@ -34,11 +33,11 @@ from typing import Any, Final
 from consumers import copy_rows
 from consumers.copy_rows import FACT_TABLES
 from consumers.table_specs import INT4_MAX, INT4_MIN, RUN_COLUMN, SPECS
-from producers._fast_avro import _read_long
+from producers._fast_avro import _read_long, uuid_of_text
 from producers.codec import MAGIC, AvroCodec, SchemaVersion
 from producers.columns import ColumnDef, column_of
 from producers.errors import InvalidRecordError, MalformedRecordError
-from producers.models import MAX_TEXT_CHARS, _json_text, _no_nul, _reject_constant
+from producers.models import MAX_TEXT_CHARS, _json_text, json_too_deep, _no_nul, _reject_constant
 
 #: transcode(value, kafka_timestamp_ms) -> (COPY tuple, parent key); see ``copy_rows.parent_key``.
 Transcode = Callable[[bytes, "int | None"], tuple[bytes, bytes]]
@@ -67,7 +66,8 @@ class Unsupported(Exception):
 
 
 def _uuid(s: bytes) -> bytes:
-    """The 16 bytes of a UUID's text; canonical text quickly, anything else as uuid.UUID reads it."""
+    """The 16 bytes of a UUID's text; canonical text quickly, the other forms the models accept as the codec
+    reads them (``uuid_of_text``: never garbage that uuid.UUID would reinterpret)."""
     if len(s) == 36 and s[8] == s[13] == s[18] == s[23] == 45:  # "-"
         try:
             u = _unhexlify(s.replace(b"-", b""))  # hex digits only, unlike int(…, 16)
@@ -76,7 +76,7 @@ def _uuid(s: bytes) -> bytes:
         else:
             if len(u) == 16:  # no other "-"
                 return u
-    return uuid.UUID(s.decode("utf-8")).bytes
+    return uuid_of_text(s.decode("utf-8")).bytes
 
 
 def _text_problem(s: bytes, limit: int) -> tuple[str, str] | None:
@@ -94,9 +94,10 @@ def _text_problem(s: bytes, limit: int) -> tuple[str, str] | None:
 def _json_problem(s: bytes) -> tuple[str, str] | None:
     """(value, reason) when `s` is JSON text that jsonb (and the models) would refuse."""
     t = s.decode("utf-8")
-    if b"\\u" not in s and not t.startswith("\ufeff"):
+    if b"\\u" not in s and not t.startswith("\ufeff") and not json_too_deep(t):
         # What ``_json_text`` does for text without \u escapes (json.loads, which also refuses
-        # a BOM), minus making a decoder per call; any failure is worded by _json_text below.
+        # a BOM), minus making a decoder per call; any failure is worded by _json_text below,
+        # which also refuses text nested too deeply (scanned first: never json's recursion limit).
         try:
             _JSON.decode(t)
         except (ValueError, RecursionError):

@@ -16,7 +16,7 @@ import random
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +48,7 @@ _OUTAGE_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 KAFKA_OUTAGE_QUIET_S = 30.0
 
 _ABSENT = object()
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(slots=True)
@@ -333,7 +334,7 @@ class Worker:
                 self._limit.good()
                 self._batch.add_copy(table, transcoded[0], transcoded[1], msg)  # the message is its source
                 return
-        source = Source(topic, partition, offset, ts_ms, msg.key(), value)
+        source = Source(topic, partition, offset, ts_ms, msg.key(), value, msg.headers())
         try:
             if value is None:
                 raise MalformedRecordError("empty message (tombstone)")
@@ -349,7 +350,13 @@ class Worker:
         if fields.get("real_timestamp", _ABSENT) is None and source.timestamp_ms is not None:
             # No event time sent: the time the producer sent the record is the closest
             # truth we have, closer than the database's NOW() at load time.
-            fields["real_timestamp"] = datetime.fromtimestamp(source.timestamp_ms / 1000, timezone.utc)
+            try:
+                fields["real_timestamp"] = _EPOCH + timedelta(milliseconds=source.timestamp_ms)
+            except OverflowError:  # beyond datetime's years 1 to 9999: never a crash, a dead letter
+                e = InvalidRecordError(table, "real_timestamp", None, f"not sent, and the Kafka timestamp "
+                                       f"{source.timestamp_ms} ms is outside years 1 to 9999")
+                self._dead(DeadLetter(source, table, type(e).__name__, str(e)))
+                return
         row = self._row_of[table](fields)
         if not self._validate:
             out_of_range = self._range_error[table](row)

@@ -15,6 +15,7 @@ bytes and records.
 
 from __future__ import annotations
 
+import re
 import struct
 import uuid
 from collections.abc import Callable
@@ -77,9 +78,25 @@ def _write_uuid(out: bytearray, v: Any) -> None:
     _write_string(out, str(v))
 
 
+#: UUID text the models accept (pydantic's parser): 8-4-4-4-12 or 32 hex digits, any case; the former
+#: also in braces or after "urn:uuid:". uuid.UUID alone reads more, and reinterprets it: it drops every
+#: "-", braces and "urn:"/"uuid:" anywhere, and int(…, 16) takes spaces, "+", "_" and non-ASCII digits.
+_UUID_TEXT = re.compile(r"(?:\{(?=.{36}\}\Z)|urn:uuid:(?=.{36}\Z))?"
+                        r"(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?"
+                        r"|[0-9a-fA-F]{32})\Z")
+
+
+def uuid_of_text(s: str) -> uuid.UUID:
+    """The UUID of text in one of the forms the models accept; ValueError for anything else."""
+    m = _UUID_TEXT.match(s)
+    if m is None or (s[0] == "{") != (s[-1] == "}"):
+        raise ValueError("badly formed hexadecimal UUID string")
+    return uuid.UUID(s)
+
+
 def _read_uuid(b: bytes, i: int) -> tuple[uuid.UUID, int]:
     s, i = _read_string(b, i)
-    return uuid.UUID(s), i
+    return uuid_of_text(s), i
 
 
 def _write_timestamp(out: bytearray, v: datetime) -> None:

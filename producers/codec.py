@@ -18,7 +18,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from producers._fast_avro import UnsupportedSchema, record_codec
+from producers._fast_avro import UnsupportedSchema, record_codec, uuid_of_text
 from producers.errors import MalformedRecordError, UnknownSchemaError
 from producers.tables import TABLES
 
@@ -74,6 +74,23 @@ def load_schema_versions(schema_dir: Path) -> dict[str, list[SchemaVersion]]:
     return versions
 
 
+def _is_uuid(t: Any) -> bool:
+    if isinstance(t, list):
+        return any(_is_uuid(b) for b in t)
+    return isinstance(t, dict) and t.get("logicalType") == "uuid"
+
+
+def _uuids_as_text(schema: Any) -> Any:
+    """`schema` (raw JSON) with every uuid logical type a plain string."""
+    if isinstance(schema, dict):
+        if schema.get("logicalType") == "uuid":
+            return "string"
+        return {k: _uuids_as_text(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_uuids_as_text(s) for s in schema]
+    return schema
+
+
 class AvroCodec:
     """Encode records with each table's current schema; decode any known version."""
 
@@ -93,6 +110,21 @@ class AvroCodec:
                 if v.fingerprint in self._by_fingerprint:
                     raise ValueError(f"two schema versions share fingerprint: {v.table} v{v.version}")
                 self._by_fingerprint[v.fingerprint] = v
+        # fastavro reads a uuid as uuid.UUID(text), which takes and reinterprets garbage (" " and 31 hex
+        # digits...): older versions are read with their uuids as text, checked by uuid_of_text after.
+        self._text_uuids = {v.fingerprint: fastavro.parse_schema(_uuids_as_text(v.raw))
+                            for vs in self.versions.values() for v in vs}
+        # fastavro also reads a varint longer than 64 bits modulo 2**64 (2**64 + 7 as 7): an older
+        # version's payload is first read by the project's own reader (which refuses that), when it can.
+        self._checks: dict[bytes, Any] = {}
+        for vs in self.versions.values():
+            for v in vs[:-1]:
+                try:
+                    self._checks[v.fingerprint] = record_codec(v.raw)[1]
+                except UnsupportedSchema:
+                    pass
+        self._uuid_fields = {t: tuple(f["name"] for f in v.raw["fields"] if _is_uuid(f["type"]))
+                             for t, v in self.current.items()}
 
     def encode(self, table: str, record: dict[str, Any], version: int | None = None) -> bytes:
         """Serialize `record` with the table's current schema (or an explicit `version`)."""
@@ -128,10 +160,17 @@ class AvroCodec:
             return Decoded(writer.table, writer.version, record)
         buf = io.BytesIO(data)
         buf.seek(HEADER_SIZE)
+        check = self._checks.get(writer.fingerprint)
         try:
+            if check is not None:
+                check(data, HEADER_SIZE)  # ValueError("varint longer than 64 bits"), as the current version's
             record = fastavro.schemaless_reader(
-                buf, writer.parsed, None if reader is writer else reader.parsed
+                buf, self._text_uuids[writer.fingerprint],
+                None if reader is writer else self._text_uuids[reader.fingerprint],
             )
+            for name in self._uuid_fields[writer.table]:
+                if isinstance(record.get(name), str):
+                    record[name] = uuid_of_text(record[name])
         except Exception as e:  # fastavro raises EOFError, ValueError, UnicodeDecodeError...
             raise MalformedRecordError(f"corrupt {writer.table} v{writer.version} payload: {e!r}") from e
         if buf.tell() != len(data):

@@ -9,10 +9,12 @@ INTEGER range, finite REAL values, declared ranges, no NUL characters
 from __future__ import annotations
 
 import json
+import operator
 import re
 import struct
 import uuid
 from datetime import datetime, timezone
+from itertools import accumulate
 from typing import Annotated, Any, Final
 
 from pydantic import (
@@ -29,6 +31,7 @@ from pydantic import (
 )
 
 from producers import tables
+from producers._json import MAX_DEPTH
 from producers.codec import default_schema_dir, load_schema_versions
 from producers.columns import COLUMNS, ColumnDef
 from producers.errors import InvalidRecordError
@@ -83,10 +86,40 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON for PostgreSQL jsonb")
 
 
+#: Deepest nesting of JSON text accepted: the converter's bound for JSON values (``producers._json``).
+MAX_JSON_DEPTH: Final = MAX_DEPTH
+#: An escape in a JSON string (\\" among them); each bracket as a step: +1 ("\x02" - 1) or -1, others dropped.
+_JSON_ESCAPE = re.compile(r"\\.", re.S)
+_STEPS = bytes.maketrans(b"[]{}", b"\x02\x00\x02\x00")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def json_too_deep(text: str) -> bool:
+    """Whether JSON `text` nests arrays and objects deeper than MAX_JSON_DEPTH.
+
+    An explicit scan of the text (brackets outside strings, counted up and down), iterative: the
+    answer never depends on the call stack, unlike json.loads' recursion limit. Run before parsing.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False  # cannot nest deeper than it has brackets
+    if "\\" in text:
+        text = _JSON_ESCAPE.sub("", text)
+    outside = "".join(text.split('"')[::2])  # without escaped quotes, every other part is a string
+    steps = outside.encode("utf-8", "surrogatepass").translate(_STEPS, _NOT_BRACKETS)
+    # The depth after the i-th bracket: the sum of its steps (2 or 0) less i.
+    return max(map(operator.sub, accumulate(steps), range(1, len(steps) + 1)), default=0) > MAX_JSON_DEPTH
+
+
+#: The reason for JSON text too deep, the same on the producer and in the worker.
+JSON_TOO_DEEP: Final = f"is nested deeper than {MAX_JSON_DEPTH} levels, which is not accepted"
+
+
 def _json_text(value: str) -> str:
     # Stricter than json.loads: only what PostgreSQL's jsonb accepts.
     # Text with a raw lone surrogate never gets here (StrictStr refuses it), so one can only come
     # from a \u escape: the re-encoding that finds it runs only when the text has escapes.
+    if json_too_deep(value):
+        raise ValueError(JSON_TOO_DEEP)
     escaped = "\\u" in value
     try:
         parsed = json.loads(value, parse_constant=_reject_constant)

@@ -85,6 +85,10 @@ def consume(
     unknown = set(chosen) - set(TABLES)
     if unknown:
         raise typer.BadParameter(f"unknown table(s): {', '.join(sorted(unknown))}", param_hint="--tables")
+    if metrics_port and metrics_port + processes - 1 > 65535:  # process i serves metrics_port + i
+        raise typer.BadParameter(
+            f"{metrics_port} with {processes} processes needs ports up to {metrics_port + processes - 1}: "
+            f"at most {65536 - processes} (process i serves --metrics-port + i)", param_hint="--metrics-port")
     extra = properties(consumer_property)
     if verbose and extra.get("debug"):  # -X debug=…: its lines are librdkafka's DEBUG ones
         logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.DEBUG)
@@ -103,6 +107,7 @@ def consume(
         consumer_extra=extra,
     )
     if processes > 1:
+        bind_fields(worker_id=settings.worker_id)  # the parent's own (<host>:<pid>); each child binds its own
         require_schema(database(database_url, timeout))
         reach_kafka(kafka, timeout, extra)
 
@@ -111,7 +116,7 @@ def consume(
             port = None if metrics_port is None else metrics_port + index if metrics_port else 0
             return _run_worker(own, port, metrics_host, ready_window, idle_exit, check=False)
 
-        print_json(run_processes(processes, work, describe_line))
+        print_json(run_processes(processes, work, describe_line, finish=idle_exit is not None))
         return
     print_json(_run_worker(settings, metrics_port, metrics_host, ready_window, idle_exit, check=True,
                            database_url=database_url, timeout=timeout, extra=extra))

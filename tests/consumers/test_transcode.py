@@ -29,7 +29,7 @@ from consumers.transcode import Transcoders
 from producers._fast_avro import _write_long
 from producers.codec import MAGIC, AvroCodec
 from producers.columns import COLUMNS, ColumnDef
-from producers.errors import CodecError, InvalidRecordError
+from producers.errors import CodecError, InvalidRecordError, MalformedRecordError
 from producers.models import validate_record
 
 CODEC = AvroCodec()
@@ -135,7 +135,16 @@ def _uuid_value() -> st.SearchStrategy[bytes]:
         st.uuids().map(lambda u: f"{{{u}}}".encode())
     bad = st.sampled_from([b"", b"not-a-uuid", b"12345678-1234-1234-1234-12345678901g",
                            b"12345678-1234-1234-1234-1234567890-1", b"\xff" * 36])
-    return st.one_of([good] * 12 + [odd, bad])
+    # Text uuid.UUID alone would read as some other UUID: never accepted.
+    garbled = st.uuids().flatmap(lambda u: st.sampled_from([t.encode() for t in _garbled(u)]))
+    return st.one_of([good] * 12 + [odd, bad, garbled])
+
+
+def _garbled(u: uuid.UUID) -> list[str]:
+    h, t = u.hex, str(u)
+    return [" " + h[1:], "+" + h[1:], h[:4] + "_" + h[5:], h[:12] + "-" + h[12:], t + "-", "{{" + t + "}}",
+            "uuid:" + t, "urn:uuid:" + h, "{" + h + "}", t[:-1] + "\u0661", "-" + h, t + "\n", "{" + t,
+            "URN:UUID:" + t]
 
 
 def _number(c: ColumnDef) -> st.SearchStrategy[bytes]:
@@ -269,3 +278,146 @@ def test_other_schema_versions_are_left_to_the_general_path() -> None:
     assert transcode(value, None) is None
     assert transcode(b"not avro at all", None) is None
     assert TRANSCODERS.for_table("agents") is None
+
+
+# -- JSON text nesting: an explicit bound, the same on the producer and in the worker ------------
+
+def _event(details: str) -> dict[str, Any]:
+    return {"event_uid": uuid.uuid4(), "simulation_run_id": uuid.uuid4(), "step_timestamp": 0,
+            "event_type": "trade", "agent_id_primary": "a1", "agent_id_secondary": None,
+            "details": details, "description": None, "real_timestamp": None}
+
+
+@pytest.mark.parametrize("depth", [100, 101, 980, 5000])
+@pytest.mark.parametrize("shape", ["[", '{"k":'])
+def test_json_text_nesting_is_bounded_by_a_scan_the_same_everywhere(depth: int, shape: str) -> None:
+    """Never json's recursion limit (which depends on the call stack): 100 levels, as JSON values."""
+    from producers._fast_records import ENCODERS
+    from producers.models import JSON_TOO_DEEP, MAX_JSON_DEPTH, _json_text
+
+    if depth > 100:
+        with pytest.raises(ValueError, match=f"^{JSON_TOO_DEEP}$"):
+            _json_text("[" * depth + "]" * depth)
+
+    assert MAX_JSON_DEPTH == 100
+    close = "]" if shape == "[" else "}"
+    # Brackets inside strings do not count, at any depth.
+    details = shape * depth + '"[[[{{{\\"]]"' + close * depth
+    too_deep = depth > MAX_JSON_DEPTH
+    record = _event(details)
+
+    # The producer: the model, and the fast encoder (which raises the model's error or defers to it).
+    try:
+        validate_record("simulation_events", record)
+        model_error = None
+    except InvalidRecordError as e:
+        model_error = e
+    # None: the producer takes the model's path, and its error, instead.
+    fast_payload = ENCODERS["simulation_events"](b"H" + str(record["simulation_run_id"]).encode(), 0,
+                                                 datetime(2026, 1, 1, tzinfo=timezone.utc), "trade", "a1", None,
+                                                 details, None)
+    # The worker: the general path and the transcoder, on the same payload.
+    value = CODEC.encode("simulation_events", {**record, "details": "[]"}).replace(
+        b"\x04[]", _avro_string(details.encode()), 1)
+    general, fast = general_path("simulation_events", value, None), transcoded("simulation_events", value, None)
+    if too_deep:
+        assert model_error is not None and model_error.field == "details"
+        assert str(model_error).startswith(f"simulation_events.details: Value error, {JSON_TOO_DEEP} (got ")
+        assert fast_payload is None
+        for got in (general, fast):
+            assert isinstance(got, InvalidRecordError) and str(got) == str(model_error)
+    else:
+        assert model_error is None and fast_payload is not None
+        assert not isinstance(general, Exception) and fast == general
+
+
+def _avro_string(data: bytes) -> bytes:
+    out = bytearray()
+    _string(out, data)
+    return bytes(out)
+
+
+# -- UUID text: the forms the models accept, nothing uuid.UUID would reinterpret -----------------
+
+@pytest.mark.parametrize("text", _garbled(uuid.UUID("6f1c2a52-3d0b-5b7e-9a43-5d1f0c2b7e11")))
+@pytest.mark.parametrize("version", ["current", "older"])
+def test_garbled_uuid_text_is_refused_on_every_path(text: str, version: str) -> None:
+    from producers._fast_avro import uuid_of_text
+
+    with pytest.raises(ValueError):
+        uuid_of_text(text)
+    record = {"memory_id": text, "agent_id_str": "a", "simulation_run_id": uuid.uuid4(), "step_timestamp": 1,
+              "real_timestamp": None, "content": "c", "importance": 0.5, "tags": None, "related_agent_id": None}
+    with pytest.raises(InvalidRecordError, match="memory_id"):
+        validate_record("agent_memories", record)  # the producer's models
+    if version == "current":
+        value = CODEC.encode("agent_memories", {**record, "memory_id": uuid.uuid4()})
+        value = value[:10] + _avro_string(text.encode()) + value[10 + 37:]
+        assert isinstance(transcoded("agent_memories", value, None), MalformedRecordError)
+    else:
+        old = CODEC.versions["agent_memories"][0]
+        assert old is not CODEC.current["agent_memories"]
+        value = CODEC.encode("agent_memories", {k: v for k, v in record.items() if k in
+                                                {f["name"] for f in old.raw["fields"]}}, version=old.version)
+    with pytest.raises(MalformedRecordError, match="badly formed hexadecimal UUID string"):
+        CODEC.decode(value)  # the worker's general path
+
+
+@pytest.mark.parametrize("form", [str, lambda u: u.hex, lambda u: str(u).upper(), lambda u: f"{{{u}}}",
+                                  lambda u: f"urn:uuid:{u}"])
+def test_the_uuid_forms_the_models_accept_load_as_the_same_uuid(form: Any) -> None:
+    u = uuid.uuid4()
+    record = {"memory_id": form(u), "agent_id_str": "a", "simulation_run_id": uuid.uuid4(), "step_timestamp": 1,
+              "real_timestamp": None, "content": "c", "importance": 0.5, "tags": None, "related_agent_id": None}
+    assert validate_record("agent_memories", record)["memory_id"] == u
+    value = CODEC.encode("agent_memories", {**record, "memory_id": uuid.uuid4()})
+    value = value[:10] + _avro_string(form(u).encode()) + value[10 + 37:]
+    assert CODEC.decode(value).record["memory_id"] == u
+    assert assert_same("agent_memories", value, None) == "accepted"
+
+
+def test_older_versions_refuse_varints_longer_than_64_bits() -> None:
+    """fastavro would read 2**64 + 14 as 7 (zigzag): a malformed record, as for the current version."""
+    old = CODEC.versions["agent_memories"][0]
+    assert old is not CODEC.current["agent_memories"]
+    record = {"memory_id": uuid.uuid4(), "agent_id_str": "a", "simulation_run_id": uuid.uuid4(), "step_timestamp": 7,
+              "real_timestamp": None, "content": "c", "importance": 0.5, "tags": None, "related_agent_id": None}
+    fields = {f["name"] for f in old.raw["fields"]}
+    value = CODEC.encode("agent_memories", {k: v for k, v in record.items() if k in fields}, version=old.version)
+    assert CODEC.decode(value).record["step_timestamp"] == 7
+    seven = bytearray()
+    _write_long(seven, 7)
+    long_seven = bytearray()
+    n = 2**64 + 14  # zigzag 7 plus 2**64: the same low 64 bits
+    while n >= 0x80:
+        long_seven.append((n & 0x7F) | 0x80)
+        n >>= 7
+    long_seven.append(n)
+    at = 10 + 37 + 2 + 37  # header, memory_id, agent_id_str "a", simulation_run_id
+    assert value[at:at + 1] == bytes(seven)
+    bad = value[:at] + bytes(long_seven) + value[at + 1:]
+    with pytest.raises(MalformedRecordError, match="varint longer than 64 bits"):
+        CODEC.decode(bad)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.recursive(st.none() | st.integers() | st.text(st.sampled_from('[]{}"\\ab\u00e9'), max_size=8),
+                          lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(st.sampled_from('[]{}"\\k'), max_size=4), inner, max_size=3),
+                          max_leaves=12),
+       ascii_only=st.booleans())
+def test_the_depth_scan_counts_the_brackets_json_parses(value: Any, ascii_only: bool) -> None:
+    from producers.models import MAX_JSON_DEPTH, json_too_deep
+
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    room = MAX_JSON_DEPTH - _depth(value)
+    assert not json_too_deep("[" * room + text + "]" * room)
+    assert json_too_deep("[" * (room + 1) + text + "]" * (room + 1))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 
 import pytest
@@ -71,3 +74,54 @@ def test_children_stop_when_the_parent_is_killed(services, database_url, topic_p
                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0]
 
     wait_for(lambda: sessions() == 0, "the children to exit")
+
+
+def test_metrics_ports_past_65535_are_a_usage_error_before_anything_starts(database_url, topic_prefix, spawn):
+    workers = spawn(database_url, topic_prefix, f"{topic_prefix}-g", "--processes", "2", "--metrics-port", "65535")
+    workers.proc.wait(timeout=60)
+    workers.kill()  # already exited: collects its output and closes its log
+    assert workers.proc.returncode == 2, workers.log_tail()
+    assert "--metrics-port" in workers.log_tail() and "65536" in workers.log_tail(), workers.log_tail()
+    assert "OverflowError" not in workers.log_tail() and "assigned" not in workers.log_tail()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_children_stopped_behind_the_parents_back_are_reported_and_the_last_exits_1(
+        services, database_url, topic_prefix, spawn):
+    workers = spawn(database_url, topic_prefix, f"{topic_prefix}-g", "--processes", "2", "--log-format", "json")
+    parent_id = f"{socket.gethostname()}:{workers.proc.pid}"
+
+    def assigned_workers() -> set[str]:  # children log "assigned" once their signal handlers are in place
+        lines = _json_lines(workers.log_tail(1_000_000))
+        return {line["worker_id"] for line in lines if line["message"].startswith("assigned")}
+
+    wait_for(lambda: workers.check_alive() or len(assigned_workers()) == 2, "both children to be assigned partitions")
+    first, second = sorted(_children(workers.proc.pid))
+    assert assigned_workers() == {f"{socket.gethostname()}:{first}", f"{socket.gethostname()}:{second}"}
+
+    os.kill(first, signal.SIGTERM)  # only that child: it finishes and exits 0
+    wait_for(lambda: workers.check_alive() or "1 of 2 still running" in workers.log_tail(1_000_000),
+             "the parent's warning about the first child")
+    workers.check_alive()  # the other one goes on
+    os.kill(second, signal.SIGTERM)
+    workers.proc.wait(timeout=60)
+    workers.kill()  # already exited: collects its output and closes its log
+    assert workers.proc.returncode == 1, workers.log_tail()
+
+    lines = _json_lines(workers.log_tail(1_000_000))
+    assert all("worker_id" in line for line in lines), [line for line in lines if "worker_id" not in line]
+    parent = [line for line in lines if line["worker_id"] == parent_id]
+    warnings = [line["message"] for line in parent if line["level"] == "WARNING"]
+    assert len(warnings) == 2, parent
+    assert "(pid %d) stopped without the parent asking with status 0; 1 of 2 still running" % first in warnings[0]
+    assert "(pid %d) stopped without the parent asking with status 0; 0 of 2 still running" % second in warnings[1]
+    errors = [line for line in parent if line["logger"] == "society_ingest.cli" and line["level"] == "ERROR"]
+    assert len(errors) == 1 and "the worker processes stopped on their own" in errors[0]["message"], parent
