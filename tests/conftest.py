@@ -41,6 +41,11 @@ class Services:
     #: A --kafka-config file for Kafka's SASL_SSL listener (the local stack has one), else None.
     kafka_sasl_config: Path | None = None
 
+    def __post_init__(self) -> None:
+        from support.db import RedactedUrl
+
+        self.database_url = RedactedUrl(self.database_url)
+
 
 def _sasl_config(stack: LocalStack | None) -> Path | None:
     """The SASL_SSL listener's client file: the local stack's own, or one named by ``scripts/stack env``."""

@@ -116,7 +116,7 @@ def test_broker_restarted_mid_run(services, stack, database_url, topic_prefix):
         wait_for(lambda: count(database_url, "agent_memories") > 500, "rows before the restart")
         stack.stop_kafka()
         at_stop = load.steps_done
-        wait_for(lambda: load.steps_done >= at_stop + 10, "records produced while the broker is down")
+        wait_for(lambda: load.reached(at_stop + 10), "records produced while the broker is down")
         assert p.stats().in_queue > 0
         stack.start_kafka()
         produced = finish_run(p, load)
@@ -137,10 +137,10 @@ def test_workers_join_and_die_during_a_run(services, stack, database_url, topic_
     third = spawn(*args)
     wait_for(lambda: third.check_alive() or "assigned" in third.log_tail(), "the third worker's partitions")
     joined_at = load.steps_done
-    wait_for(lambda: load.steps_done >= joined_at + STEPS // 4, "the run to go on after the third joined")
+    wait_for(lambda: load.reached(joined_at + STEPS // 4), "the run to go on after the third joined")
     first.kill()
     killed_at = load.steps_done
-    wait_for(lambda: load.steps_done >= killed_at + STEPS // 4, "the run to go on after the kill")
+    wait_for(lambda: load.reached(killed_at + STEPS // 4), "the run to go on after the kill")
     load.stop()
     produced = finish_run(p, load)
     wait_all_committed(services, database_url, topic_prefix, group)

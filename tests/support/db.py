@@ -8,10 +8,22 @@ import uuid
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from consumers.cli._redact import redact_dsn
 from consumers.migrations import load_migrations, migrate
 
 #: Templates are named by this and a digest of the migrations they hold.
 TEMPLATE = "society_test_template"
+
+
+class RedactedUrl(str):
+    """A connection string whose repr hides its password.
+
+    pytest prints the arguments of a failing test's frames in its report, and a
+    fixture's database URL must not bring the password along.
+    """
+
+    def __repr__(self) -> str:
+        return repr(redact_dsn(self))
 
 
 def url_with(url: str, **changes: str) -> str:
@@ -68,7 +80,7 @@ def clone_database(url: str, template: str) -> tuple[str, str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with _admin(url) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-    return _with_db(url, name), name
+    return RedactedUrl(_with_db(url, name)), name
 
 
 def drop_database(url: str, name: str) -> None:

@@ -50,6 +50,12 @@ class Workload:
         """End after the step in hand (for runs that last until the test has seen enough)."""
         self._stopping.set()
 
+    def reached(self, steps: int) -> bool:
+        """Whether `steps` steps are done; raises the thread's error if it died (no waiting out a timeout)."""
+        if self.error is not None:
+            raise self.error
+        return self.steps_done >= steps
+
     def join(self, timeout: float = 300) -> Produced:
         self._thread.join(timeout)
         if self._thread.is_alive():
