@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from producers.errors import NotLandedError, ProducerError, ReadError, ReadUnavailableError
+from producers.errors import DeliveryError, NotLandedError, ProducerError, ReadError, ReadUnavailableError
 from producers.reads import (
     DEFAULT_DECAY,
     DEFAULT_LOADER_GROUP,
@@ -187,13 +187,20 @@ class MemoryReads:
         ``society-ingest``) from the event loop: cancelling the wait stops it. Raises
         ValueError for a `timeout` that is not a number >= 0 (NaN included; inf waits
         without bound), NotLandedError after `timeout` seconds naming the partitions
-        behind, DeliveryError if Kafka did not take the records, ReadError when the
-        database cannot be read.
+        behind (or the records still on their way to Kafka), DeliveryError if Kafka
+        refused or failed records, ReadError when the database cannot be read.
         """
         timeout = check_timeout(timeout)
         deadline = time.monotonic() + timeout
         reader = self._memory_reader()
-        positions = await asyncio.to_thread(self.producer.sync, min(timeout, MAX_FLUSH_S))
+        try:
+            positions = await asyncio.to_thread(self.producer.sync, min(timeout, MAX_FLUSH_S))
+        except DeliveryError as e:
+            if e.failures:
+                raise
+            # Nothing failed: the records are still on their way to Kafka when the time is up.
+            raise NotLandedError(f"{e.pending} record(s) not yet delivered to Kafka after {timeout:g}s "
+                                 "(is the broker reachable?)", {}) from e
         while positions:
             late = behind(positions, await self._stored_offsets(reader, positions))
             if not late:

@@ -111,9 +111,14 @@ class ConnectionPool:
             conn = self._acquire(psycopg, fresh=attempt == 2)
             try:
                 result = work(conn)
+            except psycopg.errors.QueryCanceled as e:
+                self._release(conn)  # a statement timeout leaves the connection usable; never retried
+                raise ReadError(self._scrub(f"{self.name}: {_first_line(e)} "
+                                            f"({self._statement_timeout_ms / 1000:g} s)")) from e
             except psycopg.OperationalError as e:
+                lost = conn.closed or conn.broken  # before _discard, which closes it
                 self._discard(conn)
-                if attempt == 2 or not (conn.closed or conn.broken):
+                if attempt == 2 or not lost:
                     raise ReadError(self._scrub(f"{self.name}: {e}")) from e
                 continue  # the server dropped the connection (restart, terminate, idle timeout): reconnect
             except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn,

@@ -57,6 +57,10 @@ DEFAULT_LOADER_GROUP = "society-ingest"
 DEFAULT_DECAY = 0.99
 #: Newest memories of the agent considered per retrieval.
 DEFAULT_WINDOW = 500
+#: ln of the smallest recency (about 1e-304): below it PostgreSQL's exp() raises an underflow error.
+MIN_LOG_RECENCY = -700
+#: The largest weight: three scores of at most 1 times it stay far from float8's overflow.
+MAX_WEIGHT = 1e6
 #: Text-search configuration of ``agent_memories.search_vector`` (ddl/0008): queries must use the same.
 TEXT_SEARCH_CONFIG = "english"
 #: How often wait_until_landed looks at the stored offsets.
@@ -81,8 +85,10 @@ candidates AS (
     WHERE {{scope}} ORDER BY {_NEWEST_FIRST} LIMIT %(window)s),
 raw AS (
     SELECT c.*,
-           power(%(decay)s::float8, greatest(coalesce(%(now)s::int, max(c.step_timestamp) OVER ())
-                                             - c.step_timestamp, 0)) AS recency,
+           -- decay ** gap as exp(ln(decay) * gap), floored: PostgreSQL raises on underflow, never rounds to 0.
+           exp(greatest(ln(%(decay)s::float8)
+                        * greatest(coalesce(%(now)s::int, max(c.step_timestamp) OVER ())::int8 - c.step_timestamp, 0),
+                        {MIN_LOG_RECENCY})) AS recency,
            coalesce(c.importance, 0)::float8 AS importance_score,
            CASE WHEN c.search_vector @@ q.tsq THEN ts_rank_cd(c.search_vector, q.tsq) ELSE 0 END AS rank
     FROM candidates c, q),
@@ -152,8 +158,9 @@ class RetrievalWeights:
     def __post_init__(self) -> None:
         for name in ("recency", "importance", "relevance"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"RetrievalWeights.{name} must be a finite number >= 0 (got {value!r})")
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or not 0 <= value <= MAX_WEIGHT):
+                raise ValueError(f"RetrievalWeights.{name} must be a number from 0 to {MAX_WEIGHT:g} (got {value!r})")
 
 
 def _memory(row: tuple[Any, ...]) -> Memory:

@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 
-from producers import KafkaDatabaseHandler, MemoryReader, ReadUnavailableError, RetrievalWeights
+from producers import KafkaDatabaseHandler, MemoryReader, ReadError, ReadUnavailableError, RetrievalWeights
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +191,37 @@ def test_only_the_window_of_newest_memories_is_considered(database_url):
         narrow = reader.retrieve_memories("agent_6", "flood", 30, run_id=run, window=29)
     assert wide[0].content == "the great flood took our house"
     assert len(narrow) == 29 and "the great flood took our house" not in {m.content for m in narrow}
+
+
+def test_recency_too_small_for_a_float_counts_as_nothing(database_url):
+    # 0.5 ** 2000 is below float8's range: PostgreSQL raises an underflow error rather than rounding to 0.
+    run = plant(database_url, "agent_3", [(0, "the first bread I baked", 0.9), (2000, "a quiet day", 0.0)])
+    with MemoryReader(database_url) as reader:
+        ranked = reader.retrieve_memories("agent_3", "bread", 2, run_id=run, current_step=2000, decay=0.5)
+        assert [m.content for m in ranked] == ["the first bread I baked", "a quiet day"]  # 0 + 0.9 + 1 vs 1 + 0 + 0
+        assert 0 <= ranked[0].recency < 1e-300 and ranked[1].recency == 1.0
+        far = reader.retrieve_memories("agent_3", "bread", 2, run_id=run, current_step=2**31 - 1, decay=1e-300)
+        assert [m.content for m in far] == ["the first bread I baked", "a quiet day"]
+
+
+def test_weights_are_bounded():
+    RetrievalWeights(recency=1e6, importance=0, relevance=1e6)
+    for bad in (1e6 + 1, 1e308, float("inf"), float("nan"), -1, True, "1"):
+        with pytest.raises(ValueError, match="RetrievalWeights.recency must be a number from 0 to 1e"):
+            RetrievalWeights(recency=bad)
+
+
+def test_a_statement_timeout_is_not_retried(database_url):
+    run = plant(database_url, "agent_5", [(1, "locked away", 0.5)])
+    with MemoryReader(database_url, statement_timeout=2) as reader, \
+            psycopg.connect(database_url) as locker:
+        assert len(reader.recent_memories("agent_5", 1, run_id=run)) == 1
+        locker.execute("LOCK TABLE agent_memories IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(ReadError, match=r"statement timeout \(2 s\)"):
+            reader.recent_memories("agent_5", 1, run_id=run)
+        # One timeout is 2 s; a retry on another connection would have waited twice as long.
+        assert time.monotonic() - started < 3.9
+        locker.rollback()
+        assert len(reader.recent_memories("agent_5", 1, run_id=run)) == 1
+        assert reader._pool._open == 1, "the timed-out connection was kept and reused"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 import pytest
@@ -77,4 +78,19 @@ def test_wait_until_landed_times_out_clearly_when_the_worker_is_stopped(services
     with MemoryReader(database_url, loader_group="nobody") as reader, pytest.raises(NotLandedError) as none:
         reader.wait_until_landed(positions, timeout=0.2)
     assert set(none.value.behind.values()) == {None} and "no offset stored yet" in str(none.value)
+    asyncio.run(handler.close())
+
+
+def test_records_not_yet_in_kafka_are_not_landed_either(database_url, topic_prefix):
+    with socket.socket() as s:  # a port nothing listens on: the broker is "down" for the whole test
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    handler = KafkaDatabaseHandler(bootstrap_servers=dead, topic_prefix=topic_prefix, read_database_url=database_url)
+    asyncio.run(handler.start_simulation_run({}))
+    asyncio.run(remember(handler, range(2)))
+    with pytest.raises(NotLandedError) as caught:
+        asyncio.run(handler.wait_until_landed(timeout=1))
+    assert "3 record(s) not yet delivered to Kafka after 1s" in str(caught.value)  # the run and two memories
+    assert caught.value.behind == {}
+    assert handler.producer.abort() == 3
     asyncio.run(handler.close())
