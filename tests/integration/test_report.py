@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import uuid
@@ -240,6 +241,30 @@ def test_dash_writes_the_page_to_stdout_and_the_summary_to_stderr(services, runs
     assert out.stdout.startswith("<!DOCTYPE html>") and out.stdout.rstrip().endswith("</html>")
     assert "report written to stdout" in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_a_lone_dash_means_stdout_and_dot_slash_dash_is_a_file(services, runs, tmp_path):
+    url, reports = runs
+    out = cli(services, url, "report", "--run", reports[0]["run_id"], "-o", "./-", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "<!DOCTYPE" not in out.stdout  # the summary, not the page
+    assert "report written to ./-" in out.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["-"]
+    assert (tmp_path / "-").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_a_replaced_page_keeps_its_mode_and_the_longest_name_is_written(services, runs, tmp_path):
+    url, reports = runs
+    private = tmp_path / "p.html"
+    private.write_text("old", encoding="utf-8")
+    private.chmod(0o600)
+    longest = "y" * 250 + ".html"  # 255 bytes, NAME_MAX
+    for name in (private.name, longest):
+        out = cli(services, url, "report", "--run", reports[0]["run_id"], "-o", name, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert private.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([private.name, longest])  # no .partial left
 
 
 def test_comparing_a_run_with_itself_is_a_usage_error(services, runs, tmp_path):
