@@ -217,6 +217,57 @@ def _hostile_run(url: str, names: list[str], nan_price: bool = False) -> str:
     return run_id
 
 
+LONG_RESOURCE, LONG_EVENT = "r" * 50, "E" * 100
+
+
+def _non_finite_run(url: str) -> str:
+    """A run as psql could leave it, past the worker's validation: an Infinity volume among nine resources,
+    a NaN price, long names, a tab and a bell in names, and a NaN balance (p90 of wealth)."""
+    run_id = str(uuid.uuid4())
+    trades = [(f"r{i}", float(i + 1), 2.0) for i in range(8)]  # r0 is not among the 8 largest volumes
+    trades += [("inf", float("inf"), 2.0), ("nan-price", 100.0, float("nan")), (LONG_RESOURCE, 50.0, 2.0),
+               ("gold\tbar", 20.0, 2.0)]
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("INSERT INTO simulation_runs (run_id, status) VALUES (%s, 'completed')", (run_id,))
+        for i, (resource, quantity, price) in enumerate(trades):
+            c.execute("INSERT INTO market_transactions (transaction_sim_id, simulation_run_id, step_timestamp, "
+                      "market_id, resource_type, buyer_agent_id, seller_agent_id, quantity, price_per_unit, "
+                      "total_cost) VALUES (%s, %s, 0, 'm', %s, 'a', 'b', %s, %s, 1)",
+                      (f"t{i}", run_id, resource, quantity, price))
+        for event_type in (LONG_EVENT, "bell\x07ring", "BIRTH"):
+            c.execute("INSERT INTO simulation_events (event_uid, simulation_run_id, step_timestamp, event_type) "
+                      "VALUES (gen_random_uuid(), %s, 0, %s)", (run_id, event_type))
+        for i in range(10):
+            c.execute("INSERT INTO banking_transactions (transaction_sim_id, simulation_run_id, step_timestamp, "
+                      "agent_id_str, account_id, transaction_type, amount, balance_after) "
+                      "VALUES (%s, %s, 0, %s, %s, 'deposit', 1, %s)",
+                      (f"b{i}", run_id, f"agent{i}", f"acct{i}", float("nan") if i == 9 else 3e37))
+    return run_id
+
+
+def test_non_finite_values_and_unruly_names_from_the_database(services, runs, tmp_path):
+    from consumers.report import charts, load_run
+
+    url, _ = runs
+    run_id = _non_finite_run(url)
+    out = cli(services, url, "report", "--run", run_id, "--refresh", "-o", str(tmp_path / "r.html"))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""  # no "Glyph 9 missing", no other warning
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.stdout.splitlines()
+            if line.count("│") == 3}
+    assert rows["market inf"].startswith("1 trades, VWAP n/a")  # Infinity: among the largest, not dropped
+    assert rows["market nan-price"] == "1 trades, VWAP n/a (n/a)"
+    assert "p10–p90 3.000e+37 to n/a," in rows["wealth"]
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"market {LONG_RESOURCE}" in page and LONG_EVENT in page  # the tables keep full names
+
+    style = charts.style([load_run(url, uuid.UUID(run_id))])  # read back from PostgreSQL
+    assert {"inf", "nan-price", LONG_RESOURCE, "gold\tbar"} < set(style.resources) and "r0" not in style.resources
+    assert LONG_EVENT in style.event_types and "bell\x07ring" in style.event_types
+    assert charts.label(LONG_EVENT) == "E" * 16 + "…" + "E" * 15
+    assert charts.label("gold\tbar") == "gold bar" and charts.label("bell\x07ring") == "bell\\x07ring"
+
+
 def test_refuses_to_replace_a_fifo_or_a_symlink_and_names_output(services, runs, tmp_path):
     url, reports = runs
     fifo = tmp_path / "pipe"
