@@ -343,13 +343,31 @@ def test_names_from_the_data_are_text_not_markup_or_mathtext(services, runs, tmp
 
 def test_a_locked_view_fails_within_the_timeout_naming_it(services, runs, tmp_path):
     url, reports = runs
+    report = ["report", "--run", reports[0]["run_id"], "-o", str(tmp_path / "r.html")]
     with psycopg.connect(url) as holder:
         holder.execute("REFRESH MATERIALIZED VIEW wealth_distribution")  # locked until this transaction ends
-        for args in (["views", "refresh"], ["report", "--run", reports[0]["run_id"], "-o", str(tmp_path / "r.html")]):
+        expected = {"views": "refreshing wealth_distribution waited more than 2s for a lock on the view itself: "
+                             "another session holds one (a refresh, or a transaction reading it; see pg_locks)",
+                    "report": "lock not available within 2s: another session holds a lock on wealth_distribution "
+                              "(a refresh, or a long transaction; see pg_locks)"}
+        for args in (["views", "refresh"], report):
             out = cli(services, url, *args, "--timeout", "2")
             assert out.returncode == 1, out.stderr
+            assert out.stderr.strip().splitlines() == [f"error: {expected[args[0]]}"], out.stderr
+        holder.rollback()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_locked_table_is_named_not_the_view_being_refreshed(services, runs, tmp_path):
+    url, reports = runs
+    with psycopg.connect(url) as holder:
+        holder.execute("LOCK TABLE banking_transactions IN ACCESS EXCLUSIVE MODE")
+        for args in (["views", "refresh"], ["report", "--run", reports[0]["run_id"], "--refresh", "-o", "r.html"]):
+            out = cli(services, url, *args, "--timeout", "1", cwd=tmp_path)
+            assert out.returncode == 1, out.stderr
             assert out.stderr.strip().splitlines() == [
-                "error: lock not available within 2s: another session holds a lock on wealth_distribution "
-                "(a refresh, or a long transaction; see pg_locks)"], out.stderr
+                "error: refreshing wealth_distribution waited more than 1s for a lock on banking_transactions, a "
+                "table it reads: another session holds or waits for a conflicting lock (a LOCK TABLE, a migration; "
+                "see pg_locks)"], out.stderr
         holder.rollback()
     assert list(tmp_path.iterdir()) == []
