@@ -10,6 +10,7 @@ from typing import Annotated
 
 from consumers import views
 from consumers._files import NotReplaceableError, refusal
+from consumers.cli._failures import context
 from consumers.cli._options import (
     DatabaseUrl, Json, Timeout, console, err_console, fail, print_json, print_table, print_warning, typer,
 )
@@ -71,6 +72,7 @@ def report(
     if compare is not None and compare == run:
         fail(f"--compare {compare} is the run given by --run: compare two different runs", code=2)
     run_ids = [run] if compare is None else [run, compare]
+    context.needs_owner = refresh
     to_stdout = output == STDOUT  # the page goes to stdout: everything else to stderr
     path = None if to_stdout else ops.default_output(run_ids) if output is None else Path(output)
     shown = output or str(path)  # as given: Path("./-") prints as "-"

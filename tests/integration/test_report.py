@@ -358,6 +358,31 @@ def test_a_locked_view_fails_within_the_timeout_naming_it(services, runs, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_role_without_grants_is_told_a_refresh_needs_the_owner(services, runs, tmp_path):
+    from consumers.pg_errors import OWNER_HINT
+
+    url, reports = runs
+    role = f"nobody_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'role-pw'")  # no grants at all
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        nobody = psycopg.conninfo.make_conninfo(url, user=role, password="role-pw")
+        where = f"{role}@{params['host']}:{params['port']}/{params['dbname']}"
+        report = ["report", "--run", reports[0]["run_id"], "-o", "r.html"]
+        for args, command, hint in ((["views", "refresh"], "views refresh", OWNER_HINT),
+                                    ([*report, "--refresh"], "report", OWNER_HINT),
+                                    (report, "report", "grant the role the readers' privileges: GRANT society_reader")):
+            out = cli(services, nobody, *args, cwd=tmp_path)
+            assert out.returncode == 1
+            assert out.stderr.startswith(f"error: PostgreSQL at {where}: {command}: permission denied for table "
+                                         "schema_migrations (42501); " + hint), out.stderr
+    finally:
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(f"DROP ROLE {role}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_locked_table_is_named_not_the_view_being_refreshed(services, runs, tmp_path):
     url, reports = runs
     with psycopg.connect(url) as holder:
