@@ -49,10 +49,32 @@ def _refused(path: Path) -> NotReplaceableError | None:
     return NotReplaceableError(errno.EEXIST, why, str(path))
 
 
+#: Characters of the target's name kept in the temporary name: a name of NAME_MAX (255 bytes)
+#: must still fit with the prefix and mkstemp's suffix.
+_NAME_KEPT = 32
+
+
+def _temporary_prefix(path: Path) -> str:
+    """``.<start of the name>.``: the temporary file is recognizable, and short whatever the name."""
+    return f".{path.name[:_NAME_KEPT]}."
+
+
+def _mode(path: Path) -> int:
+    """The permission bits of the file written at `path`: those of the file it replaces, else
+    as open() would create it (0666 less the umask; not mkstemp's 0600)."""
+    try:
+        return stat.S_IMODE(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0o666 & ~current_umask()
+
+
 @contextmanager
 def replaced_atomically(path: Path) -> Iterator[IO[bytes]]:
     """Write to a temporary file beside `path`; when the block ends without an error, fsync it,
     rename it over `path` and fsync the folder (so the rename itself survives a crash).
+
+    The new file keeps the permission bits of the one it replaces (a new name gets 0666 less
+    the umask), not its owner or group: it is a new file, the writer's.
 
     NotReplaceableError (its strerror says why) when `path` exists and is not a regular file
     (see ``refusal``); an OSError naming `path` and its folder (not the temporary file) when the
@@ -63,11 +85,11 @@ def replaced_atomically(path: Path) -> Iterator[IO[bytes]]:
         raise refused
     folder_name = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".partial")
     except OSError as e:
         raise OSError(e.errno, f"cannot create a file in {folder_name}: {e.strerror or e}", str(path)) from e
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # as open() would create it, not mkstemp's 0600
+        os.fchmod(fd, _mode(path))
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -82,14 +82,23 @@ def classify(e: BaseException) -> Kind:
 READER_COMMANDS = frozenset({"report", "views", "export"})
 
 
-def hint(state: str, reader: bool = False, message: str = "") -> str:
-    """What to do about a fatal SQLSTATE (`message`: the server's), for people (`reader`: the command only reads)."""
+#: What a role lacking a privilege for `views refresh` (or `report --refresh`) must do: only the owner may
+#: REFRESH a materialized view, and no GRANT gives that.
+OWNER_HINT = ("a refresh needs the owner of the materialized views: run it as the role that runs "
+              "`society-ingest migrate` (README \"PostgreSQL roles\"); no GRANT is enough")
+
+
+def hint(state: str, reader: bool = False, message: str = "", owner: bool = False) -> str:
+    """What to do about a fatal SQLSTATE (`message`: the server's), for people (`reader`: the command only
+    reads; `owner`: it refreshes the materialized views, which needs their owner)."""
     if state == "42501" and "create database" in message:
         return "the role needs CREATEDB (the bench and the soak make a scratch database): ALTER ROLE <role> CREATEDB"
     if state.startswith("28"):
         return "check the user and password in DATABASE_URL"
     if state == "3D000":
         return "create the database, then run `society-ingest migrate`"
+    if state == "42501" and owner:
+        return OWNER_HINT
     if state == "42501" and reader:
         return ("grant the role the readers' privileges: GRANT society_reader TO <role> (SELECT on the tables and "
                 "the analysis views; see ddl/0006_roles.sql and ddl/0009_analysis_views.sql)")
@@ -124,10 +133,10 @@ def _first_line(e: BaseException) -> str:
 
 
 def translate(e: BaseException, conninfo: str, doing: str,
-              reader: bool = False) -> TransientError | ConfigurationError:
+              reader: bool = False, owner: bool = False) -> TransientError | ConfigurationError:
     """The worker's error for a psycopg error that is not about a row's data."""
     state = sqlstate(e)
     message = f"PostgreSQL at {where(conninfo)}: {doing}: {_first_line(e)}"
     if classify(e) is Kind.TRANSIENT:
         return TransientError(message)
-    return ConfigurationError(f"{message} ({state or type(e).__name__}); {hint(state or '', reader, message)}")
+    return ConfigurationError(f"{message} ({state or type(e).__name__}); {hint(state or '', reader, message, owner)}")

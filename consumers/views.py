@@ -22,9 +22,22 @@ class LockTimeoutError(ConsumerError):
 
 
 def lock_timeout_message(e: BaseException, what: str, timeout_s: float) -> str:
-    """One line for a lock not granted within `timeout_s` while doing `what`."""
+    """One line for a lock on `what` not granted within `timeout_s`."""
     return (f"lock not available within {timeout_s:g}s: another session holds a lock on {what} "
             "(a refresh, or a long transaction; see pg_locks)")
+
+
+def _refresh_waited(view: str, timeout_s: float, relation: tuple[str, str] | None = None) -> str:
+    """One line for a refresh of `view` that waited too long: for the view's own lock, or for one on a
+    `relation` (kind, name) it reads."""
+    waited = f"refreshing {view} waited more than {timeout_s:g}s for a lock on "
+    if relation is None:
+        return waited + ("the view itself: another session holds one (a refresh, or a transaction reading it; "
+                         "see pg_locks)")
+    kind, name = relation
+    # a lock request queued ahead (an ALTER waiting for readers) blocks too: not only a lock held
+    return waited + (f"{name}, a {kind} it reads: another session holds or waits for a conflicting lock "
+                     "(a LOCK TABLE, a migration; see pg_locks)")
 
 
 #: statement_timeout is this many times lock_timeout: a query blocked by a lock fails as a lock wait (named),
@@ -42,6 +55,35 @@ def set_timeouts(conn: "psycopg.Connection[Any]", timeout_s: float, statements: 
             psycopg.sql.Literal(f"{ms * STATEMENT_TIMEOUT_FACTOR}ms")))
 
 
+#: The tables and plain views a view reads, directly or through other views (from its rewrite rules): tables
+#: first, so that a view locked after them waits on nothing but itself.
+_READS = """
+WITH RECURSIVE reads(oid) AS (
+    SELECT %s::regclass::oid
+    UNION
+    SELECT d.refobjid FROM reads
+    JOIN pg_rewrite r ON r.ev_class = reads.oid
+    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                    AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> reads.oid
+)
+SELECT CASE c.relkind WHEN 'v' THEN 'view' ELSE 'table' END, n.nspname, c.relname
+FROM reads JOIN pg_class c ON c.oid = reads.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v')
+ORDER BY c.relkind = 'v', n.nspname, c.relname
+"""
+
+
+def _lock_reads(conn: "psycopg.Connection[Any]", view: str, timeout_s: float | None) -> None:
+    """Take the locks the refresh of `view` takes on what it reads (ACCESS SHARE), one by one: a wait
+    that times out names the table it waited for, not the view."""
+    for kind, schema, name in conn.execute(_READS, (view,)).fetchall():
+        try:
+            conn.execute(psycopg.sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                psycopg.sql.Identifier(schema, name)))
+        except psycopg.errors.LockNotAvailable as e:
+            raise LockTimeoutError(_refresh_waited(view, timeout_s or 0, (kind, name))) from e
+
+
 @dataclass(frozen=True, slots=True)
 class Refreshed:
     """One materialized view refreshed: its rows afterwards and the time the refresh took."""
@@ -56,8 +98,8 @@ def refresh(conninfo: str, concurrently: bool = False, timeout_s: float | None =
     the tables as one snapshot saw them (REFRESH … CONCURRENTLY may run in a transaction block,
     unlike CREATE INDEX CONCURRENTLY).
 
-    `timeout_s` bounds each lock wait (lock_timeout): LockTimeoutError names the view when another
-    session holds it longer.
+    `timeout_s` bounds each lock wait (lock_timeout): LockTimeoutError names what another session
+    holds longer: the view, or a table (or view) it reads.
 
     `concurrently` keeps the views readable meanwhile (REFRESH … CONCURRENTLY, through
     their unique indexes), at the cost of a slower refresh. Needs the views' owner: any other
@@ -72,6 +114,7 @@ def refresh(conninfo: str, concurrently: bool = False, timeout_s: float | None =
             for view in MATERIALIZED:
                 started = time.perf_counter()
                 try:
+                    _lock_reads(conn, view, timeout_s)
                     conn.execute(psycopg.sql.SQL("REFRESH MATERIALIZED VIEW {}{}").format(
                         how, psycopg.sql.Identifier(view)))
                 except psycopg.errors.InsufficientPrivilege as e:
@@ -79,8 +122,8 @@ def refresh(conninfo: str, concurrently: bool = False, timeout_s: float | None =
                         f"cannot refresh {view}: {e.diag.message_primary}; refresh the views as their owner, "
                         "the role that runs `society-ingest migrate`"
                     ) from e
-                except psycopg.errors.LockNotAvailable as e:
-                    raise LockTimeoutError(lock_timeout_message(e, view, timeout_s or 0)) from e
+                except psycopg.errors.LockNotAvailable as e:  # what it reads is locked already: the view
+                    raise LockTimeoutError(_refresh_waited(view, timeout_s or 0)) from e
                 seconds = time.perf_counter() - started
                 rows = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(
                     psycopg.sql.Identifier(view)))

@@ -29,6 +29,7 @@ def _options(
 ) -> None:
     context.debug = debug
     context.command = ctx.invoked_subcommand
+    context.needs_owner = False  # the refreshing commands say so (a CliRunner runs many commands in one process)
     setup_logging(log_format=log_format)
 
 

@@ -46,6 +46,8 @@ class Context:
     debug: bool = False
     #: The command (or command group) being run.
     command: str | None = None
+    #: The command refreshes the materialized views: a missing privilege wants their owner, not a GRANT.
+    needs_owner: bool = False
     #: Connection string of the database in use (shown only through pg_errors.where: no password).
     conninfo: str | None = None
     bootstrap: str | None = None
@@ -82,7 +84,8 @@ def _database_failure(e: Any) -> str:
     primary = (e.diag.message_primary if e.sqlstate else None) or first
     doing = "connecting" if connecting else context.command or "query"
     return str(pg_errors.translate(type(e)(primary), conninfo, doing,
-                                   reader=context.command in pg_errors.READER_COMMANDS))
+                                   reader=context.command in pg_errors.READER_COMMANDS,
+                                   owner=context.needs_owner))
 
 
 def _kafka_failure(e: KafkaException) -> str:

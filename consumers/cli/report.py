@@ -10,6 +10,7 @@ from typing import Annotated
 
 from consumers import views
 from consumers._files import NotReplaceableError, refusal
+from consumers.cli._failures import context
 from consumers.cli._options import (
     DatabaseUrl, Json, Timeout, console, err_console, fail, print_json, print_table, print_warning, typer,
 )
@@ -17,19 +18,21 @@ from consumers.cli._services import DEFAULT_TIMEOUT_S, database, require_schema
 from consumers.cli.views import Concurrently
 
 
-def _check_output(path: Path) -> None:
-    if str(path) == "-":
-        return
+#: The --output that means stdout: exactly this (``./-`` is a file named ``-``).
+STDOUT = "-"
+
+
+def _check_output(path: Path, shown: str) -> None:
     if path.is_dir() and not path.is_symlink():
-        fail(f"--output {path} is a folder: name the HTML file to write")
+        fail(f"--output {shown} is a folder: name the HTML file to write")
     reason = refusal(path)
     if reason:
-        fail(f"--output {path}: {reason}; write to '-' and redirect")
+        fail(f"--output {shown}: {reason}; write to '-' and redirect")
     folder = path.parent
     if not folder.is_dir():
-        fail(f"--output {path}: the folder {folder} does not exist")
+        fail(f"--output {shown}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        fail(f"--output {path}: no permission to create files in the folder {folder}")
+        fail(f"--output {shown}: no permission to create files in the folder {folder}")
 
 
 def report(
@@ -40,8 +43,9 @@ def report(
         typer.Option("--compare", help="A second run, shown side by side with the first.", show_default=False),
     ] = None,
     output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="HTML file to write ('-': stdout, the summary then goes to stderr) "
+        str | None,  # not Path: Path("./-") is Path("-"), and only '-' itself means stdout
+        typer.Option("--output", "-o", help="HTML file to write ('-': stdout, the summary then goes to stderr; "
+                                            "'./-' is a file named '-') "
                                             "[default: report-<run>.html in this folder].",
                      show_default=False),
     ] = None,
@@ -68,8 +72,12 @@ def report(
     if compare is not None and compare == run:
         fail(f"--compare {compare} is the run given by --run: compare two different runs", code=2)
     run_ids = [run] if compare is None else [run, compare]
-    path = output or ops.default_output(run_ids)
-    _check_output(path)
+    context.needs_owner = refresh
+    to_stdout = output == STDOUT  # the page goes to stdout: everything else to stderr
+    path = None if to_stdout else ops.default_output(run_ids) if output is None else Path(output)
+    shown = output or str(path)  # as given: Path("./-") prints as "-"
+    if path is not None:
+        _check_output(path, shown)
     db = database(database_url, timeout)
     require_schema(db)
     if refresh:
@@ -78,12 +86,11 @@ def report(
     try:
         written = ops.write_report(runs, path)
     except NotReplaceableError as e:
-        fail(f"--output {path}: {e.strerror}; write to '-' and redirect")
+        fail(f"--output {shown}: {e.strerror}; write to '-' and redirect")
     except OSError as e:
-        fail(f"--output {path}: {e.strerror or e}")
-    to_stdout = str(path) == "-"  # the page went to stdout: everything else to stderr
+        fail(f"--output {shown}: {e.strerror or e}")
     if as_json:
-        print_json({"output": str(path), "bytes": written.bytes, "charts": written.charts,
+        print_json({"output": shown, "bytes": written.bytes, "charts": written.charts,
                     "runs": written.summaries}, file=sys.stderr if to_stdout else None)
         return
     stale = [v for v in views.MATERIALIZED if any(v in s["stale_views"] for s in written.summaries)]
@@ -94,5 +101,5 @@ def report(
                 ops.table_rows(written.summaries), to_stderr=to_stdout)
     charts_n = sum(len(v) for v in written.charts.values())
     (err_console if to_stdout else console).print(
-        f"report written to {'stdout' if to_stdout else path} ({charts_n} charts, {written.bytes / 1024:,.0f} KiB)",
+        f"report written to {'stdout' if to_stdout else shown} ({charts_n} charts, {written.bytes / 1024:,.0f} KiB)",
         highlight=False, soft_wrap=True, markup=False)

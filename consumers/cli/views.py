@@ -6,6 +6,7 @@ import dataclasses
 from typing import Annotated
 
 from consumers import views as ops
+from consumers.cli._failures import context
 from consumers.cli._options import DatabaseUrl, Json, Timeout, print_json, print_table, typer
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, require_schema
 
@@ -26,6 +27,7 @@ def refresh(
     as_json: Json = False,
 ) -> None:
     """Refresh the materialized views (wealth_distribution, ingestion_lag) from the tables; run it as their owner."""
+    context.command, context.needs_owner = "views refresh", True
     db = database(database_url, timeout)
     require_schema(db)
     done = ops.refresh(db, concurrently, timeout)

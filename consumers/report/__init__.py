@@ -27,16 +27,17 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class WrittenReport:
-    """What ``write_report`` wrote: the file, its charts (PNG sizes in bytes per chart and run) and the summaries."""
+    """What ``write_report`` wrote: the file (None: stdout), its charts (PNG sizes in bytes per chart and run)
+    and the summaries."""
 
-    path: Path
+    path: Path | None
     bytes: int
     charts: dict[str, list[int]]
     summaries: list[dict[str, Any]]
 
 
-def write_report(runs: list[RunData], path: Path) -> WrittenReport:
-    """Draw every chart of each run and write the page to `path` (replaced whole, atomically; '-': stdout).
+def write_report(runs: list[RunData], path: Path | None) -> WrittenReport:
+    """Draw every chart of each run and write the page to `path` (replaced whole, atomically; None: stdout).
 
     A `path` that exists and is not a regular file (a device, fifo, symbolic link) is refused:
     ``consumers._files.NotReplaceableError``.
@@ -48,7 +49,7 @@ def write_report(runs: list[RunData], path: Path) -> WrittenReport:
     text = page.render(summaries, table_rows(summaries), drawn,
                        datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
     encoded = text.encode("utf-8")
-    if str(path) == "-":
+    if path is None:
         sys.stdout.buffer.write(encoded)
         sys.stdout.buffer.flush()
     else:

@@ -5,8 +5,10 @@ Each chart is CHART_WIDTH_PX × CHART_HEIGHT_PX, so the page can reserve its box
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ require("matplotlib", "charts")
 import matplotlib  # noqa: E402  # after the check above
 import matplotlib.backends.backend_agg as _agg  # noqa: E402
 import matplotlib.figure as _figure  # noqa: E402
+from matplotlib.font_manager import FontProperties, findfont, get_font  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI: Final = 100
@@ -36,6 +39,59 @@ TOP_EVENT_TYPES: Final = 12
 OTHER: Final = "other"
 #: Text from the data is drawn as it is: no mathtext ($…$), so "$5" is a dollar sign.
 _RC: Final = {"text.parse_math": False, "text.usetex": False}
+#: Longest name drawn in a chart (a subplot's title, a legend entry), in characters; longer ones are
+#: shortened in the middle ("…"). The page's tables keep the full names.
+LABEL_CHARS: Final = 32
+
+
+@functools.cache
+def _font() -> Any:
+    """The font the charts are drawn with (matplotlib's default), to know which characters it has."""
+    with matplotlib.rc_context(_RC):
+        return get_font(findfont(FontProperties()))
+
+
+def _char(c: str) -> str:
+    if c.isspace():
+        return " "  # tab, newline, …: no glyph, and a line break would upset the layout
+    if unicodedata.category(c) == "Cc" or not _font().get_char_index(ord(c)):
+        return ascii(c)[1:-1]  # \x07, \u9ec4: visible, and no "missing glyph" warning
+    return c
+
+
+def label(name: str, limit: int = LABEL_CHARS) -> str:
+    """`name` as drawn in a chart: characters the font cannot draw escaped (control characters, and
+    e.g. CJK without a CJK font), at most `limit` characters (both ends kept: names often differ at the end)."""
+    text = "".join(_char(c) for c in name)
+    if len(text) <= limit:
+        return text
+    head = limit // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+
+
+#: Widest name in a legend, in pixels: the rest of the chart keeps its width.
+LEGEND_LABEL_PX: Final = 220
+
+
+@functools.cache
+def _renderer() -> Any:
+    return _agg.RendererAgg(CHART_WIDTH_PX, CHART_HEIGHT_PX, DPI)
+
+
+def fitted(name: str, width_px: float, size: str = "medium") -> str:
+    """``label(name)``, shortened further until it is at most `width_px` wide in font size `size`
+    (a character limit alone lets "WWW…" run off the figure)."""
+    prop = FontProperties(size=size)
+    for limit in range(LABEL_CHARS, 4, -1):
+        text = label(name, limit)
+        if _renderer().get_text_width_height_descent(text, prop, ismath=False)[0] <= width_px:
+            break
+    return text
+
+
+def _rank(total: float) -> float:
+    """A total as ranked: a non-finite one (Infinity, NaN) is the largest, never dropped as 0."""
+    return total if math.isfinite(total) else math.inf
 
 
 @dataclass
@@ -70,8 +126,8 @@ def style(runs: list[RunData]) -> Style:
     volume: dict[str, float] = {}
     for r in runs:
         for res, c in r.prices.items():
-            volume[res] = volume.get(res, 0.0) + sum(_finite(c["volume"]))
-    ranked = sorted(volume, key=lambda k: (-volume[k], k))
+            volume[res] = volume.get(res, 0.0) + sum(v for v in c["volume"] if v is not None)
+    ranked = sorted(volume, key=lambda k: (-_rank(volume[k]), k))
     st.resources = sorted(ranked[:TOP_RESOURCES])
     st.more_resources = max(0, len(ranked) - TOP_RESOURCES)
     counts: dict[str, int] = {}
@@ -162,7 +218,8 @@ def prices(data: RunData, st: Style | None = None) -> bytes:
         color = st.colors[resource]
         ax.fill_between(c["step"], c["min_price"], c["max_price"], color=color, alpha=0.18, label="min–max")
         ax.plot(c["step"], c["vwap"], color=color, linewidth=1.8, label="VWAP")
-        ax.set_title(resource, fontsize="small" if len(resources) > 4 else "medium")
+        size = "small" if len(resources) > 4 else "medium"
+        ax.set_title(fitted(resource, CHART_WIDTH_PX / len(axes[0]) - 40, size), fontsize=size)
         _steps(ax)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         if rows > 1 and ax in axes[0]:
@@ -199,8 +256,9 @@ def wealth(data: RunData, st: Style | None = None) -> bytes:
     over_time.legend(loc="upper left", fontsize="small")
     over_time.set_title("Over time (materialized view)")
     _limit(over_time, st, "wealth")
-    hist.hist(_finite(data.final_balances), bins=30, color=_COLORS[0], alpha=0.8,
-              range=st.limits.get("wealth:hist"))
+    balances = _finite(data.final_balances)
+    # numpy's own range for equal values is ±0.5, too narrow for 30 bins at a large magnitude
+    hist.hist(balances, bins=30, color=_COLORS[0], alpha=0.8, range=st.limits.get("wealth:hist") or _span(balances))
     hist.set_title(f"At step {w['step'][-1]} ({len(data.final_balances):,} agents, live)")
     hist.set_xlabel("bank balance")
     hist.set_ylabel("agents")
@@ -235,7 +293,9 @@ def events(data: RunData, st: Style | None = None) -> bytes:
     if rest:
         series[f"{OTHER} ({len(rest)} types)"] = [sum(data.events[t].get(s, 0) for t in rest) for s in steps]
     colors = [st.colors.get(t, st.colors[OTHER]) for t in series]
-    ax.stackplot(steps, list(series.values()), labels=list(series), colors=colors, alpha=0.85)
+    size = "x-small" if len(series) > 8 else "small"  # as _finish draws the legend
+    ax.stackplot(steps, list(series.values()), labels=[fitted(t, LEGEND_LABEL_PX, size) for t in series],
+                 colors=colors, alpha=0.85)
     _limit(ax, st, "events")
     return _finish(fig, ax, "events", "Event mix over time")
 

@@ -13,6 +13,8 @@ TOP_EVENT_TYPES = 3
 TOP_MARKETS = 5
 #: Beyond this magnitude numbers are printed in scientific notation.
 COMPACT_ABOVE = 1e12
+#: A number the run does not have, or not as a finite value (NaN, ±Infinity in the data).
+MISSING = "n/a"
 
 
 def _finite(v: Any) -> Any:
@@ -77,21 +79,29 @@ def summarize(data: RunData) -> dict[str, Any]:
 
 def _num(v: float | None, digits: int = 2) -> str:
     if v is None or not math.isfinite(v):
-        return "–"
+        return MISSING
     return f"{v:.3e}" if abs(v) >= COMPACT_ABOVE else f"{v:,.{digits}f}"
+
+
+def _range(low: float | None, high: float | None) -> str:
+    """``low–high``; with a value missing, ``low to n/a`` (a dash beside "n/a" or a minus sign misreads)."""
+    lo, hi = _num(low), _num(high)
+    if lo == hi == MISSING:
+        return MISSING
+    return f"{lo} to {hi}" if MISSING in (lo, hi) else f"{lo}–{hi}"
 
 
 def _seconds(v: float | None) -> str:
     if v is None or not math.isfinite(v):
-        return "–"
+        return MISSING
     if abs(v) >= COMPACT_ABOVE:
         return f"{v:.3e} s"
     return f"{v * 1000:,.0f} ms" if abs(v) < 1 else f"{v:,.2f} s"
 
 
 def _duration(v: float | None) -> str:
-    if v is None:
-        return "–"
+    if v is None or not math.isfinite(v):
+        return MISSING
     minutes, seconds = divmod(round(v), 60)
     return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
 
@@ -111,15 +121,15 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
     volume: dict[str, float] = {}
     for s in summaries:
         for r, m in s["market"].items():
-            volume[r] = volume.get(r, 0) + (m["volume"] or 0)
+            # None: a non-finite volume (summarize drops those), ranked the largest as the charts do
+            volume[r] = volume.get(r, 0) + (math.inf if m["volume"] is None else m["volume"])
     ranked = sorted(volume, key=lambda r: (-volume[r], r))
     for resource in sorted(ranked[:TOP_MARKETS]):
         def market(s: dict[str, Any], r: str = resource) -> str:
             m = s["market"].get(r)
             if m is None:
                 return "–"
-            return (f"{m['trades']:,} trades, VWAP {_num(m['vwap'])} "
-                    f"({_num(m['min_price'])}–{_num(m['max_price'])})")
+            return f"{m['trades']:,} trades, VWAP {_num(m['vwap'])} ({_range(m['min_price'], m['max_price'])})"
         row(f"market {resource}", market)
     if len(ranked) > TOP_MARKETS:
         row(f"(+{len(ranked) - TOP_MARKETS} more resources)",
@@ -130,7 +140,7 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
         if w is None:
             return "–"
         return (f"step {w['step']}: {w['agents']:,} agents, median {_num(w['median'])}, "
-                f"p10–p90 {_num(w['p10'])}–{_num(w['p90'])}, Gini {_num(w['gini'], 3)}")
+                f"p10–p90 {_range(w['p10'], w['p90'])}, Gini {_num(w['gini'], 3)}")
     row("wealth", wealth)
     row("events", lambda s: ", ".join(f"{t} {n:,}" for t, n in list(s["events"].items())[:TOP_EVENT_TYPES])
         + (f" (+{len(s['events']) - TOP_EVENT_TYPES} types)" if len(s["events"]) > TOP_EVENT_TYPES else "") or "–")

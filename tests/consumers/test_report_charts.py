@@ -66,3 +66,38 @@ def test_non_finite_and_huge_numbers():
     assert s["market"]["food"]["last_vwap"] is None
     market = next(v for label, v in summary.table_rows([s]) if label == "market food")
     assert "3.000e+38" in market
+
+
+def test_a_non_finite_volume_ranks_as_the_largest_in_the_charts_and_the_summary():
+    resources = [f"r{i}" for i in range(charts.TOP_RESOURCES + 1)]
+    data = _run("a", resources, [])
+    data.prices["r0"]["volume"] = [float("inf"), 1.0]  # the smallest otherwise
+    assert "r0" in charts.style([data]).resources and "r1" not in charts.style([data]).resources
+    rows = summary.table_rows([summary.summarize(data)])
+    assert any(label == "market r0" for label, _ in rows)
+
+
+def test_labels_are_bounded_in_characters_and_in_pixels():
+    assert charts.label("x" * 10) == "x" * 10
+    long = charts.label("a" * 30 + "b" * 70)
+    assert len(long) == charts.LABEL_CHARS and long.startswith("a" * 16 + "…") and long.endswith("b" * 15)
+    assert charts.label("tab\there\nnow") == "tab here now"
+    assert charts.label("bell\x07\x1b[31m") == "bell\\x07\\x1b[31m"
+    wide = charts.fitted("W" * 100, 200)
+    assert wide.startswith("WW") and "…" in wide and len(wide) < charts.LABEL_CHARS
+    names = ["W" * 60 + str(i) for i in range(charts.TOP_RESOURCES)]
+    types = ["M" * 100 + str(i) for i in range(3)]
+    charts.draw([_run("a", names, types)])  # no warning (a missing glyph would be one; warnings fail tests)
+
+
+def test_missing_values_read_as_n_a_in_the_summary():
+    data = _run("a", ["food", "fuel"], [])
+    data.prices["food"]["turnover"] = [float("nan")] * 2
+    data.prices["food"]["min_price"] = data.prices["food"]["max_price"] = [float("nan")] * 2
+    data.prices["fuel"]["max_price"] = [float("nan")] * 2
+    data.wealth = {"step": [1], "agents": [3], "mean": [1.0], "p10": [3e37], "median": [3e37], "p90": [float("nan")],
+                   "gini": [float("nan")]}
+    rows = dict((label, value) for label, value in summary.table_rows([summary.summarize(data)]))
+    assert rows["market food"] == "2 trades, VWAP n/a (n/a)"
+    assert rows["market fuel"] == "2 trades, VWAP 2.00 (2.00 to n/a)"
+    assert rows["wealth"] == "step 1: 3 agents, median 3.000e+37, p10–p90 3.000e+37 to n/a, Gini n/a"

@@ -177,13 +177,28 @@ def test_refresh_is_one_transaction_and_a_held_lock_fails_within_the_timeout(kno
     before = rows(known, steps)
     with psycopg.connect(known) as holder:
         holder.execute("REFRESH MATERIALIZED VIEW ingestion_lag")  # holds it locked until it ends: the second view
-        with pytest.raises(LockTimeoutError, match=r"^lock not available within 0.5s: another session holds a "
-                                                   r"lock on ingestion_lag "):
+        with pytest.raises(LockTimeoutError, match=r"^refreshing ingestion_lag waited more than 0.5s for a lock on "
+                                                   r"the view itself: another session holds one "):
             refresh(known, concurrently=concurrently, timeout_s=0.5)
         holder.rollback()
     assert rows(known, steps) == before  # wealth_distribution's refresh was rolled back with the failure
     refresh(known, concurrently=concurrently, timeout_s=10)
     assert rows(known, steps) == [(9,)]
+
+
+@pytest.mark.parametrize(("table", "view"), [("banking_transactions", "wealth_distribution"),
+                                             ("market_transactions", "ingestion_lag")])
+def test_a_locked_table_is_named_as_what_the_refresh_waited_for(known, table, view):
+    from consumers.views import LockTimeoutError
+
+    with psycopg.connect(known) as holder:
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # not the view: a table it reads
+        with pytest.raises(LockTimeoutError) as e:
+            refresh(known, timeout_s=0.5)
+        holder.rollback()
+    assert str(e.value) == (f"refreshing {view} waited more than 0.5s for a lock on {table}, a table it reads: "
+                            "another session holds or waits for a conflicting lock (a LOCK TABLE, a migration; "
+                            "see pg_locks)")
 
 
 def test_the_reader_role_selects_every_view(known):

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import uuid
@@ -216,6 +217,57 @@ def _hostile_run(url: str, names: list[str], nan_price: bool = False) -> str:
     return run_id
 
 
+LONG_RESOURCE, LONG_EVENT = "r" * 50, "E" * 100
+
+
+def _non_finite_run(url: str) -> str:
+    """A run as psql could leave it, past the worker's validation: an Infinity volume among nine resources,
+    a NaN price, long names, a tab and a bell in names, and a NaN balance (p90 of wealth)."""
+    run_id = str(uuid.uuid4())
+    trades = [(f"r{i}", float(i + 1), 2.0) for i in range(8)]  # r0 is not among the 8 largest volumes
+    trades += [("inf", float("inf"), 2.0), ("nan-price", 100.0, float("nan")), (LONG_RESOURCE, 50.0, 2.0),
+               ("gold\tbar", 20.0, 2.0)]
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("INSERT INTO simulation_runs (run_id, status) VALUES (%s, 'completed')", (run_id,))
+        for i, (resource, quantity, price) in enumerate(trades):
+            c.execute("INSERT INTO market_transactions (transaction_sim_id, simulation_run_id, step_timestamp, "
+                      "market_id, resource_type, buyer_agent_id, seller_agent_id, quantity, price_per_unit, "
+                      "total_cost) VALUES (%s, %s, 0, 'm', %s, 'a', 'b', %s, %s, 1)",
+                      (f"t{i}", run_id, resource, quantity, price))
+        for event_type in (LONG_EVENT, "bell\x07ring", "BIRTH"):
+            c.execute("INSERT INTO simulation_events (event_uid, simulation_run_id, step_timestamp, event_type) "
+                      "VALUES (gen_random_uuid(), %s, 0, %s)", (run_id, event_type))
+        for i in range(10):
+            c.execute("INSERT INTO banking_transactions (transaction_sim_id, simulation_run_id, step_timestamp, "
+                      "agent_id_str, account_id, transaction_type, amount, balance_after) "
+                      "VALUES (%s, %s, 0, %s, %s, 'deposit', 1, %s)",
+                      (f"b{i}", run_id, f"agent{i}", f"acct{i}", float("nan") if i == 9 else 3e37))
+    return run_id
+
+
+def test_non_finite_values_and_unruly_names_from_the_database(services, runs, tmp_path):
+    from consumers.report import charts, load_run
+
+    url, _ = runs
+    run_id = _non_finite_run(url)
+    out = cli(services, url, "report", "--run", run_id, "--refresh", "-o", str(tmp_path / "r.html"))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""  # no "Glyph 9 missing", no other warning
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.stdout.splitlines()
+            if line.count("│") == 3}
+    assert rows["market inf"].startswith("1 trades, VWAP n/a")  # Infinity: among the largest, not dropped
+    assert rows["market nan-price"] == "1 trades, VWAP n/a (n/a)"
+    assert "p10–p90 3.000e+37 to n/a," in rows["wealth"]
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"market {LONG_RESOURCE}" in page and LONG_EVENT in page  # the tables keep full names
+
+    style = charts.style([load_run(url, uuid.UUID(run_id))])  # read back from PostgreSQL
+    assert {"inf", "nan-price", LONG_RESOURCE, "gold\tbar"} < set(style.resources) and "r0" not in style.resources
+    assert LONG_EVENT in style.event_types and "bell\x07ring" in style.event_types
+    assert charts.label(LONG_EVENT) == "E" * 16 + "…" + "E" * 15
+    assert charts.label("gold\tbar") == "gold bar" and charts.label("bell\x07ring") == "bell\\x07ring"
+
+
 def test_refuses_to_replace_a_fifo_or_a_symlink_and_names_output(services, runs, tmp_path):
     url, reports = runs
     fifo = tmp_path / "pipe"
@@ -240,6 +292,30 @@ def test_dash_writes_the_page_to_stdout_and_the_summary_to_stderr(services, runs
     assert out.stdout.startswith("<!DOCTYPE html>") and out.stdout.rstrip().endswith("</html>")
     assert "report written to stdout" in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_a_lone_dash_means_stdout_and_dot_slash_dash_is_a_file(services, runs, tmp_path):
+    url, reports = runs
+    out = cli(services, url, "report", "--run", reports[0]["run_id"], "-o", "./-", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "<!DOCTYPE" not in out.stdout  # the summary, not the page
+    assert "report written to ./-" in out.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["-"]
+    assert (tmp_path / "-").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_a_replaced_page_keeps_its_mode_and_the_longest_name_is_written(services, runs, tmp_path):
+    url, reports = runs
+    private = tmp_path / "p.html"
+    private.write_text("old", encoding="utf-8")
+    private.chmod(0o600)
+    longest = "y" * 250 + ".html"  # 255 bytes, NAME_MAX
+    for name in (private.name, longest):
+        out = cli(services, url, "report", "--run", reports[0]["run_id"], "-o", name, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert private.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([private.name, longest])  # no .partial left
 
 
 def test_comparing_a_run_with_itself_is_a_usage_error(services, runs, tmp_path):
@@ -267,13 +343,56 @@ def test_names_from_the_data_are_text_not_markup_or_mathtext(services, runs, tmp
 
 def test_a_locked_view_fails_within_the_timeout_naming_it(services, runs, tmp_path):
     url, reports = runs
+    report = ["report", "--run", reports[0]["run_id"], "-o", str(tmp_path / "r.html")]
     with psycopg.connect(url) as holder:
         holder.execute("REFRESH MATERIALIZED VIEW wealth_distribution")  # locked until this transaction ends
-        for args in (["views", "refresh"], ["report", "--run", reports[0]["run_id"], "-o", str(tmp_path / "r.html")]):
+        expected = {"views": "refreshing wealth_distribution waited more than 2s for a lock on the view itself: "
+                             "another session holds one (a refresh, or a transaction reading it; see pg_locks)",
+                    "report": "lock not available within 2s: another session holds a lock on wealth_distribution "
+                              "(a refresh, or a long transaction; see pg_locks)"}
+        for args in (["views", "refresh"], report):
             out = cli(services, url, *args, "--timeout", "2")
             assert out.returncode == 1, out.stderr
+            assert out.stderr.strip().splitlines() == [f"error: {expected[args[0]]}"], out.stderr
+        holder.rollback()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_role_without_grants_is_told_a_refresh_needs_the_owner(services, runs, tmp_path):
+    from consumers.pg_errors import OWNER_HINT
+
+    url, reports = runs
+    role = f"nobody_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'role-pw'")  # no grants at all
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        nobody = psycopg.conninfo.make_conninfo(url, user=role, password="role-pw")
+        where = f"{role}@{params['host']}:{params['port']}/{params['dbname']}"
+        report = ["report", "--run", reports[0]["run_id"], "-o", "r.html"]
+        for args, command, hint in ((["views", "refresh"], "views refresh", OWNER_HINT),
+                                    ([*report, "--refresh"], "report", OWNER_HINT),
+                                    (report, "report", "grant the role the readers' privileges: GRANT society_reader")):
+            out = cli(services, nobody, *args, cwd=tmp_path)
+            assert out.returncode == 1
+            assert out.stderr.startswith(f"error: PostgreSQL at {where}: {command}: permission denied for table "
+                                         "schema_migrations (42501); " + hint), out.stderr
+    finally:
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(f"DROP ROLE {role}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_locked_table_is_named_not_the_view_being_refreshed(services, runs, tmp_path):
+    url, reports = runs
+    with psycopg.connect(url) as holder:
+        holder.execute("LOCK TABLE banking_transactions IN ACCESS EXCLUSIVE MODE")
+        for args in (["views", "refresh"], ["report", "--run", reports[0]["run_id"], "--refresh", "-o", "r.html"]):
+            out = cli(services, url, *args, "--timeout", "1", cwd=tmp_path)
+            assert out.returncode == 1, out.stderr
             assert out.stderr.strip().splitlines() == [
-                "error: lock not available within 2s: another session holds a lock on wealth_distribution "
-                "(a refresh, or a long transaction; see pg_locks)"], out.stderr
+                "error: refreshing wealth_distribution waited more than 1s for a lock on banking_transactions, a "
+                "table it reads: another session holds or waits for a conflicting lock (a LOCK TABLE, a migration; "
+                "see pg_locks)"], out.stderr
         holder.rollback()
     assert list(tmp_path.iterdir()) == []
