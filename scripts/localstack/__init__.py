@@ -25,9 +25,13 @@ Environment: SOCIETY_STACK_DIR (state dir), SOCIETY_KAFKA_PORT (default 19092;
 the controller listens on the next port, a SASL_SSL listener on the one after:
 see ``_sasl``), SOCIETY_PG_PORT (default 15432),
 SOCIETY_INGEST_CACHE (jar cache, default ~/.cache/society-ingest).
+A state dir remembers the ports its services were started on (``<state>/ports``,
+see ``_ports``): without the port variables every command uses those; with
+variables that disagree with a running service it fails (PortMismatch).
 
 Modules: ``_stack`` (LocalStack), ``_kafka`` (the broker), ``_postgres`` (the
-server), ``_sasl`` (the SASL_SSL listener), ``_processes`` (pid files, ports, the lock, subprocesses), ``_cli``.
+server), ``_sasl`` (the SASL_SSL listener), ``_processes`` (pid files, ports, the lock, subprocesses),
+``_ports`` (the ports a state dir was started on), ``_cli``.
 """
 
 from ._cli import main
@@ -40,7 +44,7 @@ from ._config import (
     PG_PASSWORD,
     PG_SUPERUSER,
 )
-from ._errors import PortInUse, StackError
+from ._errors import PortInUse, PortMismatch, StackError
 from ._stack import LocalStack
 
 __all__ = [
@@ -53,6 +57,7 @@ __all__ = [
     "PG_SUPERUSER",
     "LocalStack",
     "PortInUse",
+    "PortMismatch",
     "StackError",
     "main",
 ]

@@ -14,7 +14,10 @@ from ._stack import LocalStack, free_ports
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stack", description="Local Kafka (KRaft) + PostgreSQL for society-ingest, without Docker.")
+        prog="stack", description="Local Kafka (KRaft) + PostgreSQL for society-ingest, without Docker.",
+        epilog="Ports: SOCIETY_KAFKA_PORT and SOCIETY_PG_PORT when set, else those the state dir's "
+               "services were last started on (<state dir>/ports), else 19092 and 15432. Variables "
+               "that disagree with a running service of the state dir are an error.")
     parser.add_argument("--state-dir", help="state dir (default $SOCIETY_STACK_DIR or <repo>/.stack)")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     sub.add_parser("up", help="start both services, wait until ready, print env lines")

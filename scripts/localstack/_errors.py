@@ -13,3 +13,7 @@ class StackError(RuntimeError):
 
 class PortInUse(StackError):
     """A port the stack needs is held by something else: move with SOCIETY_*_PORT (scripts/stack free-ports)."""
+
+
+class PortMismatch(StackError):
+    """Ports given (SOCIETY_*_PORT, arguments) disagree with the running stack in the state dir: unset them."""

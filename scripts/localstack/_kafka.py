@@ -28,6 +28,7 @@ from ._errors import StackError
 from ._processes import (
     StateLock, launch_detached, log, pid_alive, port_open, require_free_port, run, running, stop_process, tail,
 )
+from ._ports import record
 from ._sasl import SaslFiles, declared_in, server_properties, write_private
 
 if TYPE_CHECKING:
@@ -207,6 +208,7 @@ class Kafka:
     def launch(self) -> None:
         """Start the JVM (not waiting for it): ports checked, jars resolved, storage formatted."""
         self.check_ports()
+        record(self.state_dir, "kafka", self.port)
         classpath = f"{self.ensure_jars()}/*"
         java = _java()
         self._write_files(java)

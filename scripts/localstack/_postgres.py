@@ -27,6 +27,7 @@ from ._config import (
     PG_SUPERUSER,
 )
 from ._errors import StackError
+from ._ports import pg_base, record
 from ._processes import log, pid_alive, port_open, require_free_port, run, running, tail, wait_until
 
 _STOP_MODES = ("smart", "fast", "immediate")
@@ -56,6 +57,7 @@ class Postgres:
             self._wait_ready(PG_READY_TIMEOUT_S)
             return
         self.check_port()
+        record(self.state_dir, "postgres", self.port)
         base = self._base()
         data = base / "data"
         if not (data / "PG_VERSION").exists():
@@ -105,14 +107,7 @@ class Postgres:
 
     def base_recorded(self) -> Path | None:
         """The base dir chosen earlier (None before the first start)."""
-        try:
-            text = self._location_file.read_text().strip()
-        except OSError:
-            text = ""
-        if text:
-            return Path(text)
-        default = self.state_dir / "pg"
-        return default if default.exists() else None
+        return pg_base(self.state_dir)
 
     def _base(self) -> Path:
         """Directory (owned by the server's user) holding data/, the log and the socket.

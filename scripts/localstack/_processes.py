@@ -80,9 +80,10 @@ def launch_detached(cmd: list[str], *, output: Path, pid_file: Path, cwd: Path) 
 # A service is found through its pid file (Kafka's, written at launch; PostgreSQL's
 # postmaster.pid) and trusted only while that pid still runs the expected command
 # line, so a stale pid file or a reused pid is never taken for a service. Nothing
-# scans the process table. Two per-pid reads of /proc remain, because the standard
-# library has no call for either: another process's command line, and whether a
-# pid is a zombie (os.kill(pid, 0) succeeds on one). Our services become zombies
+# scans the process table. Three per-pid reads of /proc remain, because the standard
+# library has no call for any: another process's command line, whether a pid is a
+# zombie (os.kill(pid, 0) succeeds on one), and whether a pid listens on a port
+# (``listens_on``, so status never reports a pid on a port it does not hold). Our services become zombies
 # when they exit: they are detached orphans, reaped by whatever init the machine
 # has, which in some containers is never. The stack is Linux-only anyway (runuser,
 # Debian's PostgreSQL packages).
@@ -171,6 +172,40 @@ def port_bindable(port: int, host: str = HOST) -> bool:
         except OSError:
             return False
     return True
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on TCP ``port``.
+
+    The listening sockets on ``port`` in the pid's network namespace (/proc/<pid>/net/tcp
+    and tcp6), then whether one of them is among the pid's open files. False when
+    either cannot be read: a pid is never reported on a port it was not seen on.
+    """
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            # sl local_address rem_address st ... inode: "0100007F:4E84", st 0A = LISTEN
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"{fd_dir}/{fd}") in inodes:
+                return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
 
 
 def require_free_port(port: int, *, service: str, env_var: str, state_dir: Path) -> None:

@@ -15,10 +15,11 @@ from ._config import (
     REPO_ROOT,
     SASL_USERNAME,
 )
-from ._errors import StackError
+from ._errors import PortMismatch, StackError
 from ._kafka import Kafka
+from ._ports import ENV_VARS, recorded
 from ._postgres import Postgres
-from ._processes import StateLock, port_bindable
+from ._processes import StateLock, listens_on, port_bindable
 
 
 class LocalStack:
@@ -32,6 +33,12 @@ class LocalStack:
     Unlike the rest of the project, the constructor reads the environment
     (SOCIETY_STACK_DIR, SOCIETY_KAFKA_PORT, SOCIETY_PG_PORT, SOCIETY_INGEST_CACHE):
     ``LocalStack()`` in a test fixture must find the stack ``scripts/stack`` started.
+
+    Each port comes from the argument, else its variable, else the port the state
+    dir's service was last started on (``<state>/ports``, see ``_ports``), else the
+    default. A port given (argument or variable) that disagrees with a running
+    service of the state dir raises PortMismatch: commands must not address another
+    stack than the one in the state dir.
     """
 
     def __init__(
@@ -45,16 +52,34 @@ class LocalStack:
         if state_dir is None:
             state_dir = os.environ.get("SOCIETY_STACK_DIR") or REPO_ROOT / ".stack"
         self.state_dir = Path(state_dir).expanduser().absolute()
-        self.kafka_port = kafka_port or _env_port("SOCIETY_KAFKA_PORT", DEFAULT_KAFKA_PORT)
+        given = {"kafka": _given_port(kafka_port, "kafka_port", ENV_VARS["kafka"]),
+                 "postgres": _given_port(pg_port, "pg_port", ENV_VARS["postgres"])}
+        started_on = recorded(self.state_dir)
+        self.kafka_port = given["kafka"][0] or started_on.get("kafka") or DEFAULT_KAFKA_PORT
         self.controller_port = self.kafka_port + 1
         self.kafka_sasl_port = self.kafka_port + 2
-        self.pg_port = pg_port or _env_port("SOCIETY_PG_PORT", DEFAULT_PG_PORT)
+        self.pg_port = given["postgres"][0] or started_on.get("postgres") or DEFAULT_PG_PORT
         if cache_dir is None:
             cache_dir = os.environ.get("SOCIETY_INGEST_CACHE") or Path.home() / ".cache" / "society-ingest"
         self.cache_dir = Path(cache_dir).expanduser().absolute()
         self._kafka = Kafka(self.state_dir, self.cache_dir, self.kafka_port)
         self._postgres = Postgres(self.state_dir, self.pg_port)
         self._lock = StateLock(self.state_dir / ".lock")
+        self._refuse_other_ports(given, started_on)
+
+    def _refuse_other_ports(self, given: dict[str, tuple[int | None, str]], started_on: dict[str, int]) -> None:
+        """PortMismatch when a given port is not the one a running service of the state dir listens on."""
+        for service, pid in (("kafka", self._kafka.pid), ("postgres", self._postgres.pid)):
+            port, source = given[service]
+            running_on = started_on.get(service)
+            if port is None or running_on is None or port == running_on:
+                continue
+            running = pid()
+            if running is not None:
+                raise PortMismatch(
+                    f"{source}={port}, but the stack in {self.state_dir} runs {service} on {HOST}:{running_on} "
+                    f"(pid {running}): unset {ENV_VARS[service]} (or set it to {running_on}) to use that stack, "
+                    "or set SOCIETY_STACK_DIR to another state dir for a stack of its own")
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -140,11 +165,12 @@ class LocalStack:
                 raise errors[0]
 
     def status(self) -> dict:
-        """Both services: ``state`` is "up" (ours, answering), "starting" (ours, not
-        answering yet), "down", or "foreign" (something else answers on our port)."""
-        def state(pid: int | None, answers: bool) -> str:
+        """Both services: ``state`` is "up" (ours, listening on the port shown and
+        answering there), "starting" (ours, not yet both), "down", or "foreign"
+        (something else answers on our port)."""
+        def state(pid: int | None, port: int, answers: bool) -> str:
             if pid is not None:
-                return "up" if answers else "starting"
+                return "up" if answers and listens_on(pid, port) else "starting"
             return "foreign" if answers else "down"
 
         kpid, ppid = self._kafka.pid(), self._postgres.pid()
@@ -152,7 +178,7 @@ class LocalStack:
         return {
             "state_dir": str(self.state_dir),
             "kafka": {
-                "state": state(kpid, self.is_kafka_up()),
+                "state": state(kpid, self.kafka_port, self.is_kafka_up()),
                 "pid": kpid,
                 "bootstrap": self.kafka_bootstrap,
                 "sasl_bootstrap": self.kafka_sasl_bootstrap if self.has_sasl_listener() else None,
@@ -160,7 +186,7 @@ class LocalStack:
                 "data": str(self._kafka.data),
             },
             "postgres": {
-                "state": state(ppid, self.is_postgres_up()),
+                "state": state(ppid, self.pg_port, self.is_postgres_up()),
                 "pid": ppid,
                 "url": self.database_url,
                 "log": str(base / "postgres.log") if base else None,
@@ -210,7 +236,8 @@ class LocalStack:
 
 
 def free_ports(stack: LocalStack) -> tuple[int, int]:
-    """Ports for this state dir: the configured ones when free (or ours), else the next free.
+    """Ports for this state dir: the configured ones (given, else those it last ran on, else the
+    defaults) when free (or ours), else the next free.
 
     Kafka takes three: its own, the controller's (+1) and the SASL_SSL listener's (+2).
     """
@@ -224,10 +251,17 @@ def free_ports(stack: LocalStack) -> tuple[int, int]:
     return kafka, pg
 
 
-def _env_port(name: str, default: int) -> int:
+def _given_port(arg: int | None, arg_name: str, env_var: str) -> tuple[int | None, str]:
+    """The port given for a service, and where it came from (named in PortMismatch); None: not given."""
+    if arg:
+        return arg, arg_name
+    return _env_port(env_var), env_var
+
+
+def _env_port(name: str) -> int | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
-        return default
+        return None
     try:
         port = int(raw)
     except ValueError:

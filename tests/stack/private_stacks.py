@@ -51,6 +51,12 @@ class PrivateStack:
         return {**os.environ, "SOCIETY_STACK_DIR": str(self.state_dir),
                 "SOCIETY_KAFKA_PORT": str(self.kafka_port), "SOCIETY_PG_PORT": str(self.pg_port)}
 
+    def env_without_ports(self) -> dict[str, str]:
+        """As a later shell has it: the state dir exported, the port variables not."""
+        env = self.env()
+        del env["SOCIETY_KAFKA_PORT"], env["SOCIETY_PG_PORT"]
+        return env
+
     def cli(self, *args: str, **kw) -> subprocess.CompletedProcess:
         """``scripts/stack *args`` in another process (the wrapper, as users run it)."""
         return subprocess.run([str(STACK_SCRIPT), *args], capture_output=True, text=True, timeout=180,

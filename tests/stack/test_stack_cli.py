@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from localstack import LocalStack
+from localstack._ports import record, recorded
 from private_stacks import REPO, STACK_SCRIPT, PrivateStack
 
 pytestmark = pytest.mark.stack
@@ -84,3 +85,41 @@ def test_a_virtualenv_that_cannot_be_built_is_one_clear_error(private_stack: Pri
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.splitlines()[-1].startswith(
         f"stack: error: could not build the project's virtualenv ({REPO}/.venv) with scripts/bootstrap-venv")
+
+
+def test_a_stopped_stack_keeps_the_ports_it_last_ran_on_unless_others_are_given(
+        private_stack: PrivateStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    k, p = private_stack.kafka_port, private_stack.pg_port
+    record(private_stack.state_dir, "kafka", k)
+    record(private_stack.state_dir, "postgres", p)
+    bare = private_stack.env_without_ports()
+    res = private_stack.cli("env", env=bare)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == private_stack.local().env_lines()
+    assert f"127.0.0.1:{k}\n" in res.stdout and f"127.0.0.1:{p}/society\n" in res.stdout
+    res = private_stack.cli("status", env=bare)
+    assert res.returncode == 3 and f"down     pid -        127.0.0.1:{k}  log " in res.stdout
+    res = private_stack.cli("free-ports", env=bare)
+    assert res.stdout == f"export SOCIETY_KAFKA_PORT={k}\nexport SOCIETY_PG_PORT={p}\n", res.stderr
+
+    # Nothing runs: given ports win (the next start moves the stack there).
+    res = private_stack.cli("env", env={**bare, "SOCIETY_KAFKA_PORT": str(k + 10)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{k + 10}\n")
+    assert f"127.0.0.1:{p}/society\n" in res.stdout  # the other one still from the state dir
+    monkeypatch.delenv("SOCIETY_KAFKA_PORT", raising=False)
+    monkeypatch.delenv("SOCIETY_PG_PORT", raising=False)
+    here = LocalStack(private_stack.state_dir)
+    assert (here.kafka_port, here.pg_port) == (k, p)
+
+
+def test_the_ports_file(tmp_path: Path) -> None:
+    assert recorded(tmp_path) == {}
+    record(tmp_path, "postgres", 21500)
+    record(tmp_path, "kafka", 21000)
+    record(tmp_path, "kafka", 21002)
+    assert (tmp_path / "ports").read_text().splitlines()[1:] == ["kafka=21002", "postgres=21500"]
+    assert recorded(tmp_path) == {"kafka": 21002, "postgres": 21500}
+    assert list(tmp_path.iterdir()) == [tmp_path / "ports"]  # no temporary file left
+    (tmp_path / "ports").write_text("kafka=x\nother=1\n")
+    assert recorded(tmp_path) == {}

@@ -17,8 +17,8 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from localstack import LocalStack, PortInUse
-from localstack._processes import port_bindable
+from localstack import LocalStack, PortInUse, PortMismatch
+from localstack._processes import listens_on, port_bindable
 from private_stacks import STACK_SCRIPT, PrivateStack, new_private_stack
 
 pytestmark = pytest.mark.stack
@@ -191,3 +191,110 @@ def test_down_from_another_process_frees_the_ports_and_up_keeps_the_data(
     assert "across-down" in AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=10).topics
     with psycopg.connect(stack.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM across_down").fetchone() == (0,)
+
+
+# ------------------------------------------- a later shell without SOCIETY_*_PORT
+
+
+def test_a_later_shell_without_the_port_variables_finds_the_stack(
+        stack: LocalStack, private: PrivateStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    k, p = private.kafka_port, private.pg_port
+    ports_file = private.state_dir / "ports"
+    assert ports_file.read_text().splitlines()[1:] == [f"kafka={k}", f"postgres={p}"]
+    bare = private.env_without_ports()
+
+    env = private.cli("env", env=bare)
+    assert env.returncode == 0, env.stderr
+    assert env.stdout == stack.env_lines()
+    assert env.stdout.startswith(f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{k}\n"
+                                 f"export DATABASE_URL=postgresql://postgres:society-local@127.0.0.1:{p}/society\n")
+
+    machine = private.cli("status", "--json", env=bare)
+    assert machine.returncode == 0, machine.stderr
+    st = json.loads(machine.stdout)
+    assert (st["kafka"]["bootstrap"], st["postgres"]["url"]) == (stack.kafka_bootstrap, stack.database_url)
+    assert listens_on(st["kafka"]["pid"], k) and listens_on(st["postgres"]["pid"], p)
+    human = private.cli("status", env=bare)
+    assert human.returncode == 0, human.stderr
+    assert f"pid {st['kafka']['pid']:<8} 127.0.0.1:{k}  log " in human.stdout.splitlines()[1]
+
+    free = private.cli("free-ports", env=bare)
+    assert free.stdout == f"export SOCIETY_KAFKA_PORT={k}\nexport SOCIETY_PG_PORT={p}\n", free.stderr
+
+    monkeypatch.delenv("SOCIETY_KAFKA_PORT", raising=False)
+    monkeypatch.delenv("SOCIETY_PG_PORT", raising=False)
+    monkeypatch.setenv("SOCIETY_STACK_DIR", str(private.state_dir))
+    assert (LocalStack().kafka_port, LocalStack().pg_port) == (k, p)
+    # A stack started before the ports file existed: read from the configs written at its start.
+    saved = ports_file.read_text()
+    ports_file.unlink()
+    try:
+        older = LocalStack()
+        assert (older.kafka_port, older.pg_port, older.env()) == (k, p, stack.env())
+    finally:
+        ports_file.write_text(saved)
+
+
+def test_stop_start_down_and_up_without_the_port_variables_keep_the_ports(
+        stack: LocalStack, private: PrivateStack) -> None:
+    bare = private.env_without_ports()
+    for args in (["stop", "postgres"], ["start", "postgres"], ["stop", "kafka", "--kill"], ["down"]):
+        res = private.cli(*args, env=bare)
+        assert res.returncode == 0, (args, res.stderr)
+    st = stack.status()
+    assert [st[s]["state"] for s in ("kafka", "postgres")] == ["down", "down"]
+    assert all(port_bindable(port) for port in (stack.kafka_port, stack.controller_port, stack.pg_port))
+
+    up = private.cli("up", env=bare)
+    assert up.returncode == 0, up.stderr
+    assert up.stdout == stack.env_lines() and f"127.0.0.1:{private.kafka_port}\n" in up.stdout
+    assert stack.is_kafka_up() and stack.is_postgres_up()
+    assert private.cli("status", env=bare).returncode == 0
+
+
+def test_port_variables_that_disagree_with_the_running_stack_are_one_clear_error(
+        stack: LocalStack, private: PrivateStack) -> None:
+    k, p = private.kafka_port, private.pg_port
+    st = stack.status()
+    kpid, ppid = st["kafka"]["pid"], st["postgres"]["pid"]
+    cases = [(["env"], "SOCIETY_KAFKA_PORT", "kafka", k, kpid),
+             (["status"], "SOCIETY_PG_PORT", "postgres", p, ppid),
+             (["down"], "SOCIETY_KAFKA_PORT", "kafka", k, kpid),
+             (["stop", "postgres"], "SOCIETY_PG_PORT", "postgres", p, ppid),
+             (["up"], "SOCIETY_PG_PORT", "postgres", p, ppid),
+             (["free-ports"], "SOCIETY_KAFKA_PORT", "kafka", k, kpid)]
+    for args, var, service, running_on, pid in cases:
+        wrong = running_on + 10
+        res = private.cli(*args, env={**private.env(), var: str(wrong)})
+        assert res.returncode == 1 and res.stdout == "", (args, res.stdout, res.stderr)
+        assert res.stderr.splitlines() == [
+            f"stack: error: {var}={wrong}, but the stack in {private.state_dir} runs {service} on "
+            f"127.0.0.1:{running_on} (pid {pid}): unset {var} (or set it to {running_on}) to use that stack, "
+            "or set SOCIETY_STACK_DIR to another state dir for a stack of its own"], args
+    with pytest.raises(PortMismatch, match=f"kafka_port={k + 2}, .* runs kafka on 127.0.0.1:{k} "):
+        LocalStack(private.state_dir, kafka_port=k + 2, pg_port=p)
+    with pytest.raises(PortMismatch, match=f"pg_port={p + 1}, .* runs postgres on 127.0.0.1:{p} "):
+        LocalStack(private.state_dir, kafka_port=k, pg_port=p + 1)
+    after = stack.status()  # nothing was stopped or moved
+    assert [(after[s]["state"], after[s]["pid"]) for s in ("kafka", "postgres")] == [("up", kpid), ("up", ppid)]
+
+
+def test_status_never_reports_a_pid_up_on_a_port_it_does_not_listen_on(
+        stack: LocalStack, private: PrivateStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    kpid = stack.status()["kafka"]["pid"]
+    assert all(listens_on(kpid, port) for port in (stack.kafka_port, stack.controller_port, stack.kafka_sasl_port))
+    assert not listens_on(kpid, stack.pg_port)
+    monkeypatch.delenv("SOCIETY_KAFKA_PORT", raising=False)
+    monkeypatch.delenv("SOCIETY_PG_PORT", raising=False)
+    # The incident, forced: the state dir points at another port, where another broker answers.
+    ports_file = private.state_dir / "ports"
+    saved = ports_file.read_text()
+    ports_file.write_text(f"kafka={stack.kafka_port + 10}\npostgres={stack.pg_port}\n")
+    try:
+        misled = LocalStack(private.state_dir)
+        monkeypatch.setattr(misled, "is_kafka_up", lambda: True)
+        kafka = misled.status()["kafka"]
+        assert (kafka["pid"], kafka["bootstrap"]) == (kpid, f"127.0.0.1:{stack.kafka_port + 10}")
+        assert kafka["state"] != "up"
+    finally:
+        ports_file.write_text(saved)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from localstack._processes import StateLock, pid_alive, running, wait_until
+from localstack._processes import StateLock, listens_on, pid_alive, running, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -83,3 +84,20 @@ def test_a_pid_file_counts_only_while_its_process_runs_the_expected_command(tmp_
     pid_file.write_text("not a pid\n")
     assert running(pid_file, lambda args: True) is None
     assert running(tmp_path / "missing.pid", lambda args: True) is None
+
+
+def test_listens_on_sees_only_the_ports_a_process_listens_on() -> None:
+    with socket.socket() as listening, socket.socket() as bound_only:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        bound_only.bind(("127.0.0.1", 0))
+        port, other = listening.getsockname()[1], bound_only.getsockname()[1]
+        assert listens_on(os.getpid(), port)
+        assert not listens_on(os.getpid(), other)
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert not listens_on(child.pid, port)  # the port is held, but not by that pid
+        finally:
+            child.kill()
+            child.wait()
+    assert not listens_on(child.pid, port)  # gone
