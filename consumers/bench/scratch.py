@@ -115,6 +115,9 @@ class Scratch:
                 log.warning("a worker (pid %d) did not stop within %gs of SIGTERM: killed", proc.pid, STOP_TIMEOUT_S)
                 proc.kill()
                 proc.wait()
+        for proc in self._children:
+            if proc.stdout is not None:
+                proc.stdout.close()  # its final stats, unread after an interruption
 
     def close(self) -> None:
         """Stop the children, then delete the groups and topics and drop the database (unless ``keep``)."""
