@@ -49,6 +49,19 @@ def _refused(path: Path) -> NotReplaceableError | None:
     return NotReplaceableError(errno.EEXIST, why, str(path))
 
 
+def cannot_write_in(folder: Path) -> str | None:
+    """Why no file can be created in `folder` (its OS error, said plainly), or None when one can: a
+    temporary file is created there and removed (permission bits lie to root, and /proc or /sys refuse
+    what they seem to allow)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".partial")
+    except OSError as e:
+        return e.strerror or str(e)
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
 #: Characters of the target's name kept in the temporary name: a name of NAME_MAX (255 bytes)
 #: must still fit with the prefix and mkstemp's suffix.
 _NAME_KEPT = 32

@@ -14,6 +14,9 @@ from producers.kafka_config import KafkaClientSettings, bootstrap_shorthand
 from producers.settings import ProducerSettings
 from producers.tables import DEFAULT_TOPIC_PREFIX, TABLES
 
+#: A worker that exits without leaving its group (killed) stays a member this long.
+SESSION_TIMEOUT_MS = 30_000
+
 DEFAULT_GROUP = "society-ingest"
 #: librdkafka's prefetch of records not yet consumed, in KiB. A worker behind its topics fills it,
 #: so it bounds how far the worker's memory follows the lag (the soak's RSS bound). librdkafka
@@ -80,7 +83,7 @@ class WorkerSettings(BaseModel):
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
-            "session.timeout.ms": 30_000,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
             "max.poll.interval.ms": 600_000,
             "fetch.max.bytes": FETCH_MAX_BYTES,
             "queued.max.messages.kbytes": PREFETCH_KBYTES,

@@ -7,11 +7,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic
 
 from consumers.errors import ConsumerError
 from consumers.kafka_clients import client_config
+from consumers.settings import SESSION_TIMEOUT_MS
 from producers import tables
 from producers.kafka_config import KafkaClientSettings
 
@@ -22,6 +23,11 @@ ADMIN_TIMEOUT_S = 30.0
 #: How often to look at metadata while waiting for new topics to be usable.
 TOPIC_POLL_S = 0.1
 PROBE_TIMEOUT_S = 5.0
+#: How long a consumer group may stay "not empty" after its workers exited: a worker that could not
+#: leave it (killed, or stopped by a second signal) is a member until its session times out.
+GROUP_EMPTY_WAIT_S = SESSION_TIMEOUT_MS / 1000 + 15.0
+#: How often the state of such a group is asked.
+GROUP_POLL_S = 0.25
 
 
 class TopicError(ConsumerError):
@@ -167,6 +173,56 @@ def delete_topics(admin: AdminClient, names: list[str], timeout_s: float = ADMIN
         for future in admin.delete_topics(present, operation_timeout=timeout_s, request_timeout=timeout_s).values():
             future.result()
     return present
+
+
+def _error_code(e: KafkaException) -> Any:
+    return getattr(e.args[0], "code", lambda: None)() if e.args else None
+
+
+def delete_groups(admin: AdminClient, names: list[str], wait_s: float = GROUP_EMPTY_WAIT_S
+                  ) -> tuple[list[str], dict[str, str]]:
+    """Delete consumer groups `names`, whose members have all exited; return those deleted and, for
+    each one that could not be, why. A group that does not exist is neither.
+
+    A group the broker still calls not empty (a member that exited without leaving it counts until its
+    session times out) is asked again once its state says empty, for up to `wait_s`.
+    """
+    deadline = time.monotonic() + wait_s
+    pending, deleted, kept = sorted(set(names)), [], {}
+    while pending:
+        again = []
+        for name, future in admin.delete_consumer_groups(pending, request_timeout=ADMIN_TIMEOUT_S).items():
+            try:
+                future.result(timeout=ADMIN_TIMEOUT_S)
+                deleted.append(name)
+            except KafkaException as e:
+                code = _error_code(e)
+                if code == KafkaError.GROUP_ID_NOT_FOUND:
+                    continue  # never created (no worker joined it) or already gone
+                if code == KafkaError.NON_EMPTY_GROUP and time.monotonic() < deadline:
+                    again.append(name)
+                    continue
+                kept[name] = e.args[0].str() if e.args and hasattr(e.args[0], "str") else str(e)
+        pending = again
+        if pending:
+            _wait_groups_empty(admin, pending, deadline)
+    return deleted, kept
+
+
+def _wait_groups_empty(admin: AdminClient, names: list[str], deadline: float) -> None:
+    """Poll the groups' state until none has a member left (or `deadline`)."""
+    gone = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
+    while True:
+        try:
+            described = [f.result(timeout=ADMIN_TIMEOUT_S) for f in admin.describe_consumer_groups(
+                names, request_timeout=ADMIN_TIMEOUT_S).values()]
+            if all(d.state in gone or not d.members for d in described):
+                return
+        except KafkaException:
+            return  # cannot tell: asking to delete again says what it is
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(GROUP_POLL_S)  # the interval between two looks at the state
 
 
 def wait_until_usable(

@@ -51,18 +51,23 @@ class BenchReport:
     config: BenchConfig
     modes: dict[str, Any] = field(default_factory=dict)
     lines: list[Line] = field(default_factory=list)
+    #: Modes interrupted partway, of which ``modes`` holds what was measured before.
+    partial: list[str] = field(default_factory=list)
     on_result: Any = field(default=None, repr=False)
 
     def add(self, mode: str, result: ModeResult) -> None:
         """Keep `mode`'s result."""
         self.modes[mode] = result.data
         self.lines += result.lines
+        if result.partial:
+            self.partial.append(mode)
         if self.on_result is not None:
             self.on_result(self)
 
     def as_json(self) -> dict[str, Any]:
         """Everything, for ``--json``."""
-        return {"tag": self.tag, "config": asdict(self.config), "complete": set(self.modes) == set(self.config.modes),
+        return {"tag": self.tag, "config": asdict(self.config), "complete": set(self.modes) == set(self.config.modes) and not self.partial,
+                "partial_modes": self.partial,
                 "modes": self.modes,
                 "table": [line.as_json() for line in self.lines]}
 
@@ -86,7 +91,8 @@ def run_bench(kafka: KafkaClientSettings, database_url: str, config: BenchConfig
             source = pipeline.prefill(scratch, records, config.agents, config.partitions)
         rate = None
         if "mix" in config.modes:
-            mix = pipeline.run(scratch, source, repeats=config.repeats, processes=config.processes, logs=logs)
+            mix = pipeline.run(scratch, source, repeats=config.repeats, processes=config.processes, logs=logs,
+                               on_partial=lambda partial: report.add("mix", partial))
             report.add("mix", mix)
             one = mix.data["samples_rows_per_s"].get("workers_1")
             rate = median(one) if one else None

@@ -196,6 +196,9 @@ def run(scratch: Scratch, *, agents: int, steps_per_s: float, seconds: float, pr
         for child in children:
             if child.is_alive():
                 child.kill()
+        for child in children:
+            if child.pid is not None:
+                child.join(workers.STOP_TIMEOUT_S)  # killed: ends at once
     with loads.connect(scratch.database_url) as conn:
         got = loads.count_rows(conn)
     worker_stats = running.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,35 +89,61 @@ def _pipeline(scratch: Scratch, conn: Any, prefix: str, group: str, processes: i
             "consumed": [s["consumed"] for s in stats]}
 
 
-def run(scratch: Scratch, source: Prefilled, *, repeats: int, processes: tuple[int, ...], logs: Path) -> ModeResult:
-    """Measure the mix (see the module doc)."""
+def run(scratch: Scratch, source: Prefilled, *, repeats: int, processes: tuple[int, ...], logs: Path,
+        on_partial: Callable[[ModeResult], None] | None = None) -> ModeResult:
+    """Measure the mix (see the module doc).
+
+    Interrupted (or failed) after at least one pipeline measurement: `on_partial` gets the lines of
+    what was measured so far (``ModeResult.partial``) before the exception goes on.
+    """
     prefix, ends, rows, expected, total = source.prefix, source.ends, source.rows, source.expected, source.total
     samples: dict[str, list[float]] = {"copy_before": [], "copy_after": [], **{f"workers_{n}": [] for n in processes}}
     runs: list[dict[str, Any]] = []
-    with loads.connect(scratch.database_url) as conn:
-        warm = sample(rows, WARM_UP_ROWS)
-        timed_load(conn, loads.copy, warm, row_counts(warm))
-        for r in range(repeats):
-            samples["copy_before"].append(total / timed_load(conn, loads.copy, rows, expected))
-            for n in processes:
-                one = _pipeline(scratch, conn, prefix, f"{prefix}-r{r}-p{n}", n, ends, expected, logs)
-                runs.append({"repeat": r, "processes": n, **one})
-                samples[f"workers_{n}"].append(total / one["seconds"])
-                log.info("mix: repeat %d, %d worker process(es): %s rows/s (COPY before: %s rows/s)", r + 1, n,
-                         f"{samples[f'workers_{n}'][-1]:,.0f}", f"{samples['copy_before'][-1]:,.0f}")
-            samples["copy_after"].append(total / timed_load(conn, loads.copy, rows, expected))
-    copy = [(a + b) / 2 for a, b in zip(samples["copy_before"], samples["copy_after"], strict=True)]
-    lines = [Line(f"binary COPY of the mix ({total:,} rows), mean of before and after", median(copy), ratio=1.0,
-                  ratio_to="× COPY")]
+    try:
+        with loads.connect(scratch.database_url) as conn:
+            warm = sample(rows, WARM_UP_ROWS)
+            timed_load(conn, loads.copy, warm, row_counts(warm))
+            for r in range(repeats):
+                samples["copy_before"].append(total / timed_load(conn, loads.copy, rows, expected))
+                for n in processes:
+                    one = _pipeline(scratch, conn, prefix, f"{prefix}-r{r}-p{n}", n, ends, expected, logs)
+                    runs.append({"repeat": r, "processes": n, **one})
+                    samples[f"workers_{n}"].append(total / one["seconds"])
+                    log.info("mix: repeat %d, %d worker process(es): %s rows/s (COPY before: %s rows/s)", r + 1, n,
+                             f"{samples[f'workers_{n}'][-1]:,.0f}", f"{samples['copy_before'][-1]:,.0f}")
+                samples["copy_after"].append(total / timed_load(conn, loads.copy, rows, expected))
+    except BaseException:
+        if on_partial is not None and runs:
+            on_partial(_result(source, samples, runs, processes, repeats, partial=True))
+        raise
+    return _result(source, samples, runs, processes, repeats)
+
+
+def _result(source: Prefilled, samples: dict[str, list[float]], runs: list[dict[str, Any]],
+            processes: tuple[int, ...], repeats: int, partial: bool = False) -> ModeResult:
+    """The mode's lines and data; `partial`: of the measurements made before an interruption."""
+    total = source.total
+    # A repeat's COPY rate: the mean of its COPY before and after (before alone when interrupted in between).
+    copy = [(a + b) / 2 for a, b in zip(samples["copy_before"], samples["copy_after"], strict=False)]
+    copy += samples["copy_before"][len(copy):]
+    done = lambda k: f" [{k} of {repeats} repeats, interrupted]" if partial else ""  # noqa: E731
+    lines = [Line(f"binary COPY of the mix ({total:,} rows), mean of before and after{done(len(copy))}",
+                  median(copy), ratio=1.0, ratio_to="× COPY")]
     for n in processes:
-        rate, vs_copy = median(samples[f"workers_{n}"]), ratio(samples[f"workers_{n}"], copy)
+        got = samples[f"workers_{n}"]
+        if not got:
+            continue
+        rate, vs_copy = median(got), ratio(got, copy[:len(got)])
         target, met = (f"≥ {TARGET_VS_COPY} × COPY", at_least(vs_copy, TARGET_VS_COPY)) if n == 1 else ("", None)
-        lines.append(Line(f"pipeline, {n} worker process{'es' if n > 1 else ''} (launch to last row visible)",
-                          rate, ratio=vs_copy, ratio_to="× COPY", target=target, met=met))
-    if 1 in processes and 2 in processes:
-        two = ratio(samples["workers_2"], samples["workers_1"])
-        lines.append(Line("pipeline, 2 processes ÷ 1", ratio=two, ratio_to="× 1 process", target="≥ 1.00",
-                          met=at_least(two, 1.0)))
-    data = {"prefix": prefix, "records": sum(source.sent.values()), "records_sent": source.sent, "rows": expected,
-            "samples_rows_per_s": samples, "copy_rows_per_s": copy, "pipeline_runs": runs}
-    return ModeResult(data, lines)
+        lines.append(Line(f"pipeline, {n} worker process{'es' if n > 1 else ''} (launch to last row visible)"
+                          f"{done(len(got))}", rate, ratio=vs_copy, ratio_to="× COPY", target=target, met=met))
+    if 1 in processes and 2 in processes and samples["workers_2"]:
+        k = len(samples["workers_2"])
+        two = ratio(samples["workers_2"], samples["workers_1"][:k])
+        lines.append(Line(f"pipeline, 2 processes ÷ 1{done(k)}", ratio=two, ratio_to="× 1 process",
+                          target="≥ 1.00", met=at_least(two, 1.0)))
+    data = {"prefix": source.prefix, "records": sum(source.sent.values()), "records_sent": source.sent,
+            "rows": source.expected, "samples_rows_per_s": samples, "copy_rows_per_s": copy, "pipeline_runs": runs}
+    if partial:
+        data["interrupted"] = True
+    return ModeResult(data, lines, partial=partial)

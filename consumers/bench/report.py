@@ -83,3 +83,5 @@ class ModeResult:
 
     data: dict[str, Any]
     lines: list[Line]
+    #: Only what was measured before an interruption.
+    partial: bool = False

@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 import uuid
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumers._deps import psycopg
 from consumers.migrations import migrate
-from consumers.topics import ADMIN_TIMEOUT_S, admin_client, create_topics
+from consumers.topics import ADMIN_TIMEOUT_S, admin_client, create_topics, delete_groups
 from producers.kafka_config import SETTINGS, KafkaClientSettings
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class Scratch:
         self.keep = keep
         self._admin = admin_client(kafka)
         self._children: list[subprocess.Popen[Any]] = []
+        self._terminated: set[int] = set()
         #: Consumer groups its workers joined, deleted at close.
         self.groups: list[str] = []
 
@@ -87,25 +88,40 @@ class Scratch:
         return prefix
 
     def adopt(self, proc: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
-        """Kill `proc` at close if it still runs (workers a failure left behind)."""
+        """Stop `proc` at close if it still runs (workers a failure or an interruption left behind)."""
         self._children.append(proc)
         return proc
+
+    def terminate(self, proc: subprocess.Popen[Any]) -> None:
+        """SIGTERM `proc` once: a worker given a second one exits at once, without leaving its group."""
+        if proc.pid not in self._terminated and proc.poll() is None:
+            self._terminated.add(proc.pid)
+            proc.terminate()
 
     def leftovers(self) -> tuple[list[str], bool]:
         """This run's topics and whether its database still exist."""
         return leftovers(self.kafka, self.server_url, self.tag)
 
-    def close(self) -> None:
-        """Stop the children, delete the topics, drop the database (unless ``keep``)."""
-        for proc in self._children:  # SIGTERM first: a worker that stops leaves its group, which can go
-            if proc.poll() is None:
-                proc.terminate()
+    def stop_children(self) -> None:
+        """SIGTERM every child still running (a worker then finishes its batch and leaves its group),
+        wait up to STOP_TIMEOUT_S for them all, SIGKILL those still running; return once all have exited."""
+        for proc in self._children:
+            self.terminate(proc)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         for proc in self._children:
             try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("a worker (pid %d) did not stop within %gs of SIGTERM: killed", proc.pid, STOP_TIMEOUT_S)
                 proc.kill()
                 proc.wait()
+        for proc in self._children:
+            if proc.stdout is not None:
+                proc.stdout.close()  # its final stats, unread after an interruption
+
+    def close(self) -> None:
+        """Stop the children, then delete the groups and topics and drop the database (unless ``keep``)."""
+        self.stop_children()  # first: the broker deletes no group that still has a member
         if self.keep:
             log.warning("--keep: left database %s and topics %s%s-*", self.database, TOPIC_PREFIX, self.tag)
             return
@@ -120,25 +136,19 @@ class Scratch:
             conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
         self.on_removed(f"bench {self.tag}: removed database {self.database}, {len(topics)} topic(s) "
                         f"{TOPIC_PREFIX}{self.tag}-*, {len(groups)} consumer group(s)"
-                        + (f"; could not delete group(s) {', '.join(kept)} (members left: Kafka forgets "
-                           "them after its retention)" if kept else ""))
+                        + (f"; left consumer group(s) {', '.join(kept)} ({'; '.join(set(kept.values()))}; "
+                           "remove with kafka-consumer-groups.sh --delete --group NAME)" if kept else ""))
 
-    def delete_groups(self) -> tuple[list[str], list[str]]:
-        """Delete this run's consumer groups; return those deleted and those that could not be."""
+    def delete_groups(self) -> tuple[list[str], dict[str, str]]:
+        """Delete this run's consumer groups (its children have exited); return those deleted and, for
+        those that could not be, why (see ``consumers.topics.delete_groups``)."""
         # The groups it started workers in, too: a group a worker just left is not always listed yet.
         names = sorted(set(leftover_groups(self.kafka, self.tag)) | set(self.groups))
         if not names:
-            return [], []
-        deleted, kept = [], []
-        for name, future in self._admin.delete_consumer_groups(names, request_timeout=ADMIN_TIMEOUT_S).items():
-            try:
-                future.result(timeout=ADMIN_TIMEOUT_S)
-                deleted.append(name)
-            except KafkaException as e:
-                if e.args and getattr(e.args[0], "code", lambda: None)() == KafkaError.GROUP_ID_NOT_FOUND:
-                    continue  # never created (no worker joined it) or already gone
-                log.warning("consumer group %s not deleted: %s", name, e)
-                kept.append(name)
+            return [], {}
+        deleted, kept = delete_groups(self._admin, names)
+        for name, why in kept.items():
+            log.warning("consumer group %s not deleted: %s", name, why)
         return deleted, kept
 
 

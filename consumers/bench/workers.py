@@ -8,7 +8,6 @@ topics' end offsets: from then on every row is visible.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ class Workers:
 
     procs: list[subprocess.Popen[Any]]
     logs: list[Path]
+    scratch: Scratch
 
     def wait_assigned(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Wait until every worker runs (logged its partition assignment): a SIGTERM before that
@@ -56,8 +56,7 @@ class Workers:
         """SIGTERM the workers once they run; return each one's final stats (its stdout JSON)."""
         self.wait_assigned()
         for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+            self.scratch.terminate(p)  # once: a second SIGTERM would make it exit without leaving its group
         out = []
         for p, log in zip(self.procs, self.logs, strict=True):
             stdout, _ = p.communicate(timeout=STOP_TIMEOUT_S)
@@ -72,7 +71,7 @@ def start_workers(scratch: Scratch, prefix: str, group: str, count: int, logs: P
     env = kafka_environment(scratch.kafka)
     env.pop("KAFKA_CONFIG_FILE", None)
     env["DATABASE_URL"] = scratch.database_url  # never on a command line: `ps` shows those to every user
-    started = Workers([], [])
+    started = Workers([], [], scratch)
     scratch.groups.append(group)
     for i in range(count):
         path = logs / f"{group}-{i}.log"
@@ -80,6 +79,9 @@ def start_workers(scratch: Scratch, prefix: str, group: str, count: int, logs: P
             started.procs.append(scratch.adopt(subprocess.Popen(
                 [sys.executable, "-m", "consumers.cli", "consume", "--topic-prefix",
                  prefix, "--group", group], env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                # Its own process group: a terminal's Ctrl-C reaches the bench alone, which stops the worker
+                # with one SIGTERM (a second signal would make it exit without leaving its group).
+                process_group=0,
                 preexec_fn=die_with_parent())))  # a bench killed with SIGKILL leaves no worker running
         started.logs.append(path)
     return started

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 from pathlib import Path
 from typing import Annotated, Any
 
 from consumers._deps import psycopg
+from consumers._files import cannot_write_in, refusal, write_atomically
 from consumers.bench import MODES, BenchConfig, BenchReport, run_bench
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
 from consumers.cli._options import DatabaseUrl, Timeout, err_console, print_note, print_table, setup_logging, typer
@@ -59,16 +59,20 @@ def _modes(text: str) -> tuple[str, ...]:
 
 
 def _writable_json(path: Path | None) -> None:
-    """Refuse now, before anything is created, a --json path the end could not write."""
+    """Refuse now, before anything is created, a --json path the end could not write: one that is not
+    a regular file (a folder, a device, a symbolic link: it is replaced whole) or in a folder where no
+    file can be created (a file is created there and removed to know)."""
     if path is None:
         return
-    if path.is_dir():
-        raise typer.BadParameter(f"{path} is a folder, not a file", param_hint="--json")
+    why = refusal(path)
+    if why is not None:
+        raise typer.BadParameter(f"{path}: {why}", param_hint="--json")
     folder = path.parent
     if not folder.is_dir():
         raise typer.BadParameter(f"folder {folder} does not exist", param_hint="--json")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise typer.BadParameter(f"{path} is not writable", param_hint="--json")
+    why = cannot_write_in(folder)
+    if why is not None:
+        raise typer.BadParameter(f"cannot create a file in {folder}: {why}", param_hint="--json")
 
 
 def _finite_only(value: Any) -> Any:
@@ -129,8 +133,8 @@ def bench(
 
     def write_json(report: BenchReport) -> None:
         if json_path is not None:
-            json_path.write_text(json.dumps(_finite_only(report.as_json()), indent=1, default=str, allow_nan=False)
-                                 + "\n")
+            write_atomically(json_path, (json.dumps(_finite_only(report.as_json()), indent=1, default=str,
+                                                    allow_nan=False) + "\n").encode())
 
     def save(report: BenchReport) -> None:  # after every mode: a later failure keeps what was measured
         latest[:] = [report]

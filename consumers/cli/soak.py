@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 from consumers._deps import psycopg
+from consumers._files import cannot_write_in
 from consumers.cli._kafka import KAFKA_OPTIONS, kafka_options
 from consumers.cli._options import DatabaseUrl, Json, Timeout, console, fail, print_json, print_note, print_table, typer
 from consumers.cli._services import DEFAULT_TIMEOUT_S, database, reach_kafka
@@ -76,15 +78,18 @@ def soak(
     reconciled exactly and memory and lag stayed bounded, 1 when it did not
     reconcile (or could not finish), 4 when it reconciled but a bound was broken.
     """
+    for value, flag in ((steps_per_second, "--steps-per-second"), (sample_seconds, "--sample-seconds"),
+                        (max_worker_growth, "--max-worker-growth-mb"), (drain_timeout, "--drain-timeout")):
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"must be a finite number, got {value}", param_hint=flag)
     rss_bytes(os.getpid())  # /proc is there (Linux), before anything starts
+    folder = out or Path(f"soak-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    _check_out(folder)
     db = database(database_url, timeout)
     with psycopg.connect(db, autocommit=True):  # the server answers, before anything is named or started
         pass
     reach_kafka(kafka, timeout)
-    if out is not None and out.is_dir() and any(out.iterdir()):
-        raise typer.BadParameter(f"{out} is not empty: give a new or empty folder (files there would be replaced)",
-                                 param_hint="--out")
-    folder = out or Path(f"soak-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    made = _make_out(folder)
     settings = SoakSettings(
         agents=agents, steps=steps, kafka=kafka, database_url=db, out=folder,
         steps_per_second=steps_per_second or None, sample_seconds=sample_seconds, partitions=partitions,
@@ -93,12 +98,24 @@ def soak(
     started = time.monotonic()
     _interrupt_on_sigterm()
     print_note(f"soak: database and topic prefix {settings.name}, files in {folder}")
+    left: list[list[str]] = []
     try:
-        result = run_soak(settings, on_sample=_progress())
+        result = run_soak(settings, on_sample=_progress(), on_removed=left.append)
     except KeyboardInterrupt:
-        print_note(f"soak interrupted: worker and producer stopped, {settings.name} "
-                   + ("kept" if keep else "removed"))
+        if keep:
+            done = f"{settings.name} kept"
+        elif not left:
+            done = f"the clean-up of {settings.name} did not finish"
+        elif left[0]:
+            done = f"{settings.name} removed except {'; '.join(left[0])}"
+        else:
+            done = f"{settings.name} removed"
+        print_note(f"soak interrupted: worker and producer stopped, {done}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BaseException:
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # nothing started: no empty folder left behind
+        raise
     write_files(result, folder)
     s = result.summary
     if as_json:
@@ -114,12 +131,45 @@ def soak(
         fail(f"bound(s) broken: {', '.join(broken)} (see {folder / 'summary.json'})", EXIT_BOUND_BROKEN)
 
 
+def _check_out(folder: Path) -> None:
+    """Refuse now a --out the soak could not write its files in (nothing is created yet)."""
+    if folder.is_symlink() and not folder.exists():
+        raise typer.BadParameter(f"{folder} is a symbolic link to nothing: give a new or empty folder",
+                                 param_hint="--out")
+    if folder.exists() and not folder.is_dir():
+        raise typer.BadParameter(f"{folder} exists and is not a folder: give a new or empty folder",
+                                 param_hint="--out")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise typer.BadParameter(f"{folder} is not empty: give a new or empty folder (files there would be replaced)",
+                                 param_hint="--out")
+
+
+def _make_out(folder: Path) -> bool:
+    """Create --out (when missing) and write a file in it, before the database and topics exist;
+    return whether it was created here."""
+    made = not folder.is_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise typer.BadParameter(f"cannot create folder {folder}: {e.strerror or e}", param_hint="--out") from None
+    why = cannot_write_in(folder)
+    if why is not None:
+        if made:
+            folder.rmdir()
+        raise typer.BadParameter(f"cannot create a file in {folder}: {why}", param_hint="--out")
+    return made
+
+
 def _interrupt_on_sigterm() -> None:
     """SIGTERM (and SIGINT, even when a background shell ignores it) stop the soak as Ctrl-C does:
     both processes stopped, the scratch database and topics removed."""
 
+    got: list[int] = []
+
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        if not got:  # a second signal does not interrupt the clean-up
+            got.append(signum)
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)

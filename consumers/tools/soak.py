@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from pydantic import SecretStr
 
 from consumers import status
@@ -40,7 +40,8 @@ from consumers.migrations import migrate
 from consumers.tools import soak_figures
 from consumers.tools.proc_memory import rss_bytes
 from consumers.tools.soak_figures import DRAIN, PRODUCE, Figures, Sample
-from consumers.topics import DEFAULT_PARTITIONS, admin_client, all_topics, create_topics, delete_topics
+from consumers.topics import (DEFAULT_PARTITIONS, admin_client, all_topics, create_topics, delete_groups,
+                             delete_topics)
 from producers.kafka_config import CONFIG_FILE_ENV, SETTINGS, KafkaClientSettings
 
 #: The issue's bound: the worker's RSS may grow this much after warm-up.
@@ -125,38 +126,49 @@ def _tail(path: Path, chars: int = 2000) -> str:
 class _Scratch:
     """The soak's own database and topics, removed on exit unless kept."""
 
-    def __init__(self, settings: SoakSettings, tag: str) -> None:
+    def __init__(self, settings: SoakSettings, tag: str,
+                 on_removed: Callable[[list[str]], None] | None = None) -> None:
         self.settings = settings
+        self.on_removed = on_removed
         self.database = tag
         self.prefix = tag
         self.group = tag
         info = psycopg.conninfo.conninfo_to_dict(settings.database_url)
         self.url = psycopg.conninfo.make_conninfo(**{**info, "dbname": tag})
         self.admin = admin_client(settings.kafka)
+        #: What the clean-up could not remove (said after an interruption).
+        self.left: list[str] = []
 
     def __enter__(self) -> _Scratch:
         with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
-        migrate(self.url)
-        create_topics(self.admin, self.prefix, self.settings.kafka, partitions=self.settings.partitions)
+        try:
+            migrate(self.url)
+            create_topics(self.admin, self.prefix, self.settings.kafka, partitions=self.settings.partitions)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.settings.keep:
             return
+        self.left = []
+        self.delete_group()  # before the topics: its processes have exited (run_soak stops them first)
         delete_topics(self.admin, all_topics(self.prefix))
-        self.delete_group()
         with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-
+        if self.on_removed is not None:
+            self.on_removed(self.left)
 
     def delete_group(self) -> None:
-        """Delete the worker's consumer group (empty once the worker stopped); a failure is only logged."""
-        try:  # by name: a group its worker just left is not always listed yet
-            self.admin.delete_consumer_groups([self.group], request_timeout=30)[self.group].result(timeout=30)
-        except KafkaException as e:
-            if not (e.args and getattr(e.args[0], "code", lambda: None)() == KafkaError.GROUP_ID_NOT_FOUND):
-                log.warning("consumer group %s not deleted: %s", self.group, e)
+        """Delete the worker's consumer group (its worker has exited); one that could not be deleted is
+        logged and named in ``left``."""
+        # By name: a group its worker just left is not always listed yet.
+        _, kept = delete_groups(self.admin, [self.group])
+        for name, why in kept.items():
+            log.warning("consumer group %s not deleted: %s", name, why)
+            self.left.append(f"consumer group {name} ({why})")
 
 
 class _Process:
@@ -166,8 +178,11 @@ class _Process:
         self.name = name
         self.stdout_path, self.log_path = out / f"{name}.json", out / f"{name}.log"
         self._files: list[IO[Any]] = [self.stdout_path.open("w"), self.log_path.open("w")]
-        self.proc = subprocess.Popen(args, env=env, stdout=self._files[0], stderr=self._files[1],
+        # Its own process group: a terminal's Ctrl-C reaches the soak alone, which stops the child with one
+        # SIGTERM (a worker given a second signal exits at once, without leaving its consumer group).
+        self.proc = subprocess.Popen(args, env=env, stdout=self._files[0], stderr=self._files[1], process_group=0,
                                      preexec_fn=die_with_parent())  # a soak killed with SIGKILL leaves none
+        self._terminated = False
 
     def rss(self) -> int | None:
         return rss_bytes(self.proc.pid) if self.proc.poll() is None else None
@@ -180,9 +195,12 @@ class _Process:
         return json.loads(self.stdout_path.read_text())
 
     def stop(self, timeout_s: float) -> None:
-        """SIGTERM (the worker finishes its batch), then SIGKILL after `timeout_s`."""
+        """SIGTERM once (the worker finishes its batch and leaves its group), SIGKILL after `timeout_s`;
+        returns once the process has exited."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if not self._terminated:
+                self._terminated = True
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -257,62 +275,77 @@ def write_samples(samples: list[Sample], path: Path) -> Path:
     return path
 
 
-def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambda s: None) -> SoakResult:
-    """Run a soak (see the module's docstring); raise SoakError when it cannot finish."""
+def run_soak(settings: SoakSettings, on_sample: Callable[[Sample], None] = lambda s: None,
+             on_removed: Callable[[list[str]], None] | None = None) -> SoakResult:
+    """Run a soak (see the module's docstring); raise SoakError when it cannot finish.
+
+    `on_removed(left)` is called once the clean-up ran (not with ``keep``), whether the soak finished,
+    failed or was interrupted: `left` names what it could not remove (empty: everything went).
+    """
     out = settings.out
-    with _Scratch(settings, settings.name) as scratch:
+    with _Scratch(settings, settings.name, on_removed) as scratch:
         out.mkdir(parents=True, exist_ok=True)
         env = child_environment(settings.kafka, scratch.url)
         consume = _cli("consume", "--topic-prefix", scratch.prefix, "--group", scratch.group)
-        worker = _Process("worker", consume, env, out)
         pace = [] if settings.steps_per_second is None else ["--steps-per-second", str(settings.steps_per_second)]
-        producer = _Process("producer", _cli(
-            "simulate", "--agents", str(settings.agents), "--steps", str(settings.steps), "--seed", str(settings.seed),
-            "--topic-prefix", scratch.prefix, "--json", *pace), env, out)
+        simulate = _cli("simulate", "--agents", str(settings.agents), "--steps", str(settings.steps),
+                        "--seed", str(settings.seed), "--topic-prefix", scratch.prefix, "--json", *pace)
+        children: list[_Process] = []
         sampler = None
         try:
+            worker = _Process("worker", consume, env, out)
+            children.append(worker)
+            producer = _Process("producer", simulate, env, out)
+            children.append(producer)
             sampler = _Sampler(scratch, settings.kafka, producer, worker)
-            while producer.proc.poll() is None:
-                tick = time.monotonic()
-                sample = sampler.take(PRODUCE)
-                if sample is not None:
-                    on_sample(sample)
-                if worker.proc.poll() is not None:
-                    raise worker.failed("exited while the producer ran")
-                _wait(producer.proc, settings.sample_seconds - (time.monotonic() - tick))
-            produced_at = time.monotonic()
-            if producer.proc.returncode != 0:
-                raise producer.failed("failed")
-            simulated = producer.output()
-            while True:
-                tick = time.monotonic()
-                sample = sampler.take(DRAIN)
-                if sample is not None:
-                    on_sample(sample)
-                    if sample.lag == 0 and sample.committed == sample.in_kafka:
-                        break
-                if worker.proc.poll() is not None:
-                    raise worker.failed("exited before it caught up")
-                if tick - produced_at > settings.drain_timeout_s:
-                    left = sampler.samples[-1].lag if sampler.samples else "?"
-                    raise SoakError(f"the worker had {left} records to load {settings.drain_timeout_s:.0f}s "
-                                    "after the producer finished")
-                _wait(worker.proc, settings.sample_seconds - (time.monotonic() - tick))
-            drained_at = time.monotonic()
-            worker.stop(WORKER_STOP_TIMEOUT_S)
-            if worker.proc.returncode != 0:
-                raise worker.failed("did not stop cleanly")
-            answer = _reconcile(scratch, env, simulated["run_id"])
+            simulated, answer, produced_at, drained_at = _watch(settings, scratch, env, sampler, producer, worker,
+                                                                on_sample)
         except BaseException as e:  # interrupted or failed: what was sampled still goes to the folder
-            producer.stop(WORKER_STOP_TIMEOUT_S)
-            worker.stop(WORKER_STOP_TIMEOUT_S)
+            for child in reversed(children):  # every child has exited before the group is deleted
+                child.stop(WORKER_STOP_TIMEOUT_S)
             write_partial(settings, scratch, sampler.samples if sampler else [], e)
             raise
         finally:
-            producer.stop(WORKER_STOP_TIMEOUT_S)
-            worker.stop(WORKER_STOP_TIMEOUT_S)
+            for child in reversed(children):
+                child.stop(WORKER_STOP_TIMEOUT_S)
     return _result(settings, scratch, sampler, simulated, answer,
                    produced_at - sampler.started, drained_at - sampler.started)
+
+
+def _watch(settings: SoakSettings, scratch: _Scratch, env: dict[str, str], sampler: _Sampler, producer: _Process,
+           worker: _Process, on_sample: Callable[[Sample], None]) -> tuple[dict[str, Any], dict[str, Any], float, float]:
+    """Sample until the producer is done and the worker caught up; stop the worker; reconcile."""
+    while producer.proc.poll() is None:
+        tick = time.monotonic()
+        sample = sampler.take(PRODUCE)
+        if sample is not None:
+            on_sample(sample)
+        if worker.proc.poll() is not None:
+            raise worker.failed("exited while the producer ran")
+        _wait(producer.proc, settings.sample_seconds - (time.monotonic() - tick))
+    produced_at = time.monotonic()
+    if producer.proc.returncode != 0:
+        raise producer.failed("failed")
+    simulated = producer.output()
+    while True:
+        tick = time.monotonic()
+        sample = sampler.take(DRAIN)
+        if sample is not None:
+            on_sample(sample)
+            if sample.lag == 0 and sample.committed == sample.in_kafka:
+                break
+        if worker.proc.poll() is not None:
+            raise worker.failed("exited before it caught up")
+        if tick - produced_at > settings.drain_timeout_s:
+            left = sampler.samples[-1].lag if sampler.samples else "?"
+            raise SoakError(f"the worker had {left} records to load {settings.drain_timeout_s:.0f}s "
+                            "after the producer finished")
+        _wait(worker.proc, settings.sample_seconds - (time.monotonic() - tick))
+    drained_at = time.monotonic()
+    worker.stop(WORKER_STOP_TIMEOUT_S)
+    if worker.proc.returncode != 0:
+        raise worker.failed("did not stop cleanly")
+    return simulated, _reconcile(scratch, env, simulated["run_id"]), produced_at, drained_at
 
 
 def _result(settings: SoakSettings, scratch: _Scratch, sampler: _Sampler, simulated: dict[str, Any],

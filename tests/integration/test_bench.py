@@ -178,6 +178,7 @@ def test_ctrl_c_to_the_process_group_is_an_interruption_not_a_worker_failure(ser
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "WorkerFailed" not in stderr and "removed database" in stderr
+    assert "not deleted" not in stderr and "left consumer group" not in stderr
     assert leftovers(services.bootstrap, services.database_url, tag) == ([], False)
     assert leftover_groups(services.bootstrap, tag) == []
 
@@ -185,13 +186,83 @@ def test_ctrl_c_to_the_process_group_is_an_interruption_not_a_worker_failure(ser
 @pytest.mark.parametrize("args", [
     ["--processes", "0"], ["--processes", "abc"], ["--processes", "1,,2"], ["--modes", "mix,,mix"],
     ["--modes", "mix,mix"], ["--e2e-steps-per-second", "inf"], ["--e2e-steps-per-second", "nan"],
-    ["--e2e-seconds", "inf"], ["--json", "{tmp}"], ["--json", "{tmp}/missing/bench.json"],
+    ["--e2e-seconds", "inf"], ["--e2e-seconds", "nan"], ["--e2e-steps-per-second", "-inf"],
+    ["--json", "{tmp}"], ["--json", "{tmp}/missing/bench.json"],
+    ["--json", "/proc/bench.json"], ["--json", "/sys/kernel/bench.json"], ["--json", "/dev/null"],
+    ["--json", "{tmp}/dangling.json"],
 ])
 def test_bad_flags_are_usage_errors_before_anything_is_created(services, tmp_path: Path, args: list[str]):
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "nowhere.json")
     proc = _bench(services, *SMALL, *[a.format(tmp=tmp_path) for a in args])
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2, stderr
     assert not TAG.search(stderr) and "Traceback" not in stderr
+    assert args[0] in stderr  # the option is named
+    assert not (tmp_path / "nowhere.json").exists()
+
+
+def _group_members(bootstrap: str, group: str) -> int:
+    """Members of consumer group `group` (0 when it does not exist)."""
+    from consumers.topics import admin_client
+
+    admin = admin_client(bootstrap)
+    return len(admin.describe_consumer_groups([group], request_timeout=30)[group].result(timeout=30).members)
+
+
+def test_ctrl_c_to_the_process_group_during_the_two_process_mix_removes_its_groups_and_prints_the_rows_so_far(
+        services, tmp_path: Path):
+    """A terminal's Ctrl-C while 2 workers load: they have exited before their groups are deleted, every group
+    goes, and the rows measured before (repeat 1 with 1 process) are printed and written."""
+    out = tmp_path / "bench.json"
+    proc = _bench(services, "--modes", "mix", "--records", "60000", "--repeats", "1", "--processes", "1,2",
+                  "--partitions", "2", "--agents", str(AGENTS), "--json", str(out), start_new_session=True)
+    lines: list[str] = []
+
+    def two_workers_loading() -> bool:
+        while not lines or "1 worker process(es)" not in lines[-1]:
+            line = proc.stderr.readline()
+            assert line, f"the bench ended: {''.join(lines)}"
+            lines.append(line)
+        return _group_members(services.bootstrap, f"bench-{_tag(''.join(lines))}-mix-r0-p2") == 2
+
+    try:
+        wait_for(two_workers_loading, "the 2-process load to run", timeout=240, interval=0.02)
+        tag = _tag("".join(lines))
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(lines) + stderr
+    assert proc.returncode == 130, stderr
+    assert "not deleted" not in stderr and "left consumer group" not in stderr, stderr
+    assert re.search(r"removed database \S+, \d+ topic\(s\) \S+, [1-9] consumer group\(s\)\n", stderr), stderr
+    assert leftovers(services.bootstrap, services.database_url, tag) == ([], False)
+    assert leftover_groups(services.bootstrap, tag) == []
+    assert "interrupted" in stdout and "pipeline, 1 worker process" in stdout, stdout
+    report = json.loads(out.read_text())
+    assert not report["complete"] and report["partial_modes"] == ["mix"]
+    assert [(r["repeat"], r["processes"]) for r in report["modes"]["mix"]["pipeline_runs"]] == [(0, 1)]
+
+
+def test_a_group_whose_worker_was_killed_is_deleted_once_the_broker_lets_it_go(services, tmp_path: Path):
+    """A worker killed (SIGKILL) stays a member until its session times out: the clean-up waits for that."""
+    from consumers.bench import workers
+
+    removed: list[str] = []
+    scratch = Scratch(KafkaClientSettings(bootstrap_servers=services.bootstrap), services.database_url,
+                      on_removed=removed.append)
+    with scratch:
+        prefix = scratch.topics("kill", 1)
+        running = workers.start_workers(scratch, prefix, f"{prefix}-workers", 1, tmp_path)
+        running.wait_assigned()
+        wait_for(lambda: _group_members(services.bootstrap, f"{prefix}-workers") == 1, "the worker in its group")
+        running.procs[0].kill()
+        running.procs[0].wait(30)
+        assert _group_members(services.bootstrap, f"{prefix}-workers") == 1  # still a member: it never left
+    assert leftover_groups(services.bootstrap, scratch.tag) == []
+    assert leftovers(services.bootstrap, services.database_url, scratch.tag) == ([], False)
+    assert len(removed) == 1 and "1 consumer group(s)" in removed[0] and "left" not in removed[0], removed
 
 
 def _children_of(pid: int) -> list[int]:

@@ -177,3 +177,59 @@ def test_createdb_refusal_says_the_role_needs_createdb():
 
     assert "ALTER ROLE <role> CREATEDB" in hint("42501", message="permission denied to create database")
     assert "GRANT society_loader" in hint("42501", message="permission denied for table agents")
+
+
+def test_ctrl_c_to_the_process_group_stops_the_children_before_removing_the_group(services, tmp_path):
+    """A terminal's Ctrl-C reaches the soak and (before) its children: the worker leaves its group and the
+    group is deleted after it, and the last line says removed only because it was."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap, "DATABASE_URL": services.database_url}
+    log = tmp_path / "soak.log"
+    with log.open("w") as err:
+        soak = subprocess.Popen(
+            [sys.executable, "-m", "consumers.cli", "soak", "--agents", "200", "--steps", "10000", "--sample-seconds",
+             "0.5", "--partitions", "2", "--out", str(tmp_path / "soak")],
+            env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    admin = admin_client(services.bootstrap)
+    try:
+        name = wait_for(lambda: re.search(r"topic prefix (soak_\w+)", log.read_text()), "the soak's start line")[1]
+
+        def worker_in_group_and_producing() -> bool:
+            group = admin.describe_consumer_groups([name], request_timeout=30)[name].result(timeout=30)
+            return bool(group.members) and any(" simulate " in line for line in _processes(name))
+
+        wait_for(worker_in_group_and_producing, "the soak's worker in its group and its producer", timeout=90)
+        os.killpg(soak.pid, signal.SIGINT)
+        assert soak.wait(150) == 130
+    finally:
+        if soak.poll() is None:
+            soak.kill()
+    text = log.read_text()
+    assert text.rstrip().endswith(f"soak interrupted: worker and producer stopped, {name} removed"), text
+    assert "not deleted" not in text and "Traceback" not in text, text
+    groups = admin.list_consumer_groups(request_timeout=30).result(timeout=30)
+    assert name not in [g.group_id for g in groups.valid]
+    with psycopg.connect(services.database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()[0] == 0
+    assert not [t for t in admin.list_topics(timeout=30).topics if t.startswith(name + ".")]
+    assert not _processes(name)
+
+
+@pytest.mark.parametrize("args", [
+    ["--out", "/dev/null"], ["--out", "{tmp}/dangling"], ["--out", "/sys/kernel/soak-out"],
+    ["--out", "/proc/soak-out"], ["--out", "{tmp}/file"],
+    ["--steps-per-second", "inf"], ["--steps-per-second", "nan"], ["--sample-seconds", "inf"],
+    ["--drain-timeout", "inf"], ["--max-worker-growth-mb", "nan"],
+])
+def test_soak_refuses_what_it_could_not_use_before_anything_starts(services, tmp_path, args):
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap, "DATABASE_URL": services.database_url,
+           "COLUMNS": "300"}
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("mine\n")
+    out = [] if args[0] == "--out" else ["--out", str(tmp_path / "soak")]
+    done = subprocess.run([sys.executable, "-m", "consumers.cli", "soak", "--agents", "2", "--steps", "3", *out,
+                           *[a.format(tmp=tmp_path) for a in args]], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert args[0] in done.stderr and "Traceback" not in done.stderr and "topic prefix" not in done.stderr
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "soak").exists()
+    assert (tmp_path / "file").read_text() == "mine\n"
