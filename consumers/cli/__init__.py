@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 from consumers.cli import (
@@ -52,4 +53,12 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """Console-script entry point: failures exit 1 with one line on stderr (see ``_failures``)."""
+    interruptible()
     run(app)
+
+
+def interruptible() -> None:
+    """Make SIGINT stop a command as Ctrl-C does, also when a shell without job control started it
+    in the background: such a shell makes it ignore SIGINT, and Python then installs no handler."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

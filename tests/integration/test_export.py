@@ -145,14 +145,18 @@ def spawn_export(services: Any, database_url: str, *args: str, **popen: Any) -> 
                             env=cli_env(services, database_url), text=True, **popen)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# SIGINT ignored at start: a shell without job control (a script, CI) starts background jobs so.
+@pytest.mark.parametrize(("sig", "sigint_at_start"), [
+    (signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.SIG_DFL), (signal.SIGINT, signal.SIG_IGN),
+], ids=["SIGTERM", "SIGINT", "SIGINT-from-a-background-job"])
 def test_an_interrupted_export_removes_its_partial_file_and_says_so_in_one_line(
-        services, database_url, topic_prefix, tmp_path, sig):
+        services, database_url, topic_prefix, tmp_path, sig, sigint_at_start):
     run_id = record_awkward_run(services.bootstrap, topic_prefix)
     load_everything(services, database_url, topic_prefix)
     out = tmp_path / "run.ndjson"
     with events_locked(database_url):
-        proc = spawn_export(services, database_url, "--run", str(run_id), "-o", str(out), stderr=subprocess.PIPE)
+        proc = spawn_export(services, database_url, "--run", str(run_id), "-o", str(out), stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint_at_start))
         try:
             wait_for(lambda: waiting_on_the_lock(database_url) or proc.poll() is not None, "the export waiting")
             assert [p.name for p in tmp_path.iterdir()][0].endswith(".partial")
