@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -42,13 +45,35 @@ def test_two_processes_load_exactly_once_and_stop_on_sigterm(services, database_
     assert not workers.alive()
 
 
+@contextmanager
+def taken_port_after_a_free_one() -> Iterator[int]:
+    """A port held listening while the port just below it is free (checked by binding it).
+
+    Below Linux's ephemeral range (32768-60999), so no outgoing connection takes the free one meanwhile.
+    """
+    rng = random.Random()
+    for _ in range(50):
+        with socket.socket() as taken:
+            port = rng.randrange(20_001, 32_000)
+            try:
+                taken.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            taken.listen()
+            with socket.socket() as below:
+                try:
+                    below.bind(("127.0.0.1", port - 1))
+                except OSError:
+                    continue
+            yield port
+            return
+    raise AssertionError("no free port just below a free one in 50 tries")
+
+
 def test_a_failing_child_stops_the_others_and_the_parent_exits_1_with_its_line(
         services, database_url, topic_prefix, spawn):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        # Child 0 serves port-1 (free, almost surely), child 1 the taken port: it fails at once.
+    with taken_port_after_a_free_one() as port:
+        # Child 0 serves port-1 (free when checked), child 1 the taken port: it fails at once.
         workers = spawn(database_url, topic_prefix, f"{topic_prefix}-g", "--processes", "2",
                         "--metrics-port", str(port - 1))
         workers.proc.wait(timeout=60)
